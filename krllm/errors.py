@@ -1,0 +1,9 @@
+"""Errors a user can act on. The CLI prints them without a traceback (KRLLM_DEBUG=1 shows it)."""
+
+
+class KrllmError(RuntimeError):
+    """An expected failure: bad input file (message names file:line), missing run, wrong device..."""
+
+
+class DataError(KrllmError):
+    """Malformed input data: the message names the file and line (or record) and what is wrong."""

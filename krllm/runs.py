@@ -1,0 +1,103 @@
+"""Run directories: where each stage writes, atomically, with its resolved config and lineage.
+
+Layout of a run directory (each stage fills in its part):
+
+    runs/<name>/
+      config.yaml        resolved config of the stage (defaults filled in)
+      lineage.json       what went in: content hashes of data, tokenizer, base model; krllm version
+      metrics.jsonl      one JSON object per logged step (see krllm.tracking)
+      checkpoints/       step_N/ (pretraining / fine-tuning state)
+      hf/                final model as a Hugging Face directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from krllm.config import atomic_write_text
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Build a directory under a temporary name, then rename it into place.
+
+    Readers see either the previous complete directory or the new complete one, never a
+    half-written mix. On error the temporary directory is removed and `final` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{final} already exists")
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def hash_file(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_path(path: str | Path, exclude: tuple[str, ...] = ("checkpoints",)) -> str:
+    """Content hash of a file or a directory tree (relative names + file contents).
+
+    Used for lineage: the same tokenizer or data directory hashes the same on any machine.
+    Hidden files (temporary build dirs) and `exclude`d top-level names are skipped.
+    """
+    path = Path(path)
+    if path.is_file():
+        return hash_file(path)
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in exclude:
+            continue
+        if p.is_file():
+            h.update(str(rel.as_posix()).encode())
+            h.update(hash_file(p).encode())
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_lineage(run_dir: str | Path, inputs: dict[str, str | Path | None], extra: dict | None = None) -> dict:
+    """Record what made this run: `inputs` maps a role (data, tokenizer, base_model) to a path."""
+    from krllm import __version__
+
+    record = {
+        "krllm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {
+            role: {"path": str(p), "sha256": hash_path(p)} if p and Path(p).exists() else {"path": str(p) if p else None}
+            for role, p in inputs.items()
+        },
+    }
+    if extra:
+        record.update(extra)
+    write_json(Path(run_dir) / "lineage.json", record)
+    return record

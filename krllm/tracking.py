@@ -1,0 +1,79 @@
+"""Metrics for every training stage: `metrics.jsonl` (always), TensorBoard (default), W&B (opt-in).
+
+One JSON object per line: {"step": 10, "split": "train", "loss": 3.21, "lr": 3e-4, ...}.
+The report card and plots read metrics.jsonl; TensorBoard reads `tb/` (`tensorboard --logdir runs/`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Append-only metrics sink. Call from rank 0 only; `log` never raises on a missing backend."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
+                 run_name: str | None = None, config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self._wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                print("note: wandb_project is set but wandb is not installed; logging locally only")
+            else:
+                self._wandb = wandb.init(project=wandb_project, name=run_name, config=config)
+
+    def log(self, step: int, split: str = "train", **metrics: float) -> None:
+        clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3), **clean}
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for k, v in clean.items():
+            if isinstance(v, float) and math.isfinite(v):
+                if self._tb is not None:
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl; a torn last line (killed run) is ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
