@@ -1,0 +1,96 @@
+"""Config machinery: strict keys, overrides, every problem reported at once with its key path."""
+
+import pytest
+import yaml
+from pydantic import field_validator, model_validator
+
+from krllm.config import ConfigError, StrictModel, apply_overrides, load_config, write_resolved
+
+
+class Train(StrictModel):
+    lr: float = 1e-3
+    steps: int = 10
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v):
+        if v <= 0:
+            raise ValueError("must be > 0; try 3e-4")
+        return v
+
+
+class Model(StrictModel):
+    hidden: int = 64
+    heads: int = 4
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class Cfg(StrictModel):
+    name: str = "run"
+    train: Train = Train()
+    model: Model = Model()
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 0.01\n")
+    cfg = load_config(p, Cfg, ["train.steps=5", "model.hidden=128", "train.lr=3e-4", "name=한국어"])
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.steps == 5
+    assert cfg.model.hidden == 128 and cfg.name == "한국어"
+
+
+def test_all_problems_reported_at_once_with_paths(tmp_path):
+    p = write(tmp_path, "train:\n  lr: -1\n  stepz: 3\nmodel:\n  hidden: 65\n  heads: x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Cfg)
+    msg = str(e.value)
+    assert str(p) in msg
+    assert "train.lr: must be > 0; try 3e-4 (got -1)" in msg
+    assert "train.stepz: unknown key" in msg
+    assert "model.heads:" in msg and "'x'" in msg
+    assert len(e.value.problems) == 3  # the divisibility check runs once fields are valid
+
+
+def test_cross_field_check_names_section(tmp_path):
+    p = write(tmp_path, "model:\n  hidden: 65\n  heads: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Cfg)
+    assert "model: hidden (65) must be divisible by heads (4)" in str(e.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = write(tmp_path, "train:\n  lr: [1, 2\nname: x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Cfg)
+    assert "line " in str(e.value) and str(p) in str(e.value)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml", Cfg)
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"), Cfg)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_resolved_config_roundtrips(tmp_path):
+    cfg = load_config(None, Cfg, ["train.steps=7"])
+    out = tmp_path / "run" / "config.yaml"
+    write_resolved(cfg, out)
+    data = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert data == {"name": "run", "train": {"lr": 1e-3, "steps": 7}, "model": {"hidden": 64, "heads": 4}}
+    assert load_config(out, Cfg) == cfg
