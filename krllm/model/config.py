@@ -1,0 +1,218 @@
+"""The model config: one flat object whose field names are transformers' `LlamaConfig` names.
+
+Why flat and HF-named: `cfg.to_hf_dict()` *is* the `config.json` that `AutoModelForCausalLM`
+reads, and any HF Llama `config.json` maps back with `ModelConfig.from_hf_dict`. Derived values
+(`head_dim`, `num_key_value_heads`) are filled in here, and every impossible combination is
+reported at once, each with its key and what to change.
+
+    cfg = model_config_from("tiny", vocab_size=8000)
+    cfg = model_config_from("configs/model/small.yaml", ["num_hidden_layers=6"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from krllm.config import ConfigError, StrictModel, apply_overrides, format_validation_error, read_yaml
+
+# Keys of an HF Llama config.json that carry no information for our model (or that we check
+# separately in `from_hf_dict`): they are accepted and dropped.
+_HF_IGNORED_KEYS = {
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+    "pretraining_tp", "_name_or_path", "output_attentions", "output_hidden_states", "return_dict",
+    "rope_scaling", "rope_parameters", "hidden_act", "attention_bias", "mlp_bias",
+    "attention_dropout", "_attn_implementation", "_attn_implementation_autoset",
+}
+
+
+class ModelConfig(StrictModel):
+    """A decoder-only Llama (RMSNorm, RoPE, GQA attention, SwiGLU MLP) — transformers' names."""
+
+    vocab_size: int = Field(8000, gt=0, description="rows of the embedding; >= the tokenizer's vocab size")
+    hidden_size: int = Field(256, gt=0, description="width of the residual stream (C)")
+    intermediate_size: int = Field(688, gt=0, description="width of the SwiGLU MLP (about 8/3 * hidden_size)")
+    num_hidden_layers: int = Field(4, gt=0, description="number of transformer blocks (L)")
+    num_attention_heads: int = Field(8, gt=0, description="query heads (H)")
+    num_key_value_heads: int | None = Field(
+        None, gt=0, description="key/value heads (H_kv) for grouped-query attention; None = num_attention_heads"
+    )
+    head_dim: int | None = Field(None, gt=0, description="per-head width (D); None = hidden_size // num_attention_heads")
+    max_position_embeddings: int = Field(2048, gt=0, description="longest sequence (tokens) the RoPE table covers")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base; larger = slower-rotating, longer contexts")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="epsilon inside RMSNorm's rsqrt")
+    tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding matrix")
+    initializer_range: float = Field(0.02, gt=0, le=1.0, description="std of the normal init of weights")
+    bos_token_id: int | None = Field(0, ge=0)
+    eos_token_id: int | list[int] | None = Field(0, description="one id or a list of ids that end generation")
+    pad_token_id: int | None = Field(1, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_derived(cls, data: Any) -> Any:
+        """`head_dim` and `num_key_value_heads` default from the head count (as in transformers)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        heads, hidden = data.get("num_attention_heads", 8), data.get("hidden_size", 256)
+        if data.get("num_key_value_heads") is None and isinstance(heads, int):
+            data["num_key_value_heads"] = heads
+        if data.get("head_dim") is None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+            data["head_dim"] = hidden // heads
+        return data
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        """Every cross-field problem at once, each under its own key with the fix to make."""
+        problems: list[tuple[str, str, Any]] = []
+        c, h, kv, d = self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
+        if c % h:
+            problems.append(("hidden_size", f"hidden_size={c} is not divisible by num_attention_heads={h}: "
+                             f"pick a multiple of {h} (e.g. {(c // h + 1) * h}) or a head count that divides {c}", c))
+        if kv is not None and h % kv:
+            divisors = [k for k in range(1, h + 1) if h % k == 0]
+            problems.append(("num_key_value_heads", f"num_attention_heads={h} is not divisible by "
+                             f"num_key_value_heads={kv}: use one of {divisors}", kv))
+        if d is not None and d % 2:
+            problems.append(("head_dim", f"head_dim={d} is odd; RoPE rotates pairs of dimensions, so it must be "
+                             "even (change hidden_size / num_attention_heads or set head_dim)", d))
+        if self.bos_token_id is not None and self.bos_token_id >= self.vocab_size:
+            problems.append(("bos_token_id", f"bos_token_id={self.bos_token_id} is outside the vocabulary "
+                             f"(vocab_size={self.vocab_size})", self.bos_token_id))
+        if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
+            problems.append(("pad_token_id", f"pad_token_id={self.pad_token_id} is outside the vocabulary "
+                             f"(vocab_size={self.vocab_size})", self.pad_token_id))
+        for eos in self.eos_ids:
+            if not 0 <= eos < self.vocab_size:
+                problems.append(("eos_token_id", f"eos id {eos} is outside the vocabulary "
+                                 f"(vocab_size={self.vocab_size})", self.eos_token_id))
+        if problems:
+            raise ValidationError.from_exception_data(
+                "ModelConfig",
+                [InitErrorDetails(type=PydanticCustomError("model_shape", msg), loc=(key,), input=value)
+                 for key, msg, value in problems],
+            )
+        return self
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """`eos_token_id` as a list (possibly empty)."""
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def to_hf_dict(self) -> dict:
+        """The `config.json` body transformers reads as `LlamaConfig` (and mlx-lm / llama.cpp read too).
+
+        `rope_theta` is written twice on purpose: transformers 5 reads `rope_parameters`, while mlx-lm
+        (and transformers 4) read the top-level key and silently fall back to 10000 without it.
+        """
+        d = self.model_dump(mode="json")
+        d.update(
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            hidden_act="silu",
+            attention_bias=False,
+            mlp_bias=False,
+            attention_dropout=0.0,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            use_cache=True,
+        )
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+        """Any HF Llama-architecture `config.json` -> ModelConfig; features we do not implement are errors."""
+        problems = []
+        if d.get("model_type", "llama") != "llama":
+            problems.append(f"model_type: {d.get('model_type')!r} is not a Llama-architecture model; krllm loads "
+                            "model_type 'llama' only (LlamaForCausalLM)")
+        if d.get("hidden_act", "silu") != "silu":
+            problems.append(f"hidden_act: {d['hidden_act']!r} is not supported (Llama uses 'silu')")
+        for key in ("attention_bias", "mlp_bias"):
+            if d.get(key):
+                problems.append(f"{key}: biases are not supported by krllm's Llama (must be false)")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+        if rope_type != "default":
+            problems.append(f"rope_parameters.rope_type: {rope_type!r} RoPE scaling is not supported (only 'default')")
+        if problems:
+            raise ConfigError(source, problems)
+        known = set(cls.model_fields)
+        data = {k: v for k, v in d.items() if k in known}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        if theta is None:
+            theta = d.get("rope_theta", 10000.0)
+        data["rope_theta"] = float(theta)
+        return validate_model_config(data, source)
+
+
+def validate_model_config(data: dict, source: str = "<model config>") -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, format_validation_error(e)) from None
+
+
+# Presets. Parameter counts are exact for the vocab shown (see `krllm model info PRESET`).
+PRESETS: dict[str, dict] = {
+    # 4,950,272 params with vocab 8000 (tied): a model that trains in minutes on a laptop CPU.
+    "tiny": dict(vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                 tie_word_embeddings=True),
+    # GPT-2-small width with Llama blocks; 3 kv heads (GQA 4:1 like the larger presets).
+    "small": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=3, max_position_embeddings=2048,
+                  tie_word_embeddings=True),
+    "medium": dict(vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                   num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
+                   tie_word_embeddings=True),
+    "large": dict(vocab_size=32000, hidden_size=1536, intermediate_size=6144, num_hidden_layers=24,
+                  num_attention_heads=24, num_key_value_heads=6, max_position_embeddings=4096,
+                  rope_theta=500000.0, tie_word_embeddings=False),
+}
+
+
+def model_config_from(
+    spec: str | Path | dict | ModelConfig,
+    overrides: Iterable[str] = (),
+    vocab_size: int | None = None,
+) -> ModelConfig:
+    """Preset name, YAML path, dict or ModelConfig (+ `key=value` overrides, + tokenizer vocab) -> config.
+
+    A YAML (or dict) may say `preset: tiny` and override any field. `vocab_size` (usually the
+    tokenizer's) wins over the preset and file but not over an explicit override.
+    """
+    overrides = list(overrides or ())
+    if isinstance(spec, ModelConfig):
+        data, source = spec.model_dump(), "<ModelConfig>"
+    elif isinstance(spec, dict):
+        data, source = dict(spec), "<dict>"
+    elif isinstance(spec, (str, Path)) and str(spec) in PRESETS:
+        data, source = {"preset": str(spec)}, f"preset {spec}"
+    elif isinstance(spec, (str, Path)) and (Path(spec).suffix in (".yaml", ".yml") or Path(spec).exists()):
+        data, source = read_yaml(spec), str(spec)
+    else:
+        raise ConfigError(str(spec), [f"not a preset ({', '.join(PRESETS)}) and not a YAML file that exists"])
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(source, [f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"])
+        data = {**PRESETS[preset], **data}
+    if vocab_size is not None:
+        data["vocab_size"] = int(vocab_size)
+    data = apply_overrides(data, overrides)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return validate_model_config(data, source)

@@ -1,0 +1,318 @@
+"""A from-scratch Llama that *is* a Hugging Face `LlamaForCausalLM` checkpoint.
+
+Read top-down: RMSNorm -> rotary embedding -> attention -> SwiGLU MLP -> block -> model -> KV cache.
+
+Notable features
+- Parameter names equal transformers' (`model.layers.0.self_attn.q_proj.weight`, ...), so
+  `krllm.model.hf.save_hf` writes a directory `AutoModelForCausalLM` loads, and any local HF Llama
+  loads here. Logits match transformers in fp32 (same RoPE `rotate_half` convention, same RMSNorm:
+  normalise in fp32, cast back, then scale).
+- Grouped-query attention through `torch.nn.functional.scaled_dot_product_attention` with
+  `enable_gqa` (no repeated K/V copies); `is_causal=True` fast path when there is no cache or mask.
+- Static KV cache (`KVCache`): prefill (T > 1) and decode (T = 1), including a multi-token chunk
+  after a cached prefix, with an explicit causal mask in that case.
+- Build on the meta device, materialize, then one documented `init_weights()` (`Llama.build`).
+- Optional tied embeddings (`tie_word_embeddings`): `lm_head.weight` *is* `embed_tokens.weight`.
+
+Shapes: B batch, T new tokens, S keys (cached + new), C hidden_size, H query heads, H_kv kv heads,
+D head_dim, I intermediate_size, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from krllm.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 and cast back before scaling (exactly as transformers)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for RoPE with base `rope_theta`; `rotate_half` pairing (dim i with i + D/2).
+
+    Tables are non-persistent buffers (never saved) covering `max_position_embeddings`
+    positions; they grow on demand if a longer sequence arrives.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)  # (P, D)
+        self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)  # (P, D)
+
+    @torch.no_grad()
+    def reset_tables(self, max_positions: int | None = None, device: torch.device | None = None) -> None:
+        """(Re)compute the tables in fp32; called after materializing from the meta device."""
+        n = max_positions or self.cos.shape[0]
+        device = device or self.cos.device
+        if device.type == "meta":
+            return
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
+                                         .float() / self.head_dim))  # (D/2,)
+        freqs = torch.arange(n, device=device).float()[:, None] * inv_freq[None, :]  # (P, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (P, D)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def forward(self, position_ids: torch.Tensor | None, start: int, length: int, dtype: torch.dtype):
+        """-> cos, sin of shape (1 or B, T, 1, D) in `dtype`, for positions start..start+T or `position_ids`."""
+        needed = start + length if position_ids is None else None
+        if needed is not None and needed > self.cos.shape[0]:
+            self.reset_tables(max(needed, 2 * self.cos.shape[0]))
+        if position_ids is None:
+            cos, sin = self.cos[start:start + length][None], self.sin[start:start + length][None]  # (1, T, D)
+        else:
+            cos, sin = self.cos[position_ids], self.sin[position_ids]  # (B, T, D)
+        return cos[:, :, None, :].to(dtype), sin[:, :, None, :].to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dim split in halves (transformers' convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D) rotated by position; cos/sin (1|B, T, 1, D)."""
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE and an optional KV cache."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dim_per_head
+        c = cfg.hidden_size
+        self.q_proj = nn.Linear(c, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, c, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        """x (B, T, C); mask: None (causal over T) or bool (B|1, 1, T, S), True = attend."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, H_kv, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, H_kv, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|H_kv, T, D) views
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, S, D)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.n_kv != self.n_heads
+        )  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):  # (B, T, C) -> (B, T, C)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):  # (B, T, C) -> (B, T, C)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Embedding + blocks + final norm: the `model.` prefix of HF's parameter names."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.dim_per_head, cfg.max_position_embeddings, cfg.rope_theta)
+
+
+class Llama(nn.Module):
+    """Decoder-only causal LM with transformers' `LlamaForCausalLM` parameter names.
+
+    `Llama(cfg)` on a real device initializes its weights with `init_weights()`; under
+    `torch.device("meta")` it only records shapes (use `Llama.build` for meta -> device -> init).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        if self.lm_head.weight.device.type != "meta":
+            self.init_weights()
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "Llama":
+        """Shapes on the meta device (no memory, instant), then allocate on `device` and init once."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device=device)
+        model.tie_weights()
+        model.init_weights()
+        return model.to(dtype) if dtype is not None else model
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The one place weights get their initial values (std = cfg.initializer_range, 0.02 by default).
+
+        - embeddings, q/k/v, gate/up and an untied lm_head: normal(0, std), as transformers'
+          `LlamaPreTrainedModel._init_weights`;
+        - residual output projections (o_proj, down_proj): normal(0, std / sqrt(2 * num_layers)),
+          GPT-2's scaling, so the variance of the residual stream does not grow with depth
+          (each block adds two such projections);
+        - RMSNorm weights: ones (the block starts as identity-scaled normalisation);
+        - RoPE tables: recomputed from `rope_theta` (they are buffers, not parameters).
+        """
+        cfg = self.config
+        std = cfg.initializer_range
+        resid_std = std / math.sqrt(2 * cfg.num_hidden_layers)
+        nn.init.normal_(self.model.embed_tokens.weight, 0.0, std)
+        for block in self.model.layers:
+            a, m = block.self_attn, block.mlp
+            for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
+                nn.init.normal_(lin.weight, 0.0, std)
+            nn.init.normal_(a.o_proj.weight, 0.0, resid_std)
+            nn.init.normal_(m.down_proj.weight, 0.0, resid_std)
+            nn.init.ones_(block.input_layernorm.weight)
+            nn.init.ones_(block.post_attention_layernorm.weight)
+        nn.init.ones_(self.model.norm.weight)
+        if not cfg.tie_word_embeddings:
+            nn.init.normal_(self.lm_head.weight, 0.0, std)
+        self.model.rotary_emb.reset_tables(cfg.max_position_embeddings, self.lm_head.weight.device)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied lm_head counts once); optionally without the input embedding
+        (and without an untied lm_head), the count scaling laws use."""
+        seen, total = set(), 0
+        for name, p in self.named_parameters():  # named_parameters already yields a tied tensor once
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if exclude_embeddings and name in ("model.embed_tokens.weight", "lm_head.weight"):
+                continue
+            total += p.numel()
+        return total
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache=None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids (B, T) -> (logits (B, T, V), mean cross-entropy over targets != -100, or None).
+
+        targets (B, T): next-token ids, already shifted; -100 = ignore.
+        position_ids (B, T): defaults to cache.pos + arange(T) (arange(T) without a cache).
+        attn_mask: bool, broadcastable to (B, 1, T, S), True = may attend (e.g. padding mask
+          (B, 1, 1, S)); it is ANDed with the causal mask. S = cache.pos + T with a cache, else T.
+        cache: an object with `pos`, `update(layer_idx, k, v) -> (k_all, v_all)` and `advance(n)`
+          (e.g. `KVCache`); this forward writes the T new keys/values and advances it by T.
+        """
+        B, T = input_ids.shape
+        start = int(cache.pos) if cache is not None else 0
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.model.rotary_emb(position_ids, start, T, x.dtype)  # (1|B, T, 1, D)
+        mask = self._mask(T, start, attn_mask, x.device) if (attn_mask is not None or start > 0) else None
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+        return logits, loss
+
+    @staticmethod
+    def _mask(T: int, start: int, attn_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """Bool (B|1, 1, T, S): query i (absolute position start+i) sees keys j <= start+i.
+
+        The key at the query's own position is always allowed, so a fully padded row still
+        attends to itself: its output is garbage but finite (an all-False row makes SDPA return
+        NaN, which would leak into every later position through the values).
+        """
+        S = start + T
+        if attn_mask is None and T == 1:
+            return None  # one new token sees every cached key: no mask needed
+        q_pos = torch.arange(start, S, device=device)[:, None]  # (T, 1)
+        k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+        causal = k_pos <= q_pos  # (T, S)
+        if attn_mask is None:
+            return causal[None, None]
+        return (causal & attn_mask.to(torch.bool)) | (k_pos == q_pos)  # (B|1, 1, T, S)
+
+
+class KVCache:
+    """Static per-layer key/value buffers (L x (B, H_kv, S_max, D)), preallocated once.
+
+    `Llama.forward(..., cache=c)` calls `update(i, k, v)` for each layer (writes T entries at `pos`,
+    returns views of everything up to pos + T) and then `advance(T)`. `reset()` starts over
+    (buffers are reused, not cleared: entries beyond `pos` are never read).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_seq_len: int,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        shape = (cfg.num_hidden_layers, batch_size, cfg.kv_heads, max_seq_len, cfg.dim_per_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H_kv, S_max, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_seq_len = max_seq_len
+        self.pos = 0
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, H_kv, T, D) -> all keys/values so far (B, H_kv, pos + T, D) (views, no copy)."""
+        end = self.pos + k.shape[2]
+        if end > self.max_seq_len:
+            raise ValueError(f"KV cache is full: {self.pos} cached + {k.shape[2]} new tokens > "
+                             f"max_seq_len={self.max_seq_len} (make a larger cache)")
+        self.k[layer_idx, :, :, self.pos:end] = k
+        self.v[layer_idx, :, :, self.pos:end] = v
+        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0
