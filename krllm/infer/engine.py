@@ -1,0 +1,223 @@
+"""Generation engine on token ids: prefill + KV-cache decode, sampling, stopping, batching.
+
+It knows nothing about text. Sequences join the running batch between decode steps
+(continuous batching): `step()` first admits waiting sequences into free cache slots (one
+prefill each, which also samples their first token), then decodes one token for every running
+sequence in a single batched forward. Finished or cancelled sequences free their slot at once.
+
+The same loop serves every caller:
+    engine = Engine(model, max_batch=8, max_seq_len=1024, eos_ids=[0, 3])
+    outs = engine.generate([[5, 6], [7, 8, 9]], SamplingParams(temperature=0), max_new_tokens=32)
+    for tok in engine.stream([5, 6], SamplingParams(temperature=0.8, seed=1)): ...
+and `krllm.infer.scheduler.Scheduler` runs `step()` in a thread for the HTTP server.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+
+from krllm.errors import KrllmError
+from krllm.infer.runner import ModelRunner
+from krllm.infer.sampling import SamplingParams, SamplingRows, sample
+
+_GREEDY = SamplingParams(temperature=0)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in the engine. `output` grows by one token per step; stop tokens are not added."""
+
+    prompt: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    id: int = 0
+    output: list[int] = field(default_factory=list)
+    slot: int | None = None
+    finish_reason: str | None = None  # "stop" (stop token / stop string), "length", "cancelled"
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # (V,) bool, only with a repetition penalty
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class StepEvent:
+    """What one `step()` did to one sequence: a new token (or None) and whether it just finished."""
+
+    seq: Sequence
+    token: int | None
+    finished: bool
+
+
+class Engine:
+    """Owns the model runner, the cache slots and the queue of waiting sequences. Not thread-safe:
+    one thread calls add/cancel/step (see Scheduler for the threaded server loop)."""
+
+    def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
+                 eos_ids: Iterable[int] | None = None):
+        cfg = model.config
+        max_seq_len = max_seq_len or cfg.max_position_embeddings
+        self.runner = ModelRunner(model, n_slots=max_batch, max_seq_len=max_seq_len)
+        self.eos_ids = frozenset(cfg.eos_ids if eos_ids is None else eos_ids)
+        self.max_batch = max_batch
+        self.waiting: deque[Sequence] = deque()
+        self.slots: list[Sequence | None] = [None] * max_batch
+        self._ids = itertools.count(1)
+        self._rows: SamplingRows | None = None  # per-row sampling state, rebuilt when the batch changes
+        self._rows_key: tuple | None = None
+        self._tokens = torch.zeros(max_batch, dtype=torch.long, device=self.runner.device)  # (N,) last tokens
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.runner.max_seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    # ------------------------------------------------------------------ requests
+    def add(self, prompt: list[int], sampling: SamplingParams = _GREEDY, max_new_tokens: int = 128,
+            stop_ids: Iterable[int] | None = None) -> Sequence:
+        """Queue a prompt; it starts at the next `step()` with a free slot.
+
+        stop_ids: token ids that end generation (default: the model's EOS ids; pass () to ignore EOS).
+        """
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise KrllmError("empty prompt: give at least one token id")
+        if max_new_tokens < 1:
+            raise KrllmError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+        if len(prompt) >= self.max_seq_len:
+            raise KrllmError(f"prompt has {len(prompt)} tokens; the engine holds at most "
+                             f"max_seq_len={self.max_seq_len} (prompt + output)")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise KrllmError(f"prompt token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        seq = Sequence(prompt=prompt, sampling=sampling, max_new_tokens=max_new_tokens,
+                       stop_ids=frozenset(self.eos_ids if stop_ids is None else stop_ids), id=next(self._ids))
+        seq.generator = sampling.make_generator(self.runner.device)
+        if sampling.repetition_penalty != 1.0:
+            seq.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.runner.device)
+            seq.seen[torch.tensor(prompt)] = True
+        self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence, reason: str = "cancelled") -> None:
+        """Stop a sequence now (client gone, stop string seen): frees its slot for the next request."""
+        if seq.finished:
+            return
+        seq.finish_reason = reason
+        if seq.slot is not None:
+            self._release(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    @property
+    def running(self) -> list[Sequence]:
+        return [s for s in self.slots if s is not None]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(s is not None for s in self.slots)
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[StepEvent]:
+        """Admit waiting sequences into free slots, then decode one token for each running one."""
+        events: list[StepEvent] = []
+        decoding = self.running  # sequences already running decode this step; new ones prefill
+        while self.waiting and None in self.slots:
+            seq = self.waiting.popleft()
+            slot = self.slots.index(None)  # lowest free slot keeps the decoded rows contiguous
+            seq.slot = slot
+            self.slots[slot] = seq
+            logits = self.runner.prefill(slot, seq.prompt)  # (V,)
+            rows = SamplingRows.build([seq.sampling], self.vocab_size, self.runner.device, [seq.generator])
+            if seq.seen is not None:
+                rows.seen = seq.seen[None]
+            events.append(self._accept(seq, int(sample(logits[None], rows)[0])))
+        if decoding:
+            events.extend(self._decode(decoding))
+        return events
+
+    def _decode(self, seqs: list[Sequence]) -> list[StepEvent]:
+        n_rows = max(s.slot for s in seqs) + 1
+        active = [False] * n_rows
+        for s in seqs:
+            active[s.slot] = True
+            self._tokens[s.slot] = s.output[-1] if s.output else s.prompt[-1]
+        logits = self.runner.decode(self._tokens[:n_rows], n_rows, active)  # (n_rows, V)
+        rows = self._sampling_rows(n_rows)
+        next_ids = sample(logits, rows).tolist()
+        return [self._accept(s, next_ids[s.slot]) for s in seqs]
+
+    def _sampling_rows(self, n_rows: int) -> SamplingRows:
+        """Per-row sampling tensors for slots 0..n_rows-1; rebuilt only when occupants change."""
+        occupants = self.slots[:n_rows]
+        key = tuple(s.id if s is not None else 0 for s in occupants)
+        if key != self._rows_key:
+            params = [s.sampling if s is not None else _GREEDY for s in occupants]
+            gens = [s.generator if s is not None else None for s in occupants]
+            rows = SamplingRows.build(params, self.vocab_size, self.runner.device, gens)
+            if rows.seen is not None:
+                for i, s in enumerate(occupants):
+                    if s is not None and s.seen is not None:
+                        rows.seen[i] = s.seen
+            self._rows, self._rows_key = rows, key
+        return self._rows
+
+    def _accept(self, seq: Sequence, token: int) -> StepEvent:
+        """Record a sampled token and decide whether the sequence is done."""
+        if token in seq.stop_ids:
+            seq.finish_reason = "stop"
+            self._release(seq)
+            return StepEvent(seq, None, True)
+        seq.output.append(token)
+        if seq.seen is not None:
+            seq.seen[token] = True
+            if self._rows is not None and self._rows.seen is not None and seq.slot < len(self._rows.params):
+                self._rows.seen[seq.slot, token] = True
+        total = len(seq.prompt) + len(seq.output)
+        if len(seq.output) >= seq.max_new_tokens or total >= self.max_seq_len:
+            seq.finish_reason = "length"
+            self._release(seq)
+            return StepEvent(seq, token, True)
+        return StepEvent(seq, token, False)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.slot is not None and self.slots[seq.slot] is seq:
+            self.slots[seq.slot] = None
+            self.runner.free(seq.slot)
+        seq.slot = None
+
+    # ------------------------------------------------------------------ convenience
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams] = _GREEDY,
+                 max_new_tokens: int = 128, stop_ids: Iterable[int] | None = None) -> list[Sequence]:
+        """Generate for several prompts (any lengths) batched together; returns finished sequences in order."""
+        params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        seqs = [self.add(p, sp, max_new_tokens, stop_ids) for p, sp in zip(prompts, params)]
+        while not all(s.finished for s in seqs):
+            self.step()
+        return seqs
+
+    def stream(self, prompt: list[int], sampling: SamplingParams = _GREEDY, max_new_tokens: int = 128,
+               stop_ids: Iterable[int] | None = None) -> Iterator[int]:
+        """Yield generated token ids one by one. Closing the generator early cancels the sequence.
+
+        The sequence (with `finish_reason`) is the generator's return value (StopIteration.value).
+        """
+        seq = self.add(prompt, sampling, max_new_tokens, stop_ids)
+        try:
+            while not seq.finished:
+                for ev in self.step():
+                    if ev.seq is seq and ev.token is not None:
+                        yield ev.token
+            return seq
+        finally:
+            self.cancel(seq)

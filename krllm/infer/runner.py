@@ -1,0 +1,201 @@
+"""The model's forward pass specialised for serving: one KV-cache row ("slot") per request.
+
+Why not `Llama.forward` with a cache object? Continuous batching puts requests at different
+positions in one decode step. `Llama.forward` takes a single `cache.pos` for the whole batch and
+always lets the query attend to the key at that shared position, which is right for a padded
+batch but wrong for rows of different lengths. This runner computes exactly the same function
+(same weights, same RMSNorm / RoPE / GQA attention / SwiGLU math; a test checks its logits
+against `Llama.forward` and transformers) with per-row positions, and does less work per token:
+
+- q/k/v and gate/up projections fused into one matmul each; the model's own Linear weights
+  become views of the fused tensors, so no memory is duplicated and `Llama.forward` still works;
+- static cache `(L, slots, H_kv, S_max, D)`, written in place, read as views;
+- prefill computes logits for the last position only;
+- batch-1 decode attends without a mask (all cached keys are visible).
+
+    runner = ModelRunner(model, n_slots=8, max_seq_len=1024)
+    logits = runner.prefill(slot=0, ids=[5, 6, 7])            # (V,)
+    logits = runner.decode(torch.tensor([42]), n_rows=1)      # (1, V) for slot 0
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from krllm.errors import KrllmError
+
+
+class SlotKVCache:
+    """Static keys/values for `n_slots` independent sequences; `lengths[s]` = tokens cached in slot s."""
+
+    def __init__(self, n_layers: int, n_slots: int, n_kv: int, max_seq_len: int, head_dim: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        # One extra row (index n_slots) is scratch space: idle rows of a decode step write there,
+        # so they never clobber a slot that was just prefilled and joins at the next step.
+        shape = (n_layers, n_slots + 1, n_kv, max_seq_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, N + 1, H_kv, S_max, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_seq_len = max_seq_len
+        self.lengths = [0] * n_slots
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.lengths)
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exactly `krllm.model.llama.RMSNorm` (fp32 normalisation, cast back, then scale)."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D); cos/sin (B, T, 1, D); transformers' rotate_half pairing (i with i + D/2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class ModelRunner:
+    """Prefill one slot / decode a batch of slots; knows token ids and logits, nothing else."""
+
+    def __init__(self, model, n_slots: int, max_seq_len: int):
+        cfg = model.config
+        self.model = model.eval()
+        self.cfg = cfg
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        if max_seq_len > cfg.max_position_embeddings:
+            raise KrllmError(f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
+                             f"{cfg.max_position_embeddings}")
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dim_per_head
+        self.eps = cfg.rms_norm_eps
+        self.gqa = self.n_kv != self.n_heads
+        self._fuse_weights()
+        rot = model.model.rotary_emb
+        if rot.cos.shape[0] < max_seq_len:
+            rot.reset_tables(max_seq_len)
+        self.cos = rot.cos[:max_seq_len].to(self.dtype)  # (S_max, D)
+        self.sin = rot.sin[:max_seq_len].to(self.dtype)
+        self.cache = SlotKVCache(cfg.num_hidden_layers, n_slots, self.n_kv, max_seq_len, self.head_dim,
+                                 self.device, self.dtype)
+        self._arange = torch.arange(max_seq_len, device=self.device)  # (S_max,)
+
+    @torch.no_grad()
+    def _fuse_weights(self) -> None:
+        """Concatenate q/k/v and gate/up weights; re-point the original Linears at views of them."""
+        self.layers = []
+        for block in self.model.model.layers:
+            a, m = block.self_attn, block.mlp
+            qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0).contiguous()
+            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight], dim=0).contiguous()
+            nq, nk = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+            a.q_proj.weight.data = qkv[:nq]
+            a.k_proj.weight.data = qkv[nq:nq + nk]
+            a.v_proj.weight.data = qkv[nq + nk:]
+            ni = m.gate_proj.weight.shape[0]
+            m.gate_proj.weight.data = gate_up[:ni]
+            m.up_proj.weight.data = gate_up[ni:]
+            self.layers.append(dict(
+                ln1=block.input_layernorm.weight, qkv=qkv, o=a.o_proj.weight,
+                ln2=block.post_attention_layernorm.weight, gate_up=gate_up, down=m.down_proj.weight,
+                nq=nq, nk=nk, ni=ni,
+            ))
+        self.embed = self.model.model.embed_tokens.weight
+        self.norm = self.model.model.norm.weight
+        self.lm_head = self.model.lm_head.weight
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cache.max_seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.shape[0]
+
+    # ------------------------------------------------------------------ forward pieces
+    def _layer(self, x, lw, cos, sin, attend):
+        """x (B, T, C) -> (B, T, C); `attend(q, k, v, layer_idx)` stores k/v and returns (B, H, T, D)."""
+        B, T, _ = x.shape
+        h = _rms_norm(x, lw["ln1"], self.eps)
+        qkv = F.linear(h, lw["qkv"])  # (B, T, (H + 2 H_kv) D)
+        q = qkv[..., :lw["nq"]].view(B, T, self.n_heads, self.head_dim)
+        k = qkv[..., lw["nq"]:lw["nq"] + lw["nk"]].view(B, T, self.n_kv, self.head_dim)
+        v = qkv[..., lw["nq"] + lw["nk"]:].view(B, T, self.n_kv, self.head_dim)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, T, D)
+        x = x + F.linear(y.transpose(1, 2).reshape(B, T, -1), lw["o"])
+        h = _rms_norm(x, lw["ln2"], self.eps)
+        gu = F.linear(h, lw["gate_up"])  # (B, T, 2 I)
+        return x + F.linear(F.silu(gu[..., :lw["ni"]]) * gu[..., lw["ni"]:], lw["down"])
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms_norm(x, self.norm, self.eps), self.lm_head)
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def prefill(self, slot: int, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Run a whole prompt through slot `slot` (replacing what it held) -> last-position logits (V,)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)  # (1, T)
+        T = ids.shape[1]
+        if T == 0:
+            raise KrllmError("empty prompt: give at least one token")
+        if T > self.max_seq_len:
+            raise KrllmError(f"prompt of {T} tokens does not fit max_seq_len={self.max_seq_len}")
+        cos, sin = self.cos[:T][None, :, None], self.sin[:T][None, :, None]  # (1, T, 1, D)
+        ck, cv = self.cache.k, self.cache.v
+
+        x = F.embedding(ids, self.embed)  # (1, T, C)
+        for i, lw in enumerate(self.layers):
+            def attend(q, k, v, i=i):  # (1, H|H_kv, T, D)
+                ck[i, slot, :, :T] = k[0]
+                cv[i, slot, :, :T] = v[0]
+                return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.gqa)
+            x = self._layer(x, lw, cos, sin, attend)
+        self.cache.lengths[slot] = T
+        return self._logits(x[:, -1])[0]  # (V,)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, n_rows: int, active: list[bool] | None = None) -> torch.Tensor:
+        """One new token for each of slots 0..n_rows-1: tokens (n_rows,) -> logits (n_rows, V).
+
+        Rows that are not `active` (free or just-prefilled slots between busy ones) compute garbage
+        that nobody reads, write it to the scratch row and do not advance. Each active slot appends its token at its own position.
+        """
+        B = n_rows
+        lengths = self.cache.lengths
+        active = active if active is not None else [True] * B
+        pos_list = [lengths[s] if active[s] else 0 for s in range(B)]
+        for s in range(B):
+            if active[s] and pos_list[s] >= self.max_seq_len:
+                raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        S = max(pos_list) + 1
+        pos = torch.tensor(pos_list, device=self.device)  # (B,)
+        scratch = self.cache.n_slots
+        rows = torch.tensor([s if active[s] else scratch for s in range(B)], device=self.device)  # (B,) write rows
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (B, 1, 1, D)
+        uniform = all(p == pos_list[0] for p in pos_list)
+        mask = None if uniform else (self._arange[:S][None, :] <= pos[:, None])[:, None, None, :]  # (B,1,1,S)
+        ck, cv = self.cache.k, self.cache.v
+
+        x = F.embedding(tokens.view(B, 1), self.embed)  # (B, 1, C)
+        for i, lw in enumerate(self.layers):
+            def attend(q, k, v, i=i):  # q (B, H, 1, D), k/v (B, H_kv, 1, D)
+                ck[i, rows, :, pos] = k[:, :, 0]
+                cv[i, rows, :, pos] = v[:, :, 0]
+                return F.scaled_dot_product_attention(q, ck[i, :B, :, :S], cv[i, :B, :, :S], attn_mask=mask,
+                                                      enable_gqa=self.gqa)
+            x = self._layer(x, lw, cos, sin, attend)
+        for s in range(B):
+            if active[s]:
+                lengths[s] += 1
+        return self._logits(x[:, 0])  # (B, V)
+
+    def free(self, slot: int) -> None:
+        self.cache.lengths[slot] = 0

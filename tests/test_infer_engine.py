@@ -1,0 +1,132 @@
+"""Engine: same logits as Llama.forward, same greedy tokens as transformers' generate, batched ==
+one by one, continuous batching, stopping and cancellation."""
+
+import pytest
+import torch
+
+from krllm.infer.engine import Engine
+from krllm.infer.sampling import SamplingParams
+from krllm.infer.testing import tiny_model_dir
+from krllm.model.hf import load_hf
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("engine") / "tiny")
+
+
+@pytest.fixture()
+def model(model_dir):
+    return load_hf(model_dir)
+
+
+def _prompts(vocab, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_runner_logits_equal_llama_forward(model):
+    engine = Engine(model, max_batch=3, max_seq_len=64)
+    ids = _prompts(model.config.vocab_size, [9])[0]
+    ref, _ = model(torch.tensor([ids]))  # (1, T, V), no cache
+    got = engine.runner.prefill(1, ids[:5])
+    torch.testing.assert_close(got, ref[0, 4], rtol=1e-5, atol=1e-5)
+    # decode the rest one token at a time in slot 1 while slots 0 and 2 hold other sequences
+    engine.runner.prefill(0, ids[:2])
+    engine.runner.prefill(2, ids[:7])
+    for t in range(5, 9):
+        tokens = torch.tensor([ids[2], ids[t], ids[7]])
+        out = engine.runner.decode(tokens, 3)
+        torch.testing.assert_close(out[1], ref[0, t], rtol=1e-5, atol=1e-5)
+        engine.runner.cache.lengths[0] = 2  # keep the neighbours where they were (rewrite same slots)
+        engine.runner.cache.lengths[2] = 7
+
+
+def test_greedy_equals_transformers_generate(model_dir, model):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    engine = Engine(model, max_batch=2, max_seq_len=128)
+    for prompt in _prompts(model.config.vocab_size, [1, 6, 17], seed=1):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                              pad_token_id=1)[0, len(prompt):].tolist()
+        seq = engine.generate([prompt], GREEDY, max_new_tokens=40, stop_ids=())[0]
+        assert seq.output == ref
+        assert seq.finish_reason == "length"
+
+
+def test_batched_prompts_of_different_lengths_equal_one_by_one(model):
+    prompts = _prompts(model.config.vocab_size, [3, 11, 1, 25, 7], seed=2)
+    engine = Engine(model, max_batch=5, max_seq_len=128)
+    alone = [engine.generate([p], GREEDY, max_new_tokens=20, stop_ids=())[0].output for p in prompts]
+    batched = [s.output for s in engine.generate(prompts, GREEDY, max_new_tokens=20, stop_ids=())]
+    assert batched == alone
+    assert len({tuple(o) for o in alone}) > 1  # different prompts really give different outputs
+
+
+def test_more_prompts_than_slots_queue_and_join_between_steps(model):
+    prompts = _prompts(model.config.vocab_size, [4, 9, 2, 13, 5, 8, 3], seed=3)
+    engine = Engine(model, max_batch=3, max_seq_len=128)
+    alone = [engine.generate([p], GREEDY, max_new_tokens=16, stop_ids=())[0].output for p in prompts]
+    # different max lengths so slots free up at different steps and waiting prompts join mid-batch
+    seqs = [engine.add(p, GREEDY, max_new_tokens=4 + 2 * i, stop_ids=()) for i, p in enumerate(prompts)]
+    max_running = 0
+    while engine.has_work():
+        engine.step()
+        max_running = max(max_running, len(engine.running))
+    assert max_running == 3
+    assert [s.output for s in seqs] == [a[: 4 + 2 * i] for i, a in enumerate(alone)]
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(model):
+    prompts = _prompts(model.config.vocab_size, [5, 8, 3], seed=4)
+    engine = Engine(model, max_batch=3, max_seq_len=128)
+    params = [SamplingParams(temperature=1.0, top_p=0.9, seed=7 + i) for i in range(3)]
+    alone = [engine.generate([p], sp, max_new_tokens=15, stop_ids=())[0].output for p, sp in zip(prompts, params)]
+    batched = [s.output for s in engine.generate(prompts, params, max_new_tokens=15, stop_ids=())]
+    assert batched == alone
+
+
+def test_stops_on_eos_without_emitting_it(model):
+    engine = Engine(model, max_batch=1, max_seq_len=128)
+    prompt = _prompts(model.config.vocab_size, [6], seed=5)[0]
+    free = engine.generate([prompt], GREEDY, max_new_tokens=10, stop_ids=())[0].output
+    stop_tok = free[4]
+    first = free.index(stop_tok)
+    seq = engine.generate([prompt], GREEDY, max_new_tokens=10, stop_ids=[stop_tok])[0]
+    assert seq.output == free[:first]
+    assert seq.finish_reason == "stop"
+
+
+def test_stream_yields_tokens_and_closing_frees_the_slot(model):
+    engine = Engine(model, max_batch=1, max_seq_len=128)
+    prompt = _prompts(model.config.vocab_size, [6], seed=6)[0]
+    full = engine.generate([prompt], GREEDY, max_new_tokens=10, stop_ids=())[0].output
+    gen = engine.stream(prompt, GREEDY, max_new_tokens=10, stop_ids=())
+    got = [next(gen) for _ in range(3)]
+    assert got == full[:3]
+    assert engine.slots[0] is not None
+    gen.close()
+    assert engine.slots[0] is None and not engine.has_work()
+    assert list(engine.stream(prompt, GREEDY, max_new_tokens=10, stop_ids=())) == full
+
+
+def test_length_limit_of_the_cache_ends_with_length(model):
+    engine = Engine(model, max_batch=1, max_seq_len=16)
+    seq = engine.generate([[5] * 10], GREEDY, max_new_tokens=100, stop_ids=())[0]
+    assert len(seq.output) == 6 and seq.finish_reason == "length"
+
+
+def test_bad_prompts_are_rejected_clearly(model):
+    from krllm.errors import KrllmError
+
+    engine = Engine(model, max_batch=1, max_seq_len=16)
+    with pytest.raises(KrllmError, match="empty prompt"):
+        engine.add([])
+    with pytest.raises(KrllmError, match="max_seq_len=16"):
+        engine.add([5] * 16)
+    with pytest.raises(KrllmError, match="outside the vocabulary"):
+        engine.add([5, model.config.vocab_size])
