@@ -1,0 +1,136 @@
+"""Open a model directory for inference: weights (+ a PEFT adapter merged in) and its tokenizer.
+
+Accepts what krllm writes and what people download:
+- an HF Llama directory (`runs/x/hf`, a merged model, any local Llama-family checkpoint);
+- a PEFT adapter directory (`runs/x/adapter`, or a fine-tuning run dir containing `adapter/`):
+  the base comes from `--base` or the adapter's `base_model_name_or_path`;
+- a run directory containing `hf/`.
+
+    lm = load_for_inference("runs/demo/sft")
+    ids = lm.encode_chat([{"role": "user", "content": "안녕"}])    # ChatML + generation prompt
+    engine = Engine(lm.model, eos_ids=lm.eos_ids)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from krllm.errors import KrllmError
+from krllm.infer.adapters import is_adapter_dir, merge_adapter, read_adapter_config
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate with, plus what turns text into ids and back."""
+
+    model: torch.nn.Module
+    tokenizer: object  # transformers PreTrainedTokenizerFast
+    name: str  # id shown by /v1/models
+    path: Path
+    eos_ids: list[int]
+    adapter: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """messages [{"role", "content"}] -> prompt ids with the tokenizer's chat template."""
+        if not self.has_chat_template:
+            raise KrllmError(f"{self.path}: the tokenizer has no chat_template, so chat is not available "
+                             "(use `krllm generate` / the completions endpoint, or a krllm tokenizer)")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                 tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A run directory -> the directory holding the model (adapter/ of a fine-tune, else hf/)."""
+    path = Path(path)
+    if not path.exists():
+        raise KrllmError(f"{path} does not exist (give an HF model directory, an adapter directory or a run directory)")
+    if (path / "config.json").is_file() or is_adapter_dir(path):
+        return path
+    for sub in ("adapter", "hf", "merged"):
+        if (path / sub / "config.json").is_file() or is_adapter_dir(path / sub):
+            return path / sub
+    raise KrllmError(f"{path}: no config.json or adapter_config.json here, nor in {path}/adapter, "
+                     f"{path}/hf or {path}/merged")
+
+
+def _eos_ids(model_dir: Path, cfg, tokenizer) -> list[int]:
+    """Every id that should end generation: generation_config.json, config.json, tokenizer eos, <|im_end|>."""
+    ids: list[int] = []
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+        ids.extend([eos] if isinstance(eos, int) else (eos or []))
+    ids.extend(cfg.eos_ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    return sorted(set(ids))
+
+
+def load_for_inference(path: str | Path, base: str | Path | None = None, device: str = "auto",
+                       dtype: str | None = None, name: str | None = None) -> LoadedModel:
+    """Load weights (merging an adapter if `path` is one) and the tokenizer; errors name the path.
+
+    dtype: None keeps the dtype the weights were saved in; fp32 / bf16 / fp16 cast them.
+    """
+    from transformers import AutoTokenizer
+
+    from krllm.device import pick_device
+    from krllm.model.hf import load_hf
+
+    model_dir = resolve_model_dir(path)
+    dev = pick_device(device)
+    adapter = None
+    if is_adapter_dir(model_dir):
+        adapter = model_dir
+        acfg = read_adapter_config(adapter)
+        recorded = acfg.get("base_model_name_or_path")
+        base_dir = Path(base) if base else Path(recorded or "")
+        if not (base or recorded) or not base_dir.is_dir():
+            raise KrllmError(f"{adapter} is an adapter whose base model {str(base or recorded)!r} is not a "
+                             "local directory: pass the base model directory with --base DIR")
+        base_dir = resolve_model_dir(base_dir)
+        model = load_hf(base_dir, device="cpu", dtype=None)
+        info = merge_adapter(model, adapter)  # merged in the stored dtype on CPU, then moved
+        model = model.to(device=dev)
+        tok_dir = adapter if (adapter / "tokenizer.json").is_file() else base_dir
+        cfg_dir = base_dir
+    else:
+        model = load_hf(model_dir, device=str(dev), dtype=None)
+        info, tok_dir, cfg_dir = {}, model_dir, model_dir
+    if dtype is not None:
+        from krllm.model.hf import _parse_dtype
+
+        model = model.to(_parse_dtype(dtype))
+    if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer_config.json").is_file():
+        raise KrllmError(f"{tok_dir}: no tokenizer files (tokenizer.json); save the model with its tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    n_tok = len(tokenizer)
+    if n_tok > model.config.vocab_size:
+        raise KrllmError(f"{tok_dir}: tokenizer has {n_tok} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size} (they do not belong together)")
+    model.eval()
+    label = name or (Path(path).resolve().name if Path(path).resolve().name not in ("hf", "adapter")
+                     else Path(path).resolve().parent.name)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=label, path=model_dir,
+                       eos_ids=_eos_ids(cfg_dir, model.config, tokenizer), adapter=adapter, info=info)
