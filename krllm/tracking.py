@@ -16,10 +16,18 @@ class MetricsLogger:
     """Append-only metrics sink. Call from rank 0 only; `log` never raises on a missing backend."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
-                 run_name: str | None = None, config: dict | None = None):
+                 run_name: str | None = None, config: dict | None = None, purge_step: int | None = None):
+        """`purge_step`: a resumed run restarts at this step; records from the interrupted run at
+        or after it are dropped (metrics.jsonl rewritten atomically, TensorBoard's `purge_step`)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
+        if purge_step is not None and self.path.exists():
+            from krllm.config import atomic_write_text
+
+            kept = [json.dumps(r, ensure_ascii=False) + "\n" for r in read_metrics(self.path)
+                    if int(r.get("step", 0)) < purge_step]
+            atomic_write_text(self.path, "".join(kept))
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self._tb = None
         if tensorboard:
@@ -28,7 +36,7 @@ class MetricsLogger:
             except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
         self._wandb = None
         if wandb_project:
             try:
@@ -48,6 +56,11 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{split}/{k}", v, step)
         if self._wandb is not None:
             self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=step)
+
+    def log_text(self, step: int, tag: str, text: str) -> None:
+        """Free text (e.g. generated samples) to TensorBoard's text tab; metrics.jsonl via `log`."""
+        if self._tb is not None:
+            self._tb.add_text(tag, text, step)
 
     def close(self) -> None:
         self._file.close()

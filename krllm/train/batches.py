@@ -79,11 +79,7 @@ class PackedWindows:
         return np.asarray(out, dtype=np.int64)
 
     def load(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows at `starts` -> (inputs (B, T), targets (B, T)) int64 on CPU."""
-        T = self.seq_len
-        rows = np.stack([self.source.slice(int(s), T + 1) for s in starts]) if len(starts) else np.zeros((0, T + 1))
-        rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))  # (B, T+1)
-        return rows[:, :-1], rows[:, 1:]
+        return load_windows(self.source, starts, self.seq_len)
 
     def next_batch(self, global_batch: int, rank: int = 0, world: int = 1):
         """This rank's share of the next global micro-batch: (inputs, targets), each (B/world, T)."""
@@ -100,6 +96,14 @@ class PackedWindows:
                             f"{state.get('tokens')} tokens, but this run has seed={self.seed} over "
                             f"{len(self.source)} {self.name} tokens: the data changed, resume would not be exact")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def load_windows(source: TokenSource, starts, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows at `starts` -> (inputs (B, T), targets (B, T)) int64 on CPU."""
+    T = seq_len
+    rows = np.stack([source.slice(int(s), T + 1) for s in starts]) if len(starts) else np.zeros((0, T + 1))
+    rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))  # (B, T+1)
+    return rows[:, :-1], rows[:, 1:]
 
 
 def fixed_windows(source: TokenSource, seq_len: int, n: int) -> np.ndarray:
