@@ -1,0 +1,43 @@
+"""`krllm sft`: supervised fine-tuning (LoRA / DoRA / QLoRA / full) from a YAML config.
+
+    krllm sft -c configs/sft/npc_lora.yaml
+    krllm sft -c configs/sft/npc_lora.yaml --set peft.method=dora --set name=npc_dora
+    krllm sft -c configs/sft/npc_lora.yaml --resume          # continue from the last checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = (
+        "Outputs go to <runs_dir>/<name>/: adapter/ (PEFT), merged/ (base+adapter) or hf/ (full), config.yaml,\n"
+        "metrics.jsonl, tb/ (tensorboard --logdir runs/), samples.md (answers before/after), summary.json,\n"
+        "checkpoints/ (resumable). Data: a JSONL file (chat {messages}, {instruction,input,output} or {text})\n"
+        "or builtin:npc / builtin:math / builtin:sentiment. See docs/finetuning.md."
+    )
+    p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/sft/npc_lora.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set peft.method=dora --set train.max_steps=100 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an existing run directory (deletes its checkpoints and metrics)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from krllm.config import load_config
+    from krllm.train.sft import run_sft
+    from krllm.train.sft_config import SFTRunConfig
+
+    cfg = load_config(args.config, SFTRunConfig, args.overrides)
+    summary = run_sft(cfg, resume=args.resume, overwrite=args.overwrite)
+    out = summary["outputs"]
+    loss = summary["eval_loss"] if summary["eval_loss"] is not None else summary["train_loss"]
+    print(f"done: {summary['steps']} steps, {'val' if summary['eval_loss'] is not None else 'train'} loss "
+          f"{loss:.4f}; outputs: " + ", ".join(out.values()))
+    if "merged" in out or "hf" in out:
+        print(f"chat with it: krllm chat {out.get('merged') or out.get('hf')}")
+    return 0

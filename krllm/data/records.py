@@ -1,0 +1,308 @@
+"""JSONL record schemas for fine-tuning and alignment, validated with file:line errors.
+
+Why a module of its own: every trainer (SFT, classification, DPO, GRPO) reads user JSONL, and a
+bad line should say *where* and *what* (`data/sft.jsonl:17: messages[2].role: ...`) before any
+model is loaded, not crash an hour into training. All problems of a file are reported at once
+(up to `MAX_REPORTED`), so a user fixes them in one pass.
+
+Formats (one JSON object per line; blank lines are skipped; unknown extra keys are ignored):
+
+    chat            {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
+    instruction     {"instruction": str, "input": str (optional), "output": str}  -> chat
+    text            {"text": str}                                  (plain language modeling)
+    classification  {"text": str, "label": str | int}
+    dpo             {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
+                    or {"messages": [...prompt turns], "chosen": ..., "rejected": ...}
+    grpo            {"prompt": str | messages, "answer": str}
+
+`load_examples(spec, kind)` reads a JSONL path or a `builtin:` generated set and returns
+normalized dicts: SFT -> {"messages": [...]} or {"text": str}; classification -> {"text", "label"};
+DPO -> {"prompt": messages, "chosen": messages, "rejected": messages}; GRPO -> {"prompt": messages,
+"answer": str}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from krllm.errors import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+KINDS = ("sft", "classify", "dpo", "grpo")
+MAX_REPORTED = 20
+
+# builtin:NAME -> which record kinds it can feed (the generators live in krllm.data.generated)
+BUILTIN_SETS = {
+    "npc": ("sft",),
+    "math": ("sft", "grpo"),
+    "sentiment": ("classify", "sft"),
+}
+
+
+class RecordError(ValueError):
+    """One bad record; `key` is the path inside the record (e.g. `messages[2].role`)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+# ---------------------------------------------------------------- reading JSONL
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed JSON) for each non-blank line; syntax errors name file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+# ---------------------------------------------------------------- field checks
+
+def _string(obj: dict, key: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise RecordError(key, "required key is missing")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise RecordError(key, f"must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RecordError(key, "is empty")
+    return value
+
+
+def check_messages(messages: Any, key: str = "messages", *, need_assistant: bool = True) -> list[dict]:
+    """A list of {"role", "content"} with known roles and string content -> clean copies."""
+    if not isinstance(messages, list):
+        raise RecordError(key, f"must be a list of {{'role', 'content'}} objects, got {type(messages).__name__}")
+    if not messages:
+        raise RecordError(key, "is an empty list")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            raise RecordError(where, f"must be an object with 'role' and 'content', got {type(m).__name__}")
+        role = m.get("role")
+        if role is None:
+            raise RecordError(f"{where}.role", "required key is missing")
+        if role not in ROLES:
+            raise RecordError(f"{where}.role", f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if "content" not in m or m["content"] is None:
+            raise RecordError(f"{where}.content", "required key is missing")
+        content = m["content"]
+        if not isinstance(content, str):
+            raise RecordError(f"{where}.content", f"must be a string (multimodal content lists are not "
+                              f"supported), got {type(content).__name__}")
+        if role == "assistant" and not content.strip():
+            raise RecordError(f"{where}.content", "assistant message is empty (nothing to learn)")
+        if role == "system" and i != 0:
+            raise RecordError(f"{where}.role", "a system message must come first")
+        out.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
+        raise RecordError(key, "has no assistant message (nothing to learn)")
+    return out
+
+
+def instruction_to_messages(instruction: str, output: str, input_text: str | None = None,
+                            system: str | None = None) -> list[dict]:
+    """Alpaca-style record -> chat turns. The input (if any) follows the instruction after a blank line."""
+    user = instruction if not input_text or not input_text.strip() else f"{instruction}\n\n{input_text}"
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if system and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system}] + messages
+    return messages
+
+
+def _prompt_messages(value: Any, key: str) -> list[dict]:
+    """A prompt given as a string or as chat turns -> chat turns (must not end with the assistant)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError(key, "is empty")
+        return [{"role": "user", "content": value}]
+    msgs = check_messages(value, key, need_assistant=False)
+    if msgs[-1]["role"] == "assistant":
+        raise RecordError(key, "must end with a user turn (the model answers it)")
+    return msgs
+
+
+def _completion_messages(value: Any, key: str) -> list[dict]:
+    """A completion given as a string or as assistant turns -> assistant turns."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError(key, "is empty")
+        return [{"role": "assistant", "content": value}]
+    msgs = check_messages(value, key, need_assistant=True)
+    if any(m["role"] != "assistant" for m in msgs):
+        raise RecordError(key, "must contain assistant turns only")
+    return msgs
+
+
+# ---------------------------------------------------------------- one record per kind
+
+def sft_record(obj: Any, system: str | None = None) -> dict:
+    """chat / instruction / text record -> {"messages": [...]} or {"text": str}."""
+    if not isinstance(obj, dict):
+        raise RecordError("", f"each line must be a JSON object, got {type(obj).__name__}")
+    if "messages" in obj:
+        return {"messages": _with_system(check_messages(obj["messages"]), system)}
+    if "instruction" in obj:
+        instruction = _string(obj, "instruction")
+        output = _string(obj, "output")
+        input_text = _string(obj, "input", required=False, allow_empty=True)
+        return {"messages": instruction_to_messages(instruction, output, input_text, system)}
+    if "text" in obj:
+        return {"text": _string(obj, "text")}
+    raise RecordError("", "unknown record: expected 'messages' (chat), 'instruction'+'output', or 'text'; "
+                      f"got keys {sorted(obj)}")
+
+
+def classification_record(obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise RecordError("", f"each line must be a JSON object, got {type(obj).__name__}")
+    text = _string(obj, "text")
+    if "label" not in obj or obj["label"] is None:
+        raise RecordError("label", "required key is missing")
+    label = obj["label"]
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise RecordError("label", f"must be a string or an integer, got {type(label).__name__}")
+    if isinstance(label, str) and not label.strip():
+        raise RecordError("label", "is empty")
+    return {"text": text, "label": label}
+
+
+def dpo_record(obj: Any, system: str | None = None) -> dict:
+    if not isinstance(obj, dict):
+        raise RecordError("", f"each line must be a JSON object, got {type(obj).__name__}")
+    if "prompt" in obj:
+        prompt = _prompt_messages(obj["prompt"], "prompt")
+    elif "messages" in obj:
+        prompt = _prompt_messages(obj["messages"], "messages")
+    else:
+        raise RecordError("prompt", "required key is missing (or give the prompt turns as 'messages')")
+    for key in ("chosen", "rejected"):
+        if key not in obj or obj[key] is None:
+            raise RecordError(key, "required key is missing")
+    chosen = _completion_messages(obj["chosen"], "chosen")
+    rejected = _completion_messages(obj["rejected"], "rejected")
+    if chosen == rejected:
+        raise RecordError("rejected", "is identical to 'chosen' (no preference to learn)")
+    return {"prompt": _with_system(prompt, system), "chosen": chosen, "rejected": rejected}
+
+
+def grpo_record(obj: Any, system: str | None = None) -> dict:
+    if not isinstance(obj, dict):
+        raise RecordError("", f"each line must be a JSON object, got {type(obj).__name__}")
+    if "prompt" not in obj:
+        raise RecordError("prompt", "required key is missing")
+    prompt = _prompt_messages(obj["prompt"], "prompt")
+    answer = obj.get("answer")
+    if answer is None:
+        raise RecordError("answer", "required key is missing")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise RecordError("answer", f"must be a string (or a number), got {type(answer).__name__}")
+    return {"prompt": _with_system(prompt, system), "answer": str(answer)}
+
+
+def _convert(obj: Any, kind: str, system: str | None) -> dict:
+    if kind == "sft":
+        return sft_record(obj, system)
+    if kind == "classify":
+        return classification_record(obj)
+    if kind == "dpo":
+        return dpo_record(obj, system)
+    if kind == "grpo":
+        return grpo_record(obj, system)
+    raise ValueError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+# ---------------------------------------------------------------- files and built-in sets
+
+def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[dict]:
+    """Validate every line of a JSONL file; raise one DataError listing every bad line (file:line: key: why)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
+    out, problems, n_bad = [], [], 0
+    for lineno, obj in iter_jsonl(path):
+        try:
+            out.append(_convert(obj, kind, system))
+        except RecordError as e:
+            n_bad += 1
+            if len(problems) < MAX_REPORTED:
+                problems.append(f"{path}:{lineno}: {e}")
+    if problems:
+        more = f"\n  ... and {n_bad - len(problems)} more bad lines" if n_bad > len(problems) else ""
+        raise DataError(f"{n_bad} invalid {kind} record(s) in {path}:\n  " + "\n  ".join(problems) + more)
+    if not out:
+        raise DataError(f"{path}: no records (the file is empty)")
+    return out
+
+
+def _builtin_rows(name: str, option: str | None, n: int, seed: int) -> list[dict]:
+    try:
+        from krllm.data import generated
+    except ImportError as e:  # the generators are a separate module; say what is missing
+        raise DataError(f"builtin:{name} needs krllm.data.generated, which failed to import: {e}") from None
+    if name == "npc":
+        return generated.npc_dialogues(n, seed=seed)
+    if name == "math":
+        return generated.math_problems(n, seed=seed, lang=option or "ko")
+    if name == "sentiment":
+        return generated.sentiment_examples(n, seed=seed)
+    raise AssertionError(name)
+
+
+def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | None = None) -> list[dict]:
+    """`builtin:npc`, `builtin:math[:ko|en|mixed]`, `builtin:sentiment` -> normalized records of `kind`."""
+    name, _, option = str(spec).removeprefix("builtin:").partition(":")
+    if name not in BUILTIN_SETS:
+        raise DataError(f"unknown built-in set {spec!r}; available: "
+                        + ", ".join(f"builtin:{k}" for k in BUILTIN_SETS))
+    if kind not in BUILTIN_SETS[name]:
+        raise DataError(f"builtin:{name} cannot feed {kind} training (it feeds: {', '.join(BUILTIN_SETS[name])})")
+    rows = _builtin_rows(name, option or None, n, seed)
+    out = []
+    for i, row in enumerate(rows):
+        if name == "npc":
+            obj = row
+        elif name == "math" and kind == "sft":
+            obj = {"messages": [{"role": "user", "content": row["question"]},
+                                {"role": "assistant", "content": row["solution"]}]}
+        elif name == "math":  # grpo
+            obj = {"prompt": row["question"], "answer": row["answer"]}
+        elif kind == "classify":
+            obj = row
+        else:  # sentiment as SFT: answer with the label
+            obj = {"messages": [{"role": "user", "content": row["text"]},
+                                {"role": "assistant", "content": str(row["label"])}]}
+        try:
+            out.append(_convert(obj, kind, system))
+        except RecordError as e:  # a generator bug, but still say where
+            raise DataError(f"{spec} record {i}: {e}") from None
+    return out
+
+
+def load_examples(spec: str | Path, kind: str, n: int | None = None, seed: int = 0,
+                  system: str | None = None) -> list[dict]:
+    """A JSONL path or a `builtin:` spec -> validated, normalized records (the first `n` of a file)."""
+    if str(spec).startswith("builtin:"):
+        return builtin_records(str(spec), kind, n=n if n is not None else 1000, seed=seed, system=system)
+    records = load_jsonl(spec, kind, system)
+    return records[:n] if n is not None else records

@@ -1,0 +1,382 @@
+"""Supervised fine-tuning of any HF causal LM with LoRA / DoRA / QLoRA / full, on TRL's SFTTrainer.
+
+    krllm sft -c configs/sft/npc_lora.yaml [--set peft.method=dora] [--resume]
+
+Our part is the glue users otherwise write by hand: validated records (krllm.data.records), our own
+tokenization with assistant-only labels and a learned end-of-turn (sft_data), device-aware batching
+(batching), PEFT config from a YAML (incl. `num_layers` from the top), metrics + progress, atomic
+outputs. The training loop, optimizer, checkpoints and resume are TRL/transformers'.
+
+Run directory (`runs/<name>/`):
+    config.yaml  lineage.json  metrics.jsonl  tb/  summary.json  samples.md  samples.jsonl
+    checkpoints/checkpoint-N/   transformers Trainer checkpoints (weights + optimizer + scheduler + RNG)
+    adapter/     PEFT adapter (adapter_config.json + adapter_model.safetensors) + tokenizer  [lora/dora/qlora]
+    merged/      base + adapter as one HF directory (when `merge: true`)                     [lora/dora]
+    hf/          the fine-tuned HF directory                                                [full]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from krllm.config import write_resolved
+from krllm.data.records import load_examples
+from krllm.device import pick_device, pick_dtype
+from krllm.errors import KrllmError
+from krllm.runs import atomic_dir, write_json, write_lineage
+from krllm.tracking import MetricsLogger
+from krllm.train import batching as B
+from krllm.train.sft_config import PeftSection, SFTRunConfig
+from krllm.train.sft_data import stop_ids, tokenize_records
+
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------- inputs
+
+def load_tokenizer(cfg: SFTRunConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.base_model)
+    if cfg.data.chat_template:
+        path = Path(cfg.data.chat_template)
+        if not path.is_file():
+            raise KrllmError(f"data.chat_template: {path} not found")
+        tok.chat_template = path.read_text(encoding="utf-8")
+    if tok.pad_token is None:  # padding is masked out of attention and loss, any id works
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def split_records(cfg: SFTRunConfig, kind: str = "sft") -> tuple[list[dict], list[dict]]:
+    """(train, eval) records: a separate eval file, or a seeded hold-out of `eval_fraction`."""
+    d = cfg.data
+    train = load_examples(d.train, kind, n=d.n, seed=d.seed, system=d.system_prompt)
+    if d.eval:
+        return train, load_examples(d.eval, kind, seed=d.seed + 1, system=d.system_prompt)
+    if d.eval_fraction == 0 or len(train) < 2:
+        return train, []
+    order = list(range(len(train)))
+    random.Random(d.seed).shuffle(order)
+    n_eval = max(1, math.ceil(len(train) * d.eval_fraction))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+
+
+def _layers(model) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def peft_config_for(p: PeftSection, num_hidden_layers: int, task_type: str = "CAUSAL_LM"):
+    """Our YAML section -> peft.LoraConfig (DoRA = LoRA + use_dora; QLoRA = LoRA on a 4-bit base)."""
+    from peft import LoraConfig
+
+    layers = None
+    if p.num_layers is not None:
+        if p.num_layers > num_hidden_layers:
+            raise KrllmError(f"peft.num_layers={p.num_layers} but the model has {num_hidden_layers} layers")
+        layers = list(range(num_hidden_layers - p.num_layers, num_hidden_layers))
+    return LoraConfig(
+        r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, task_type=task_type,
+        target_modules=p.target_modules, use_dora=p.method == "dora", layers_to_transform=layers,
+        modules_to_save=p.modules_to_save,
+    )
+
+
+def _quantization_config(dtype: torch.dtype):
+    """QLoRA's 4-bit NF4 base: CUDA + bitsandbytes only, said plainly otherwise."""
+    if not torch.cuda.is_available():
+        raise KrllmError("peft.method=qlora loads the base model in 4 bits with bitsandbytes, which needs a CUDA "
+                         "GPU; none is available here. Use peft.method=lora (same adapter, full-precision base) "
+                         "on CPU/MPS.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise KrllmError("peft.method=qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+
+
+def load_model(cfg: SFTRunConfig, tokenizer, dtype: torch.dtype):
+    """Base model in fp32 master weights (autocast does the low precision), or 4-bit for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    kw = {"dtype": torch.float32}
+    if cfg.peft.method == "qlora":
+        kw = {"quantization_config": _quantization_config(dtype), "dtype": torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kw)
+    if cfg.peft.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise KrllmError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.base_model} embeds only {rows}: "
+                         "use the tokenizer the model was trained with")
+    stops = stop_ids(tokenizer)
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.peft.method == "full" and cfg.peft.num_layers is not None:
+        freeze_below(model, cfg.peft.num_layers)
+    return model
+
+
+def freeze_below(model, num_layers: int) -> None:
+    """Full fine-tuning of the top `num_layers` blocks (+ final norm) only; everything else frozen."""
+    n = _layers(model)
+    if num_layers > n:
+        raise KrllmError(f"peft.num_layers={num_layers} but the model has {n} layers")
+    keep = {f".layers.{i}." for i in range(n - num_layers, n)}
+    for name, p in model.named_parameters():
+        p.requires_grad = any(k in name for k in keep) or name.endswith("model.norm.weight")
+
+
+# ---------------------------------------------------------------- samples
+
+def prompt_of(record: dict) -> list[dict] | None:
+    """Chat turns up to (not including) the last assistant turn."""
+    msgs = record.get("messages")
+    if not msgs:
+        return None
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:last]
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[dict]:
+    """Greedy answers; `stopped` = the model ended its turn itself (emitted an end-of-turn token)."""
+    stops = stop_ids(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for msgs in prompts:
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                            return_tensors="pt")["input_ids"].to(device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+        new = gen[0, ids.shape[1]:].tolist()
+        stopped = bool(new) and new[-1] in stops
+        text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=False)
+        out.append({"answer": text, "stopped": stopped, "tokens": len(new)})
+    model.train(was_training)
+    return out
+
+
+def write_samples(run_dir: Path, prompts, before, after, references) -> None:
+    rows, md = [], ["# Samples (greedy)\n"]
+    for p, b, a, ref in zip(prompts, before, after, references):
+        rows.append({"prompt": p, "before": b, "after": a, "reference": ref})
+        md.append(f"## {p[-1]['content']}\n")
+        md.append(f"- **before**: {b['answer']!r}{'' if b['stopped'] else ' (did not stop)'}")
+        md.append(f"- **after**: {a['answer']!r}{'' if a['stopped'] else ' (did not stop)'}")
+        md.append(f"- **reference**: {ref!r}\n")
+    from krllm.config import atomic_write_text
+
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(run_dir / "samples.md", "\n".join(md) + "\n")
+
+
+# ---------------------------------------------------------------- outputs
+
+def write_hf_dir(model, tokenizer, out: Path) -> None:
+    """An HF directory any stage loads: weights, config (+ top-level rope_theta for mlx-lm), tokenizer."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
+        if theta is not None and "rope_theta" not in cfg:
+            cfg["rope_theta"] = theta
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (or None); refuse to silently mix a new run into an old one."""
+    ckpts = sorted((run_dir / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if resume:
+        if not ckpts:
+            raise KrllmError(f"--resume: no checkpoint in {run_dir / CHECKPOINTS}")
+        return ckpts[-1]
+    if ckpts or (run_dir / "metrics.jsonl").exists():
+        if not overwrite:
+            raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                             "start over (deletes its checkpoints and metrics), or change name")
+        for sub in (CHECKPOINTS, "tb"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+# ---------------------------------------------------------------- the stage
+
+def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict."""
+    import datasets
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from krllm.train.hf_callbacks import KrllmLogCallback
+
+    t_start = time.time()
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    resume_from = prepare_run_dir(run_dir, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, run_dir / "config.yaml")
+
+    device = pick_device(cfg.train.device)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    mode = B.resolve_batching(cfg.train.batching, device)
+    tokenizer = load_tokenizer(cfg)
+    train_records, eval_records = split_records(cfg)
+    train_rows, stats = tokenize_records(train_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
+    eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
+    if not train_rows:
+        raise KrllmError("no training example has a token to learn (all dropped); check data.loss_on / max_length")
+    print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {device.type} | compute dtype "
+          f"{str(dtype).removeprefix('torch.')} | batching {mode} | {stats.examples} train examples, "
+          f"{stats.tokens:,} tokens ({stats.target_tokens:,} learned), {len(eval_rows)} eval examples")
+    if stats.truncated:
+        print(f"note: {stats.truncated} examples were longer than data.max_length={cfg.data.max_length} and were "
+              "cut (their end-of-turn token is lost)")
+
+    model = load_model(cfg, tokenizer, dtype)
+    if mode == "packed":
+        B.check_packing_isolation(model, len(tokenizer))
+
+    n_samples = min(cfg.samples.n, len(eval_records or train_records))
+    sample_src = [r for r in (eval_records or train_records) if prompt_of(r)][:n_samples]
+    sample_prompts = [prompt_of(r) for r in sample_src]
+    before = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens) if sample_prompts else []
+
+    counter = B.TokenCounter()
+    collator = None
+    if mode in ("length_grouped", "random"):
+        collator = B.PadCollator(tokenizer.pad_token_id, counter=counter)
+    elif mode == "packed":
+        collator = B.PackedCollator(tokenizer.pad_token_id, cfg.data.max_length, counter=counter)
+    t = cfg.train
+    has_eval = bool(eval_rows)
+    save_steps = t.eval_steps if t.early_stopping_patience else t.save_steps
+    args = SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS), seed=t.seed, data_seed=t.seed,
+        learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=t.warmup, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else 0.0,
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, gradient_checkpointing=t.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
+        max_length=cfg.data.max_length,
+        packing=mode == "padding_free", packing_strategy="bfd",
+        dataset_kwargs=None if mode == "padding_free" else {"skip_prepare_dataset": True},
+        train_sampling_strategy="group_by_length" if mode == "length_grouped" else "random",
+        remove_unused_columns=False,
+        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=t.save_total_limit,
+        load_best_model_at_end=bool(t.early_stopping_patience and has_eval),
+        metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=t.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    if mode == "padding_free":  # varlen kernels: the flattened batch attends per document
+        model.set_attn_implementation("flash_attention_2")
+    callbacks = []
+    if t.early_stopping_patience and has_eval:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta))
+    peft_config = None
+    if cfg.peft.method != "full":
+        peft_config = peft_config_for(cfg.peft, _layers(model))
+
+    ds_cols = ["input_ids", "labels", "length"]
+    train_ds = datasets.Dataset.from_list(train_rows).select_columns(ds_cols)
+    eval_ds = datasets.Dataset.from_list(eval_rows).select_columns(ds_cols) if has_eval else None
+    trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
+                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    counter.active = lambda: trainer.model.training  # evaluation batches are not training throughput
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in trainer.model.parameters())
+    print(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
+
+    with MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
+                       run_name=cfg.name) as logger:
+        trainer.add_callback(KrllmLogCallback(logger, counter if collator is not None else None,
+                                              label=f"sft {cfg.name}"))
+        write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
+            "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
+            "resumed_from": str(resume_from) if resume_from else None}})
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        final_eval = _last_eval(trainer) if has_eval else {}
+        if has_eval and not final_eval:
+            final_eval = trainer.evaluate()
+            logger.log(trainer.state.global_step, "eval", **{k[5:]: v for k, v in final_eval.items()
+                                                              if k.startswith("eval_") and isinstance(v, float)})
+
+    model = trainer.model
+    after = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens) if sample_prompts else []
+    if sample_prompts:
+        refs = [r["messages"][len(p)]["content"] for r, p in zip(sample_src, sample_prompts)]
+        write_samples(run_dir, sample_prompts, before, after, refs)
+
+    outputs = {}
+    if cfg.peft.method == "full":
+        write_hf_dir(model, tokenizer, run_dir / "hf")
+        outputs["hf"] = str(run_dir / "hf")
+    else:
+        with atomic_dir(run_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)  # stop ids for `krllm merge` and servers
+        outputs["adapter"] = str(run_dir / "adapter")
+        if cfg.merge and cfg.peft.method != "qlora":
+            write_hf_dir(model.merge_and_unload(), tokenizer, run_dir / "merged")
+            outputs["merged"] = str(run_dir / "merged")
+
+    summary = {
+        "method": cfg.peft.method, "batching": mode, "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."), "steps": trainer.state.global_step,
+        "stopped_early": bool(t.early_stopping_patience and trainer.state.global_step < trainer.state.max_steps),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
+        "trainable_params": n_train, "total_params": n_all, "data": stats.as_dict(),
+        "eval_examples": len(eval_rows), "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_s": round(time.time() - t_start, 1), "samples_stopped_after": [a["stopped"] for a in after],
+        "outputs": outputs,
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _last_eval(trainer) -> dict:
+    """The evaluation logged at the final step, if the schedule already ran one there (no second pass).
+
+    With early stopping the best checkpoint was reloaded: its evaluation is the one that counts.
+    """
+    state = trainer.state
+    want = state.global_step
+    if state.best_model_checkpoint and trainer.args.load_best_model_at_end:
+        want = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+    for rec in reversed(state.log_history):
+        if "eval_loss" in rec and rec.get("step") == want:
+            return rec
+    return {}
+
+
+def _lineage_inputs(cfg: SFTRunConfig) -> dict:
+    inputs = {"base_model": cfg.base_model, "tokenizer": cfg.tokenizer or cfg.base_model}
+    for role, spec in (("data", cfg.data.train), ("eval_data", cfg.data.eval)):
+        if spec and not str(spec).startswith("builtin:"):
+            inputs[role] = spec
+    return inputs

@@ -1,0 +1,185 @@
+"""Records -> token ids + labels for SFT, with the loss on assistant turns and a learned end-of-turn.
+
+Why we tokenize ourselves instead of letting TRL do it: we need (a) the same assistant mask for any
+chat template — `{% generation %}` markers when the template has them (transformers'
+`return_assistant_tokens_mask`, what TRL's `assistant_only_loss` uses), else spans found by
+rendering each conversation prefix; (b) the end-of-turn token (`<|im_end|>` for ChatML) *always*
+labeled, even when a template leaves it outside the markers — otherwise the tuned model never learns
+to stop; (c) lengths up front for length-grouped batching; (d) counts to report (truncated, dropped).
+
+    rows, stats = tokenize_records(records, tokenizer, max_length=1024, loss_on="assistant")
+    rows[0] == {"input_ids": [...], "labels": [-100, ..., 1234, 3], "length": 57}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from krllm.errors import DataError
+
+IGNORE = -100
+# End-of-turn tokens of common chat formats, tried in order (ChatML, Llama 3, Phi/Gemma-like).
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and bool(_GENERATION.search(template))
+
+
+def turn_end_id(tokenizer) -> int:
+    """The token that ends an assistant turn: <|im_end|> for ChatML, else the tokenizer's EOS."""
+    vocab = tokenizer.get_vocab()
+    for tok in TURN_END_TOKENS:
+        if tok in vocab:
+            return vocab[tok]
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no end-of-turn token (<|im_end|>, <|eot_id|>, ...) and no eos_token: "
+                        "the model could never learn to stop")
+    return tokenizer.eos_token_id
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """Ids that should end generation: the end-of-turn token and EOS (deduplicated)."""
+    ids = [turn_end_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass
+class TokenStats:
+    examples: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+    max_len: int = 0
+    lengths_p50_p90: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _render(tokenizer, messages, **kw) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+
+
+def _mask_from_markers(tokenizer, messages) -> tuple[list[int], list[int]]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def _mask_from_prefixes(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """Assistant spans = what rendering turn i adds after the generation prompt of turns < i."""
+    full = _render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1])
+        if not (full.startswith(upto) and upto.startswith(prompt)):
+            raise DataError("the chat template renders a conversation prefix differently from the whole "
+                            "conversation, so assistant tokens cannot be located; add {% generation %} markers "
+                            "to the template (data.chat_template) or set data.loss_on: all")
+        spans.append((len(prompt), len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
+
+
+def finish_labels(ids: list[int], mask: list[int], eot: int) -> tuple[list[int], list[int]]:
+    """Labels from an assistant mask, so that each assistant turn ends with a learned `eot` and nothing after.
+
+    Inside a span, tokens after the first `eot` (e.g. ChatML's trailing newline) are not learned; a span
+    not followed by `eot` gets the next token learned if it is `eot`; if the conversation ends without
+    one, `eot` is appended and learned.
+    """
+    ids, labels = list(ids), [IGNORE] * len(ids)
+    i, n = 0, len(ids)
+    while i < n:
+        if not mask[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and mask[j]:
+            j += 1
+        k = i
+        while k < j and ids[k] != eot:
+            labels[k] = ids[k]
+            k += 1
+        if k < j:  # eot inside the span: learn it, not what follows
+            labels[k] = eot
+        elif j < n and ids[j] == eot:  # template put eot just outside the markers
+            labels[j] = eot
+            j += 1
+        elif j == n:  # the conversation ends without an end-of-turn token
+            ids.append(eot)
+            labels.append(eot)
+        i = j
+    return ids, labels
+
+
+def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "assistant") -> tuple[list[int], list[int]]:
+    eot = turn_end_id(tokenizer)
+    if loss_on == "all":
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        ids = list(ids)
+        if ids[-1] != eot and ids[-1] != tokenizer.eos_token_id:
+            ids.append(eot)
+        return ids, list(ids)
+    if has_generation_markers(tokenizer.chat_template):
+        ids, mask = _mask_from_markers(tokenizer, messages)
+    else:
+        ids, mask = _mask_from_prefixes(tokenizer, messages)
+    return finish_labels(ids, mask, eot)
+
+
+def tokenize_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """Plain text: every token learned, EOS appended (and learned) so generation stops."""
+    ids = list(tokenizer(text)["input_ids"])
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else turn_end_id(tokenizer)
+    if not ids or ids[-1] != eos:
+        ids.append(eos)
+    return ids, list(ids)
+
+
+def check_tokenizer(tokenizer, records: list[dict]) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("krllm sft needs a fast (Rust) tokenizer: a directory with tokenizer.json")
+    if any("messages" in r for r in records) and not tokenizer.chat_template:
+        raise DataError("the tokenizer has no chat template but the data is chat: set data.chat_template to a "
+                        ".jinja file (krllm tokenizers ship ChatML)")
+
+
+def tokenize_records(records: list[dict], tokenizer, max_length: int,
+                     loss_on: str = "assistant") -> tuple[list[dict], TokenStats]:
+    """Tokenize normalized SFT records; drop (and count) rows left without a learned token."""
+    check_tokenizer(tokenizer, records)
+    rows, stats = [], TokenStats()
+    lengths = []
+    for r in records:
+        if "messages" in r:
+            ids, labels = tokenize_chat(tokenizer, r["messages"], loss_on)
+        else:
+            ids, labels = tokenize_text(tokenizer, r["text"])
+        if len(ids) > max_length:
+            stats.truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        n_target = sum(1 for x in labels[1:] if x != IGNORE)  # labels[0] is never predicted
+        if n_target == 0:
+            stats.dropped_no_target += 1
+            continue
+        rows.append({"input_ids": ids, "labels": labels, "length": len(ids)})
+        stats.tokens += len(ids)
+        stats.target_tokens += n_target
+        lengths.append(len(ids))
+    stats.examples = len(rows)
+    if lengths:
+        s = sorted(lengths)
+        stats.max_len = s[-1]
+        stats.lengths_p50_p90 = [s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.9))]]
+    return rows, stats

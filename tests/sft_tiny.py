@@ -1,0 +1,112 @@
+"""Hermetic fixtures for the fine-tuning tests: a tiny BPE tokenizer trained in the test (special
+tokens and ChatML template of docs/architecture.md) and a tiny random LlamaForCausalLM, saved to
+temporary directories exactly like a `krllm pretrain` hf/ directory would be.
+
+Not a test module (no `test_` prefix); imported by tests/test_sft_*.py, test_merge*.py, test_classify*.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML with the assistant turn (content + <|im_end|>) inside {% generation %} markers.
+CHATML = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Same template, but the markers wrap the content only (<|im_end|> outside): krllm must still learn EOS.
+CHATML_CONTENT_ONLY = CHATML.replace(
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
+    "{% generation %}{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>' }}",
+)
+
+# Same rendering with no markers at all (like many hub templates): krllm falls back to prefix rendering.
+CHATML_NO_MARKERS = CHATML.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+
+
+def corpus_lines() -> list[str]:
+    """Korean text for the tokenizer: the built-in law corpus plus NPC-style lines."""
+    from krllm.data.builtin import builtin_documents
+
+    lines = []
+    for _, text in builtin_documents("builtin:ko-law"):
+        lines.extend(line for line in text.splitlines() if line.strip())
+    lines += [f"{w} 모험가여, 마을에 온 것을 환영하네. 무엇을 도와줄까?" for w in ("안녕", "어서 오게", "반갑네")]
+    lines += ["user assistant system", "0123456789 + - = ?"]
+    return lines
+
+
+def make_tokenizer(out_dir: Path, vocab_size: int = 800, template: str = CHATML) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus_lines(), trainer)
+    for i, s in enumerate(SPECIALS):
+        assert tok.token_to_id(s) == i
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|pad|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = template
+    out_dir = Path(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_model(out_dir: Path, tokenizer_dir: Path, hidden: int = 64, layers: int = 2, seed: int = 0,
+               tie: bool = False, init_std: float = 0.2) -> Path:
+    """Tiny random Llama saved as an HF directory (config.json + model.safetensors + tokenizer files).
+
+    `init_std` is larger than the usual 0.02 so that the frozen random output head can express confident
+    predictions (with 0.02 the logits of a 64-wide model stay within about +-1, and no adapter could
+    bring the loss far below ln(vocab)); a pretrained head has large norms too.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=tie, initializer_range=init_std,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def npc_like(n: int, seed: int = 0) -> list[dict]:
+    """NPC-style instruction records (used until/unless krllm.data.generated is importable)."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["대장장이", "상인", "경비병", "마법사", "여관 주인"]
+    items = ["검", "방패", "물약", "지도", "활"]
+    prices = ["10", "20", "35", "50", "80"]
+    rows = []
+    for _ in range(n):
+        who, item, price = rng.choice(names), rng.choice(items), rng.choice(prices)
+        rows.append({"instruction": f"당신은 게임 속 {who}입니다. 모험가의 말에 답하세요.",
+                     "input": f"{item} 얼마예요?",
+                     "output": f"{item}은 {price} 골드라네. 좋은 물건이지."})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path = Path(path)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
