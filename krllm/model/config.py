@@ -60,7 +60,8 @@ class ModelConfig(StrictModel):
         heads, hidden = data.get("num_attention_heads", 8), data.get("hidden_size", 256)
         if data.get("num_key_value_heads") is None and isinstance(heads, int):
             data["num_key_value_heads"] = heads
-        if data.get("head_dim") is None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+        if data.get("head_dim") is None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0 \
+                and hidden >= heads:
             data["head_dim"] = hidden // heads
         return data
 
