@@ -134,3 +134,21 @@ def load_for_inference(path: str | Path, base: str | Path | None = None, device:
                      else Path(path).resolve().parent.name)
     return LoadedModel(model=model, tokenizer=tokenizer, name=label, path=model_dir,
                        eos_ids=_eos_ids(cfg_dir, model.config, tokenizer), adapter=adapter, info=info)
+
+
+def make_engine(lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0):
+    """An Engine for `lm`: max_seq_len 0 = the model's max_position_embeddings."""
+    from krllm.infer.engine import Engine
+
+    return Engine(lm.model, max_batch=max_batch, max_seq_len=max_seq_len or None, eos_ids=lm.eos_ids)
+
+
+def describe(lm: LoadedModel, engine) -> str:
+    """One start-up line: what runs where, in which dtype, with how much KV cache."""
+    p = next(lm.model.parameters())
+    n = sum(t.numel() for t in {id(t): t for t in lm.model.parameters()}.values())
+    kv_mb = engine.runner.cache.nbytes() / 2**20
+    extra = f" + adapter {lm.adapter}" if lm.adapter else ""
+    return (f"{lm.path}{extra}: {n / 1e6:.2f}M params, {str(p.dtype).removeprefix('torch.')} on {p.device}, "
+            f"{engine.max_batch} slot(s) x {engine.max_seq_len} tokens (KV cache {kv_mb:.0f} MiB), "
+            f"stop ids {sorted(engine.eos_ids)}")

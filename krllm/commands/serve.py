@@ -1,0 +1,70 @@
+"""`krllm serve DIR`: OpenAI-compatible API at /v1 and a chat page at /, on 127.0.0.1:8000.
+
+    krllm serve runs/demo/sft --port 8000
+    krllm serve runs/demo/hf --api-key secret --set engine.max_batch=32 --set limits.max_tokens=512
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+         -d '{"model": "sft", "messages": [{"role": "user", "content": "안녕하세요"}]}'
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="model directory: HF Llama dir, PEFT adapter dir, or a run dir with hf/ or adapter/")
+    p.add_argument("--base", default=None, help="base model directory for an adapter (default: the one recorded "
+                   "in adapter_config.json)")
+    p.add_argument("--config", default=None, help="YAML serving config (see configs/serve/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set limits.max_tokens=512 (repeatable)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1 = this machine only; "
+                   "0.0.0.0 exposes the server: set an API key then)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
+                   "(default: $KRLLM_API_KEY; unset = no auth)")
+    p.add_argument("--model-name", default=None, help="model id in /v1/models (default: directory name)")
+    p.add_argument("--max-batch", type=int, default=None, help="sequences decoded together (KV-cache slots; "
+                   "default 16)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as saved)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level: debug, info, warning (default info)")
+
+
+def run(args) -> int:
+    import uvicorn
+    from rich.console import Console
+
+    from krllm.config import load_config
+    from krllm.infer.config import ServeConfig
+    from krllm.infer.loader import describe, load_for_inference, make_engine
+    from krllm.infer.scheduler import Scheduler
+    from krllm.infer.server import create_app
+
+    overrides = list(args.overrides)
+    for key, value in (("host", args.host), ("port", args.port), ("model_name", args.model_name),
+                       ("engine.max_batch", args.max_batch), ("engine.device", args.device),
+                       ("engine.dtype", args.dtype)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.config, ServeConfig, overrides)
+    api_key = args.api_key or os.environ.get("KRLLM_API_KEY") or None
+    console = Console(stderr=True)
+    with console.status("loading model…"):
+        lm = load_for_inference(args.model, base=args.base, device=cfg.engine.device, dtype=cfg.engine.dtype,
+                                name=cfg.model_name)
+        engine = make_engine(lm, cfg.engine.max_batch, cfg.engine.max_seq_len)
+    console.print(describe(lm, engine))
+    scheduler = Scheduler(engine)
+    app = create_app(lm, scheduler, cfg, api_key)
+    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    console.print(f"serving [bold]{cfg.model_name or lm.name}[/] — chat page http://{shown}:{cfg.port}/ , "
+                  f"OpenAI API http://{shown}:{cfg.port}/v1 ({'API key required' if api_key else 'no API key'})")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] listening on {cfg.host} without an API key: anyone who can reach "
+                      "this machine can use the model")
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)
+    finally:
+        scheduler.close()
+    return 0

@@ -1,0 +1,259 @@
+"""The server on 127.0.0.1 with a tiny model, called with the official `openai` client and httpx:
+OpenAI shapes, streaming, stop strings, concurrency (continuous batching), limits, auth, disconnects."""
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from krllm.infer.config import ServeConfig
+from krllm.infer.loader import load_for_inference, make_engine
+from krllm.infer.sampling import SamplingParams
+from krllm.infer.scheduler import Scheduler
+from krllm.infer.server import BackgroundServer, create_app
+from krllm.infer.testing import tiny_model_dir
+
+openai = pytest.importorskip("openai")
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("server") / MODEL)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """A separate engine (batch 1) that computes what the server must answer."""
+    lm = load_for_inference(model_dir, device="cpu")
+    engine = make_engine(lm, max_batch=1)
+
+    def chat(messages, max_tokens, **kw):
+        ids = lm.encode_chat(messages)
+        seq = engine.generate([ids], SamplingParams(temperature=0, **kw), max_tokens)[0]
+        return lm.decode(seq.output), seq.finish_reason, len(ids), len(seq.output)
+
+    def complete(prompt, max_tokens):
+        ids = lm.encode(prompt)
+        seq = engine.generate([ids], SamplingParams(temperature=0), max_tokens)[0]
+        return lm.decode(seq.output), seq.finish_reason
+
+    return type("Ref", (), {"chat": staticmethod(chat), "complete": staticmethod(complete), "lm": lm})
+
+
+def _serve(model_dir, api_key=None, **cfg):
+    lm = load_for_inference(model_dir, device="cpu")
+    sched = Scheduler(make_engine(lm, max_batch=cfg.pop("max_batch", 8)))
+    conf = ServeConfig(**cfg)
+    return sched, BackgroundServer(create_app(lm, sched, conf, api_key=api_key))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    sched, bg = _serve(model_dir, limits={"max_tokens": 300, "max_prompt_tokens": 200, "max_request_bytes": 4096})
+    with bg as url:
+        yield url, sched
+    sched.close()
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_and_health(server, client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    health = httpx.get(server[0] + "/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL and health["slots"] == 8
+
+
+def test_chat_completion_matches_engine(client, reference):
+    messages = [{"role": "system", "content": "너는 친절한 도우미야."}, {"role": "user", "content": "오늘 날씨가 어때?"}]
+    text, finish, n_prompt, n_out = reference.chat(messages, 24)
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+    assert r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.model == MODEL
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == text and text
+    assert r.choices[0].finish_reason == finish
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (n_prompt, n_out,
+                                                                                        n_prompt + n_out)
+
+
+def test_chat_streaming_chunks_add_up(client, reference):
+    messages = [{"role": "user", "content": "안녕하세요! 자기소개 해 주세요."}]
+    text, finish, n_prompt, n_out = reference.chat(messages, 30)
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=30, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].id.startswith("chatcmpl-") and chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 3  # really streamed in pieces
+    assert "".join(pieces) == text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [finish]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == n_out
+
+
+def test_completions_plain_streaming_and_several_prompts(client, reference):
+    prompts = ["대한민국은 민주공화국이다.", "The quick brown"]
+    refs = [reference.complete(p, 20) for p in prompts]
+    r = client.completions.create(model=MODEL, prompt=prompts[0], max_tokens=20, temperature=0)
+    assert r.id.startswith("cmpl-") and r.object == "text_completion"
+    assert (r.choices[0].text, r.choices[0].finish_reason) == refs[0]
+    multi = client.completions.create(model=MODEL, prompt=prompts, max_tokens=20, temperature=0)
+    assert [(c.index, c.text, c.finish_reason) for c in multi.choices] == [(i, *refs[i]) for i in range(2)]
+    got = {0: "", 1: ""}
+    for chunk in client.completions.create(model=MODEL, prompt=prompts, max_tokens=20, temperature=0, stream=True):
+        for c in chunk.choices:
+            got[c.index] += c.text
+    assert [got[0], got[1]] == [refs[0][0], refs[1][0]]
+    echo = client.completions.create(model=MODEL, prompt=prompts[1], max_tokens=5, temperature=0, echo=True)
+    assert echo.choices[0].text.startswith(prompts[1])
+
+
+def test_stop_string_cuts_the_text(client, reference):
+    messages = [{"role": "user", "content": "이야기를 들려줘"}]
+    text, *_ = reference.chat(messages, 40)
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    assert stop.strip()
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=40, temperature=0, stop=[stop])
+    assert r.choices[0].message.content == text[: text.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=40, temperature=0, stop=stop, stream=True) if c.choices)
+    assert streamed == text[: text.index(stop)]
+
+
+def test_sixteen_concurrent_requests_are_batched_and_correct(server, reference):
+    url, sched = server
+    jobs = [([{"role": "user", "content": f"질문 {i}: 사과가 {i}개 있어요."}], 8 + (i * 7) % 25, i % 2 == 0)
+            for i in range(16)]
+    expected = [reference.chat(m, n)[0] for m, n, _ in jobs]
+    results, errors = [None] * 16, []
+    before = sched.stats()["peak_running"]
+
+    def worker(i):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        m, n, stream = jobs[i]
+        try:
+            if stream:
+                results[i] = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+                    model=MODEL, messages=m, max_tokens=n, temperature=0, stream=True) if ch.choices)
+            else:
+                results[i] = c.chat.completions.create(model=MODEL, messages=m, max_tokens=n,
+                                                       temperature=0).choices[0].message.content
+        except Exception as e:  # collected and asserted below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert results == expected
+    assert sched.stats()["peak_running"] >= max(before, 4)  # requests were decoded together
+
+
+def test_seeded_sampling_is_reproducible(client):
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "아무 말이나 해 줘"}], max_tokens=20,
+              temperature=1.0, top_p=0.9, seed=42)
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    c = client.chat.completions.create(**{**kw, "seed": 43}).choices[0].message.content
+    assert a == b and a != c
+
+
+def _error(r, status):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def test_bad_requests_get_openai_errors(server):
+    url = server[0]
+    post = lambda path, **kw: httpx.post(url + path, timeout=30, **kw)  # noqa: E731
+    msgs = [{"role": "user", "content": "hi"}]
+    assert "JSON" in _error(post("/v1/chat/completions", content=b"{not json"), 400)["message"]
+    err = _error(post("/v1/chat/completions", json={"model": MODEL}), 400)
+    assert err["param"] == "messages"
+    err = _error(post("/v1/chat/completions", json={"messages": msgs, "temprature": 0.5}), 400)
+    assert "temprature" in err["message"]
+    err = _error(post("/v1/chat/completions", json={"messages": msgs, "temperature": 5}), 400)
+    assert err["param"] == "temperature"
+    err = _error(post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]}), 400)
+    assert err["param"].startswith("messages.0")
+    err = _error(post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 301}), 400)
+    assert err["param"] == "max_tokens" and "300" in err["message"]
+    err = _error(post("/v1/chat/completions", json={"messages": msgs, "n": 2}), 400)
+    assert "n > 1" in err["message"]
+    err = _error(post("/v1/completions", json={"prompt": "가나다라 " * 120}), 400)
+    assert err["code"] == "context_length_exceeded"
+    err = _error(post("/v1/chat/completions", json={"model": "gpt-4", "messages": msgs}), 404)
+    assert err["code"] == "model_not_found"
+    err = _error(post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]}), 413)
+    assert err["code"] == "request_too_large"
+    _error(httpx.get(url + "/v1/nothing-here"), 404)
+    _error(post("/v1/completions", json={"prompt": [1, 2, 10**6]}), 400)
+
+
+def test_streaming_client_disconnect_frees_its_slot(server):
+    url, sched = server
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "길게 말해 줘"}], "max_tokens": 300,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    before = sched.stats()["tokens_generated"]
+    with httpx.Client(timeout=30) as c:
+        with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: ") for line in got)
+            assert sched.stats()["running"] == 1
+    deadline = time.time() + 10
+    while sched.stats()["running"] or sched.stats()["waiting"]:
+        assert time.time() < deadline, "the slot was not freed after the client left"
+        time.sleep(0.05)
+    assert sched.stats()["tokens_generated"] - before < 250  # stopped well before max_tokens
+
+
+def test_over_capacity_gets_429(model_dir):
+    sched, bg = _serve(model_dir, limits={"max_concurrent": 1})
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with bg as url, httpx.Client(timeout=30) as c:
+        with c.stream("POST", url + "/v1/chat/completions", json=body) as first:
+            next(first.iter_lines())
+            err = _error(c.post(url + "/v1/chat/completions", json=body), 429)
+            assert err["type"] == "rate_limit_error"
+    sched.close()
+
+
+def test_api_key_required_when_set(model_dir):
+    sched, bg = _serve(model_dir, api_key="s3cret")
+    with bg as url:
+        err = _error(httpx.get(url + "/v1/models"), 401)
+        assert err["code"] == "invalid_api_key"
+        _error(httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+        _error(httpx.post(url + "/v1/chat/completions", json={"messages": []}), 401)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        ok = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert ok.models.list().data[0].id == MODEL
+        assert httpx.get(url + "/health").status_code == 200
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and "krllm" in page.text
+    sched.close()
+
+
+def test_chat_page_and_static_files_are_served(server):
+    url = server[0]
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and 'id="message"' in page.text
+    js = httpx.get(url + "/static/app.js")
+    assert js.status_code == 200 and "/v1/chat/completions" in js.text
+    assert json.loads(httpx.get(url + "/health").text)["status"] == "ok"
