@@ -219,10 +219,13 @@ def test_sentiment_labels_balanced_and_consistent():
 # --------------------------------------------------------------------------- built-in specs
 
 def test_generated_documents_and_specs():
-    assert is_generated("builtin:npc") and is_generated("builtin:math-en") and not is_generated("builtin:ko-law")
-    docs = list(generated_documents("builtin:math-ko", n=5, seed=2))
-    recs = generated_records("builtin:math-ko", n=5, seed=2)
-    assert [d[0] for d in docs] == [f"math-ko/2/{i}" for i in range(5)]
+    assert is_generated("builtin:npc") and is_generated("builtin:math:en") and is_generated("builtin:math")
+    assert not is_generated("builtin:ko-law") and not is_generated("builtin:math:fr") and not is_generated("npc")
+    docs = list(generated_documents("builtin:math:en", n=5, seed=2))
+    recs = generated_records("builtin:math:en", n=5, seed=2)
+    assert recs == math_problems(5, 2, "en")
+    assert generated_records("builtin:math", n=3) == math_problems(3, 0, "ko")  # same default as krllm.data.records
+    assert [d[0] for d in docs] == [f"math-en/2/{i}" for i in range(5)]
     assert docs[0][1] == recs[0]["question"] + "\n\n" + recs[0]["solution"]
     assert len(generated_records("builtin:sentiment")) == 1000  # documented default size
     with pytest.raises(ValueError, match="available: builtin:npc"):

@@ -108,7 +108,7 @@ def test_counts_agree_with_tokenizers_library_on_ko_law(tmp_path):
 
 def test_cli_train_with_overrides_and_encode(tmp_path, capsys):
     cfg = tmp_path / "tok.yaml"
-    cfg.write_text("sources:\n  - {path: builtin:npc, n: 100}\n  - {path: builtin:math-en, n: 100}\nvocab_size: 9999\n")
+    cfg.write_text("sources:\n  - {path: builtin:npc, n: 100}\n  - {path: builtin:math:en, n: 100}\nvocab_size: 9999\n")
     out = tmp_path / "tok"
     with pytest.raises(SystemExit) as e:
         main(["tokenizer", "train", "-c", str(cfg), "--set", "vocab_size=400", "--set", "min_frequency=1",

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "special tokens <|endoftext|>=0 <|pad|>=1 <|im_start|>=2 <|im_end|>=3 and a ChatML chat "
                        "template. The output loads with transformers.AutoTokenizer.from_pretrained(DIR).")
     t.add_argument("-c", "--config", help="YAML config (e.g. configs/tokenizer/ko_bpe.yaml); "
-                   "without it the defaults train on builtin:ko-law + builtin:npc + builtin:math, vocab 4096")
+                   "without it the defaults train on builtin:ko-law + builtin:npc + builtin:math:mixed, vocab 4096")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set vocab_size=8000 --set normalization=nfkc (repeatable)")
     t.add_argument("--out", help="output directory (overrides out_dir; replaced atomically if it exists)")

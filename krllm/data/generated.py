@@ -28,7 +28,7 @@ from krllm.data import _gen_npc as npc_mod
 from krllm.data._gen_text import josa, pick
 
 __all__ = ["npc_dialogues", "math_problems", "sentiment_examples", "parse_final_answer",
-           "generated_documents", "is_generated", "default_size", "GENERATED_SETS", "josa"]
+           "generated_documents", "generated_records", "is_generated", "default_size", "GENERATED_SETS", "josa"]
 
 
 def _rng(seed: int, i: int, salt: str) -> random.Random:
@@ -252,49 +252,55 @@ def sentiment_examples(n: int, seed: int = 0) -> list[dict]:
 
 GENERATED_SETS: dict[str, tuple[int, str]] = {
     "npc": (2000, "Korean game-NPC dialogues (instruction, input, output)"),
-    "math": (2000, "arithmetic word problems, Korean and English mixed"),
-    "math-ko": (2000, "arithmetic word problems in Korean"),
-    "math-en": (2000, "arithmetic word problems in English"),
+    "math": (2000, "arithmetic word problems; builtin:math:ko (default), builtin:math:en, builtin:math:mixed"),
     "sentiment": (1000, "short Korean reviews labelled negative/positive"),
 }
+MATH_LANGS = ("ko", "en", "mixed")
 
 
-def _name(spec: str) -> str:
-    return str(spec).removeprefix("builtin:")
+def _parse(spec: str) -> tuple[str, str | None]:
+    """`builtin:math:en` -> ("math", "en"); the same spelling krllm.data.records uses."""
+    name, _, option = str(spec).removeprefix("builtin:").partition(":")
+    return name, option or None
 
 
 def is_generated(spec: str) -> bool:
-    return str(spec).startswith("builtin:") and _name(spec) in GENERATED_SETS
+    if not str(spec).startswith("builtin:"):
+        return False
+    name, option = _parse(spec)
+    return name in GENERATED_SETS and (option is None or (name == "math" and option in MATH_LANGS))
 
 
 def default_size(spec: str) -> int:
-    return GENERATED_SETS[_name(spec)][0]
+    return GENERATED_SETS[_parse(spec)[0]][0]
 
 
 def generated_records(spec: str, n: int | None = None, seed: int = 0) -> list[dict]:
-    name = _name(spec)
-    if name not in GENERATED_SETS:
-        raise ValueError(f"unknown generated set {spec!r}; available: "
-                         + ", ".join(f"builtin:{k}" for k in GENERATED_SETS))
+    """The records of a `builtin:NAME[:OPTION]` spec (`n` defaults to the set's documented size)."""
+    if not is_generated(spec):
+        raise ValueError(f"unknown generated set {spec!r}; available: builtin:npc, builtin:math[:ko|en|mixed], "
+                         "builtin:sentiment")
+    name, option = _parse(spec)
     n = default_size(spec) if n is None else n
     if name == "npc":
         return npc_dialogues(n, seed)
-    if name.startswith("math"):
-        return math_problems(n, seed, {"math": "mixed", "math-ko": "ko", "math-en": "en"}[name])
+    if name == "math":
+        return math_problems(n, seed, option or "ko")
     return sentiment_examples(n, seed)
 
 
 def generated_documents(spec: str, n: int | None = None, seed: int = 0) -> Iterator[tuple[str, str]]:
     """(id, plain text) per record, e.g. for tokenizer training or pretraining on `builtin:npc`."""
-    name = _name(spec)
+    name, option = _parse(spec)
+    tag = f"{name}-{option}" if option else name
     for i, rec in enumerate(generated_records(spec, n, seed)):
         if name == "npc":
             text = f"{rec['instruction']}\n\n{rec['input']}\n\n{rec['output']}"
-        elif name.startswith("math"):
+        elif name == "math":
             text = f"{rec['question']}\n\n{rec['solution']}"
         else:
             text = rec["text"]
-        yield f"{name}/{seed}/{i}", text
+        yield f"{tag}/{seed}/{i}", text
 
 
 def _check_n(n: int) -> int:

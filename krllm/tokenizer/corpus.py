@@ -2,7 +2,7 @@
 
 A source spec is one of
     builtin:ko-law                 konlpy's law and bill texts (krllm.data.builtin)
-    builtin:npc | builtin:math | builtin:math-ko | builtin:math-en | builtin:sentiment
+    builtin:npc | builtin:math[:ko|en|mixed] | builtin:sentiment
                                    generated sets (krllm.data.generated), rendered as plain text
     path/to/file.txt[.gz]          plain text; streamed in blocks of lines (~1 MB), never whole
     path/to/file.jsonl[.gz]        one JSON object per line; `text_field` holds a string, or a list
@@ -167,7 +167,7 @@ def iter_source(spec: str, text_field: str = "text", n: int | None = None, seed:
         try:
             docs = list(builtin_documents(spec))
         except ValueError as e:
-            raise DataError(str(e)) from None
+            raise DataError(f"{e}, builtin:npc, builtin:math[:ko|en|mixed], builtin:sentiment") from None
         yield from counted(text for _, text in docs)
     else:
         from krllm.runs import hash_file

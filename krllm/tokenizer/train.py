@@ -50,7 +50,7 @@ class TokenizerTrainConfig(StrictModel):
 
     sources: list[SourceConfig] = Field(
         default_factory=lambda: [SourceConfig(path="builtin:ko-law"), SourceConfig(path="builtin:npc"),
-                                 SourceConfig(path="builtin:math")],
+                                 SourceConfig(path="builtin:math:mixed")],
         min_length=1,
     )
     text_field: str = "text"
