@@ -16,7 +16,10 @@ function headers() {
 function addMessage(role, text) {
   const div = document.createElement("div");
   div.className = "msg " + role;
-  div.textContent = text;
+  const content = document.createElement("span");
+  content.className = "content";
+  content.textContent = text;
+  div.appendChild(content);
   $("messages").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
@@ -107,7 +110,7 @@ async function send(text) {
       if (!choice) return;
       if (choice.delta && choice.delta.content) {
         reply += choice.delta.content;
-        bubble.textContent = reply;
+        bubble.firstChild.textContent = reply;
         bubble.scrollIntoView({ block: "end" });
       }
       if (choice.finish_reason) finish = choice.finish_reason;
