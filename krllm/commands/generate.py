@@ -1,0 +1,120 @@
+"""`krllm generate DIR --prompt TEXT`: continue a prompt (streamed to stdout) with any krllm/HF Llama dir.
+
+    krllm generate runs/demo/hf --prompt "오늘 날씨가" --max-new-tokens 64 --temperature 0.8 --top-p 0.95
+    krllm generate runs/demo/sft --chat --prompt "안녕하세요"        # wrap in the chat template
+    krllm generate runs/demo/hf --prompt "가" --prompt "나" --seed 1   # several prompts, batched
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
+    """Sampling flags shared by `generate` and `chat`."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"new tokens at most (default {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (deterministic); default 0.8")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95; 1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x top probability (default 0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text appears (not printed; repeatable)")
+    p.add_argument("--base", default=None, help="base model directory when DIR is a PEFT adapter")
+    p.add_argument("--device", default="auto", help="auto (default: cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as saved)")
+
+
+def sampling_from(args):
+    from krllm.errors import KrllmError
+    from krllm.infer.sampling import SamplingParams
+
+    try:
+        return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                              repetition_penalty=args.repetition_penalty, seed=args.seed)
+    except ValueError as e:
+        raise KrllmError(f"bad sampling option: {e}") from None
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="model directory: HF Llama dir, PEFT adapter dir, or a run dir with hf/ or adapter/")
+    p.add_argument("--prompt", action="append", default=[], help="text to continue (repeatable: batched together)")
+    p.add_argument("--prompts-file", default=None, help="UTF-8 file with one prompt per line (blank lines skipped)")
+    p.add_argument("--chat", action="store_true", help="treat each prompt as a user message in the chat template")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text tokens")
+    add_sampling_arguments(p, max_new_tokens=64)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from krllm.errors import DataError, KrllmError
+    from krllm.infer.loader import describe, load_for_inference, make_engine
+    from krllm.infer.textstream import TextStream
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read prompts ({e})") from None
+        prompts += [line for line in lines if line.strip()]
+    if not prompts:
+        raise KrllmError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    sampling = sampling_from(args)
+    err = Console(stderr=True)
+    lm = load_for_inference(args.model, base=args.base, device=args.device, dtype=args.dtype)
+    encoded = []
+    for p in prompts:
+        if args.chat:
+            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
+            encoded.append(lm.encode_chat(msgs))
+        else:
+            encoded.append(lm.encode(p) or [lm.tokenizer.bos_token_id or 0])
+    engine = make_engine(lm, max_batch=min(len(encoded), 32),
+                         max_seq_len=min(lm.model.config.max_position_embeddings,
+                                         max(len(e) for e in encoded) + args.max_new_tokens + 1))
+    err.print(describe(lm, engine), style="dim")
+    stop_ids = () if args.ignore_eos else None
+    t0 = time.perf_counter()
+    if len(encoded) == 1:
+        ts = TextStream(lm.tokenizer, args.stop)
+        if not args.chat:
+            sys.stdout.write(prompts[0])
+        n = 0
+        gen = engine.stream(encoded[0], sampling, args.max_new_tokens, stop_ids)
+        for tok in gen:
+            n += 1
+            sys.stdout.write(ts.push(tok))
+            sys.stdout.flush()
+            if ts.stopped:
+                gen.close()
+                break
+        sys.stdout.write(ts.flush() + "\n")
+        total = n
+    else:
+        seqs = [engine.add(e, sampling, args.max_new_tokens, stop_ids) for e in encoded]
+        streams = [TextStream(lm.tokenizer, args.stop) for _ in seqs]
+        texts = [""] * len(seqs)
+        while engine.has_work():
+            for ev in engine.step():
+                i = seqs.index(ev.seq)
+                if ev.token is not None:
+                    texts[i] += streams[i].push(ev.token)
+                    if streams[i].stopped:
+                        engine.cancel(ev.seq, "stop")
+        for i, (p, s) in enumerate(zip(prompts, seqs)):
+            texts[i] += streams[i].flush()
+            print(f"--- [{i}] finish={s.finish_reason} tokens={len(s.output)}")
+            print((p if not args.chat else "") + texts[i])
+        total = sum(len(s.output) for s in seqs)
+    dt = time.perf_counter() - t0
+    err.print(f"{total} tokens in {dt:.2f}s ({total / max(dt, 1e-9):.1f} tokens/s)", style="dim")
+    return 0
