@@ -1,0 +1,269 @@
+"""The report card of a pipeline run: runs/<pipeline>/report.md (+ report.html, plots/*.png).
+
+    krllm report runs/demo_ko          # rebuild from the run directory alone
+
+Everything comes from files the stages left behind: the runner's state files (wall time, peak
+RSS, per-stage summaries: tokens, tokens/s, parameter counts), each stage's metrics.jsonl (loss and
+learning-rate curves) and the eval stage's eval.json (final metrics, sample answers).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from krllm.config import atomic_write_text, read_yaml
+from krllm.errors import KrllmError
+from krllm.pipeline.state import BOOK_DIR, read_all_states
+from krllm.runs import atomic_dir
+from krllm.tracking import read_metrics
+
+METRIC_ROWS = (  # (eval.json section, key, label, better)
+    ("perplexity", "loss", "validation loss (pretraining text, nats/token)", "lower"),
+    ("perplexity", "ppl", "validation perplexity", "lower"),
+    ("npc", "loss", "NPC chat loss (held-out, assistant tokens)", "lower"),
+    ("npc", "ppl", "NPC chat perplexity", "lower"),
+    ("math", "accuracy", "math exact match (held-out)", "higher"),
+)
+
+
+def stage_order(run_dir: Path, states: dict[str, dict]) -> list[str]:
+    """Stages in pipeline order (from the resolved pipeline.yaml), then any others by start time."""
+    order: list[str] = []
+    resolved = run_dir / BOOK_DIR / "pipeline.yaml"
+    if resolved.exists():
+        order = [s for s in (read_yaml(resolved).get("stages") or {}) if s in states]
+    rest = sorted((s for s in states if s not in order), key=lambda s: states[s].get("started", ""))
+    return order + rest
+
+
+def final_model(run_dir: str | Path) -> Path | None:
+    """The model directory of the last finished stage that produced one (what to chat with)."""
+    run_dir = Path(run_dir)
+    states = read_all_states(run_dir)
+    for name in reversed(stage_order(run_dir, states)):
+        out = (states[name].get("outputs") or {}).get("model")
+        if states[name].get("status") == "done" and out and out.get("exists"):
+            return Path(out["path"])
+    return None
+
+
+def _fmt_s(s) -> str:
+    from krllm.pipeline.display import fmt_s
+
+    return fmt_s(s)
+
+
+def _num(v, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _eval_result(states: dict[str, dict], order: list[str]) -> tuple[str | None, dict | None]:
+    for name in reversed(order):
+        st = states[name]
+        out = (st.get("outputs") or {}).get("eval")
+        if st.get("kind") == "eval" and st.get("status") == "done" and out and Path(out["path"]).exists():
+            return name, json.loads(Path(out["path"]).read_text(encoding="utf-8"))
+    return None, None
+
+
+def _metrics_table(ev: dict) -> list[str]:
+    roles = [r for r in ("base", "tuned") if r in ev.get("models", {})]
+    head = "| metric | " + " | ".join({"base": "base (pretrained)", "tuned": "fine-tuned"}[r] for r in roles)
+    lines = [head + (" | change |" if len(roles) == 2 else " |"), "|---" * (len(roles) + 1 + (len(roles) == 2)) + "|"]
+    for section, key, label, better in METRIC_ROWS:
+        vals = [(ev.get(section) or {}).get(r, {}).get(key) for r in roles]
+        if all(v is None for v in vals):
+            continue
+        cells = [f"{100 * v:.1f}% ({ev[section][r]['correct']}/{ev[section][r]['n']})" if key == "accuracy"
+                 and v is not None else _num(v) for r, v in zip(roles, vals)]
+        row = f"| {label} | " + " | ".join(cells)
+        if len(roles) == 2 and None not in vals:
+            delta = vals[1] - vals[0]
+            good = (delta < 0) if better == "lower" else (delta > 0)
+            mark = "better" if good else ("same" if delta == 0 else "worse")
+            row += f" | {'+' if delta >= 0 else ''}{_num(100 * delta if key == 'accuracy' else delta)}" \
+                   f"{' pts' if key == 'accuracy' else ''} ({mark}) |"
+        else:
+            row += " |"
+        lines.append(row)
+    return lines
+
+
+def _training_rows(states: dict, order: list[str], run_dir: Path) -> list[str]:
+    """Final train/val loss of each stage that logged metrics."""
+    lines = []
+    for name in order:
+        recs = read_metrics(Path(states[name].get("stage_dir", run_dir / name)) / "metrics.jsonl")
+        train = [r["loss"] for r in recs if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
+        val = [r["loss"] for r in recs if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
+        if train or val:
+            lines.append(f"| {name} | {_num(train[0]) if train else '—'} | {_num(train[-1]) if train else '—'} | "
+                         f"{_num(val[0]) if val else '—'} | {_num(val[-1]) if val else '—'} | {len(train) + len(val)} |")
+    if not lines:
+        return []
+    return ["| stage | first train loss | last train loss | first val loss | last val loss | records |",
+            "|---|---|---|---|---|---|"] + lines
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write report.md, report.html and plots/ for a pipeline run directory; return report.md."""
+    run_dir = Path(run_dir)
+    states = read_all_states(run_dir)
+    if not states:
+        raise KrllmError(f"{run_dir}: no pipeline state found ({run_dir / BOOK_DIR / 'state'}); "
+                         "is this a `krllm pipeline run` directory?")
+    order = stage_order(run_dir, states)
+    name = run_dir.name
+    pipe_cfg = read_yaml(run_dir / BOOK_DIR / "pipeline.yaml") if (run_dir / BOOK_DIR / "pipeline.yaml").exists() else {}
+    md: list[str] = [f"# Report card: {name}", ""]
+    if pipe_cfg.get("description"):
+        md += [pipe_cfg["description"], ""]
+    md += [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} from `{run_dir}`.", ""]
+
+    # what ran
+    md += ["## What ran", "", "| stage | kind | status | wall time | peak RSS | tokens | tokens/s | notes |",
+           "|---|---|---|---|---|---|---|---|"]
+    total_wall, peak = 0.0, 0.0
+    for s in order:
+        st = states[s]
+        summ = st.get("summary") or {}
+        total_wall += st.get("wall_s") or 0
+        peak = max(peak, st.get("peak_rss_mb") or 0)
+        attempts = st.get("attempts") or []
+        notes = [summ.get("note")] if summ.get("note") else []
+        if len(attempts) > 1:
+            notes.append(f"{len(attempts)} attempts ({', '.join(a['mode'] + ':' + a['outcome'] for a in attempts)})")
+        if st.get("error"):
+            notes.append(str(st["error"]).splitlines()[0][:120])
+        rss = st.get("peak_rss_mb")
+        md.append(f"| {s} | {st.get('kind')} | {st.get('status')} | {_fmt_s(st.get('wall_s'))} | "
+                  f"{f'{rss:,.0f} MB' if rss else '—'} | {_num(summ.get('tokens'))} | "
+                  f"{_num(summ.get('tokens_per_s'), 1)} | {'; '.join(notes)} |")
+    md += ["", f"Total stage wall time **{_fmt_s(total_wall)}**; largest stage peak RSS **{peak:,.0f} MB** "
+           "(each stage runs in its own process; peak RSS is the kernel's high-water mark of that process tree).", ""]
+
+    # model
+    params = [(s, k, v) for s in order for k, v in (states[s].get("summary") or {}).items()
+              if k in ("params", "trainable_params", "non_embedding_params") and v]
+    eval_stage, ev = _eval_result(states, order)
+    if ev:
+        params += [(eval_stage, f"{role} model params", m.get("params")) for role, m in ev.get("models", {}).items()]
+    if params:
+        md += ["## Model", "", "| stage | count | value |", "|---|---|---|"]
+        md += [f"| {s} | {k.replace('_', ' ')} | {_num(v)} |" for s, k, v in params]
+        md.append("")
+
+    # metrics
+    md += ["## Final metrics", ""]
+    if ev:
+        md += _metrics_table(ev) + [""]
+        dm = ev.get("data", {})
+        notes = []
+        if "perplexity" in dm:
+            notes.append(f"validation text: split `{dm['perplexity']['split']}` of `{dm['perplexity']['shards']}`")
+        for k in ("npc", "math"):
+            if k in dm:
+                notes.append(f"{k}: {dm[k]['n']} held-out examples from `{dm[k]['data']}` "
+                             f"({dm[k]['dropped_in_training']} dropped for appearing in training)")
+        md += [f"- {n}" for n in notes] + [""]
+    else:
+        md += ["No finished eval stage yet.", ""]
+    train_rows = _training_rows(states, order, run_dir)
+    if train_rows:
+        md += ["Training curves, first and last logged values:", ""] + train_rows + [""]
+
+    # plots
+    plot_lines = _plots(run_dir, states, order)
+    if plot_lines:
+        md += ["## Curves", ""] + plot_lines
+
+    # samples
+    if ev and ev.get("samples"):
+        roles = [r for r in ("base", "tuned") if r in ev.get("models", {})]
+        md += ["## Sample answers (greedy, fixed NPC prompts)", ""]
+        for i, smp in enumerate(ev["samples"], 1):
+            md += [f"**Prompt {i}**", "", "```text", smp["prompt"], "```", ""]
+            for r in roles:
+                md += [f"*{'base' if r == 'base' else 'fine-tuned'}*:", "", "```text", smp.get(r) or "(empty)", "```", ""]
+        if ev.get("math"):
+            md += ["Math answers (first problems, fine-tuned model if present):", ""]
+            r = "tuned" if "tuned" in ev["math"] else "base"
+            for ex in ev["math"][r].get("examples", [])[:3]:
+                md += [f"- Q: {ex['question']}  ", f"  truth **{ex['truth']}**; model: `{ex['answer'][:160]}`"]
+            md.append("")
+
+    md += _commands(run_dir, states, order)
+    text = "\n".join(md).rstrip() + "\n"
+    report = run_dir / "report.md"
+    atomic_write_text(report, text)
+    atomic_write_text(run_dir / "report.html", to_html(text, f"Report card: {name}"))
+    return report
+
+
+def _plots(run_dir: Path, states: dict, order: list[str]) -> list[str]:
+    from krllm.eval.plots import plot_loss, plot_lr
+
+    lines: list[str] = []
+    with atomic_dir(run_dir / "plots") as tmp:
+        for s in order:
+            recs = read_metrics(Path(states[s].get("stage_dir", run_dir / s)) / "metrics.jsonl")
+            if not recs:
+                continue
+            loss = plot_loss(recs, tmp / f"{s}_loss.png", f"{s}: loss")
+            lr = plot_lr(recs, tmp / f"{s}_lr.png", f"{s}: learning rate")
+            if loss:
+                lines += [f"![{s} loss](plots/{loss.name})", ""]
+            if lr:
+                lines += [f"![{s} learning rate](plots/{lr.name})", ""]
+    return lines
+
+
+def _commands(run_dir: Path, states: dict, order: list[str]) -> list[str]:
+    lines = ["## Reproduce", ""]
+    inv = run_dir / BOOK_DIR / "invocations.jsonl"
+    last = None
+    if inv.exists():
+        for line in inv.read_text(encoding="utf-8").splitlines():
+            try:
+                last = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    if last:
+        lines += ["The whole pipeline (finished stages are skipped; `--from STAGE` re-runs from a stage):", "",
+                  "```bash", last["command"], "```", ""]
+    per_stage = [(s, states[s]["command"]) for s in order if states[s].get("command")]
+    if per_stage:
+        lines += ["Each stage on its own:", "", "```bash"] + [f"{c}    # {s}" for s, c in per_stage] + ["```", ""]
+    lines += [f"Rebuild this report: `krllm report {run_dir}`", ""]
+    model = final_model(run_dir)
+    if model:
+        lines += ["## Chat with it / serve it", "", "```bash", f"krllm chat {model}",
+                  f"krllm serve {model} --port 8000   # OpenAI-compatible API at /v1, web chat at /", "```", ""]
+    return lines
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;line-height:1.45}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+       "pre{background:#f5f5f5;padding:8px;white-space:pre-wrap}img{max-width:100%}")
+
+
+def to_html(markdown_text: str, title: str) -> str:
+    """Markdown -> a standalone HTML page (markdown-it-py, which rich already depends on)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    return (f"<!doctype html>\n<html lang=\"ko\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n{body}</body></html>\n")

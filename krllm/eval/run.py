@@ -1,0 +1,245 @@
+"""The eval stage: base vs fine-tuned model on perplexity, NPC chat loss, math exact match, samples.
+
+    krllm eval -c configs/eval/demo_ko.yaml --set base=runs/demo_ko/pretrain/hf --set tuned=runs/demo_ko/sft/merged
+
+Writes `<out_dir>/eval.json` (+ config.yaml, samples.md) atomically. Every metric is computed for each
+model that is given, with the same data, so the two columns of the report compare like with like.
+Held-out sets: records whose prompt also appears in the training set named by `holdout_from` are
+dropped (and counted), so the numbers are not memorization.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from krllm.config import StrictModel, write_resolved
+from krllm.errors import KrllmError
+from krllm.runs import atomic_dir, write_json
+
+
+class TrainingSet(StrictModel):
+    data: str = Field(description="the training data spec (JSONL path or builtin:...) to hold out from")
+    n: int | None = Field(None, gt=0, description="how many records it used (builtin: generated count)")
+    seed: int = 0
+
+
+class PerplexitySection(StrictModel):
+    enabled: bool = True
+    shards: str | None = Field(None, description="token shards directory (krllm data prepare); None = skip")
+    split: str = Field("val", description="split of the shards to score")
+    seq_len: int = Field(256, ge=8, description="tokens per window")
+    max_tokens: int = Field(50_000, ge=1, description="score at most this many tokens of the split")
+
+
+class ChatLossSection(StrictModel):
+    enabled: bool = True
+    data: str = Field("builtin:npc", description="chat/instruction JSONL or builtin:npc")
+    n: int = Field(64, ge=1, description="conversations (before dropping overlap with training)")
+    seed: int = Field(9001, description="generator seed for builtin data (differs from training's)")
+    max_length: int = Field(1024, gt=8)
+    holdout_from: TrainingSet | None = None
+
+
+class MathSection(StrictModel):
+    enabled: bool = True
+    data: str = Field("builtin:math:ko", description="GRPO-style JSONL {prompt, answer} or builtin:math[:ko|en|mixed]")
+    n: int = Field(40, ge=1, description="problems (before dropping overlap with training)")
+    seed: int = Field(9002)
+    max_new_tokens: int = Field(96, ge=1, description="answer length limit (tokens)")
+    holdout_from: TrainingSet | None = None
+
+
+class SamplesSection(StrictModel):
+    enabled: bool = True
+    prompts: list[str] | None = Field(None, description="user prompts; None = krllm.eval.samples.NPC_PROMPTS")
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class EvalConfig(StrictModel):
+    out_dir: str = Field("runs/eval", description="where eval.json goes (replaced atomically)")
+    base: str | None = Field(None, description="base model: HF directory (e.g. runs/x/pretrain/hf)")
+    tuned: str | None = Field(None, description="fine-tuned model: merged HF directory or PEFT adapter directory")
+    device: str = Field("cpu", description="cpu, cuda, mps or auto")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    system: str | None = Field(None, description="system prompt for chat prompts (as used in SFT)")
+    perplexity: PerplexitySection = Field(default_factory=PerplexitySection)
+    npc: ChatLossSection = Field(default_factory=ChatLossSection)
+    math: MathSection = Field(default_factory=MathSection)
+    samples: SamplesSection = Field(default_factory=SamplesSection)
+
+
+def _prompt_key(messages: list[dict]) -> str:
+    """Identity of a prompt: every turn before the last assistant turn."""
+    upto = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    return json.dumps(upto, ensure_ascii=False, sort_keys=True)
+
+
+def _held_out(records: list[dict], kind: Literal["sft", "grpo"], train: TrainingSet | None,
+              system: str | None) -> tuple[list[dict], int]:
+    """Drop records whose prompt is in the training set; return (kept, dropped)."""
+    if train is None:
+        return records, 0
+    from krllm.data.records import load_examples
+
+    seen = {_prompt_key(r["messages"] if kind == "sft" else r["prompt"])
+            for r in load_examples(train.data, kind, n=train.n, seed=train.seed, system=system)
+            if kind != "sft" or "messages" in r}
+    kept = [r for r in records if _prompt_key(r["messages"] if kind == "sft" else r["prompt"]) not in seen]
+    return kept, len(records) - len(kept)
+
+
+class _Progress:
+    """rich progress over the eval's units of work (one per model x metric)."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("eval {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), TimeRemainingColumn())
+        self.task = self.p.add_task("", total=total)
+
+    def __enter__(self):
+        self.p.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.stop()
+
+    def step(self, what: str, result: str) -> None:
+        self.p.update(self.task, advance=1, description=what)
+        self.p.console.print(f"  {what}: {result}")
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate cfg.base and/or cfg.tuned; write eval.json; return its content."""
+    from krllm.device import pick_device
+    from krllm.eval.lm import LoadedModel
+
+    models = {k: v for k, v in (("base", cfg.base), ("tuned", cfg.tuned)) if v}
+    if not models:
+        raise KrllmError("nothing to evaluate: set base and/or tuned to a model directory")
+    device = pick_device(cfg.device)
+    t0 = time.time()
+    data = _load_data(cfg)
+    units = len(models) * sum(bool(x) for x in (data["shards"] is not None, data["npc"], data["math"],
+                                                 data["prompts"]))
+    out: dict = {"models": {}, "perplexity": {}, "npc": {}, "math": {}, "samples": [],
+                 "data": data["meta"], "device": str(device)}
+    answers: dict[str, list[dict]] = {}
+    tokens_scored = 0
+    with _Progress(units) as prog:
+        for role, path in models.items():
+            lm = LoadedModel(path, device=device)
+            try:
+                out["models"][role] = {"path": str(path), "source": lm.source, "params": lm.num_parameters}
+                tokens_scored += _eval_one(cfg, lm, role, data, out, answers, prog)
+            finally:
+                lm.close()
+    if data["prompts"]:
+        out["samples"] = [{"prompt": p, **{role: answers[role][i]["answer"] for role in models}}
+                          for i, p in enumerate(data["prompts"])]
+    wall = time.time() - t0
+    out.update(wall_s=round(wall, 2), tokens_scored=tokens_scored,
+               tokens_per_s=round(tokens_scored / wall, 1) if wall > 0 else None)
+    with atomic_dir(cfg.out_dir) as tmp:
+        write_resolved(cfg, tmp / "config.yaml")
+        write_json(tmp / "eval.json", out)
+        (tmp / "samples.md").write_text(samples_markdown(out), encoding="utf-8")
+    return out
+
+
+def _load_data(cfg: EvalConfig) -> dict:
+    """Every eval set, loaded once and shared by both models."""
+    from krllm.data.records import load_examples
+
+    meta: dict = {}
+    shards = None
+    if cfg.perplexity.enabled and cfg.perplexity.shards:
+        from krllm.data.shards import TokenShards
+
+        shards = TokenShards(cfg.perplexity.shards, cfg.perplexity.split)
+        meta["perplexity"] = {"shards": cfg.perplexity.shards, "split": cfg.perplexity.split,
+                              "split_tokens": len(shards)}
+    npc: list[dict] = []
+    if cfg.npc.enabled:
+        recs = load_examples(cfg.npc.data, "sft", n=cfg.npc.n, seed=cfg.npc.seed, system=cfg.system)
+        recs = [r for r in recs if "messages" in r]
+        npc, dropped = _held_out(recs, "sft", cfg.npc.holdout_from, cfg.system)
+        if not npc:
+            raise KrllmError(f"npc: every one of the {len(recs)} eval conversations is in the training set; "
+                             "change npc.seed or npc.data")
+        meta["npc"] = {"data": cfg.npc.data, "n": len(npc), "dropped_in_training": dropped}
+    math: list[dict] = []
+    if cfg.math.enabled:
+        recs = load_examples(cfg.math.data, "grpo", n=cfg.math.n, seed=cfg.math.seed, system=cfg.system)
+        math, dropped = _held_out(recs, "grpo", cfg.math.holdout_from, cfg.system)
+        if not math:
+            raise KrllmError(f"math: every one of the {len(recs)} problems is in the training set; change math.seed")
+        meta["math"] = {"data": cfg.math.data, "n": len(math), "dropped_in_training": dropped}
+    prompts: list[str] = []
+    if cfg.samples.enabled:
+        from krllm.eval.samples import NPC_PROMPTS
+
+        prompts = list(cfg.samples.prompts if cfg.samples.prompts is not None else NPC_PROMPTS)
+    return {"shards": shards, "npc": npc, "math": math, "prompts": prompts, "meta": meta}
+
+
+def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: dict, prog: _Progress) -> int:
+    """All metrics of one model into `out`; returns the tokens it scored or generated."""
+    from krllm.eval.generate import chat_prompt_ids, greedy_answers
+    from krllm.eval.math import exact_match
+    from krllm.eval.perplexity import labeled_loss, token_perplexity
+
+    tokens = 0
+    if data["shards"] is not None:
+        p = cfg.perplexity
+        r = token_perplexity(lm.model, data["shards"], seq_len=p.seq_len, max_tokens=p.max_tokens,
+                             batch_size=cfg.batch_size, device=lm.device)
+        out["perplexity"][role] = r
+        tokens += r["tokens"]
+        prog.step(f"{role} perplexity", f"loss {r['loss']:.4f}, ppl {r['ppl']:.2f} on {r['tokens']:,} tokens")
+    if data["npc"]:
+        from krllm.train.sft_data import tokenize_chat
+
+        examples = [tokenize_chat(lm.tokenizer, r["messages"]) for r in data["npc"]]
+        examples = [(ids[:cfg.npc.max_length], labels[:cfg.npc.max_length]) for ids, labels in examples]
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        r = labeled_loss(lm.model, examples, pad_id=pad, batch_size=cfg.batch_size, device=lm.device)
+        out["npc"][role] = r
+        tokens += r["tokens"]
+        prog.step(f"{role} NPC loss", f"{r['loss']:.4f} over {r['tokens']:,} assistant tokens")
+    if data["math"]:
+        questions = [r["prompt"][-1]["content"] for r in data["math"]]
+        got = greedy_answers(lm, questions, max_new_tokens=cfg.math.max_new_tokens, system=cfg.system,
+                             batch_size=cfg.batch_size)
+        em = exact_match([g["answer"] for g in got], [r["answer"] for r in data["math"]])
+        em["examples"] = [{"question": q, "truth": r["answer"], "answer": g["answer"]}
+                          for q, r, g in list(zip(questions, data["math"], got))[:5]]
+        out["math"][role] = em
+        tokens += sum(g["tokens"] for g in got) + sum(len(chat_prompt_ids(lm.tokenizer, q, cfg.system))
+                                                     for q in questions)
+        prog.step(f"{role} math", f"exact match {em['correct']}/{em['n']} = {em['accuracy']:.1%}")
+    if data["prompts"]:
+        got = greedy_answers(lm, data["prompts"], max_new_tokens=cfg.samples.max_new_tokens, system=cfg.system,
+                             batch_size=cfg.batch_size)
+        answers[role] = got
+        tokens += sum(g["tokens"] for g in got)
+        prog.step(f"{role} samples", f"{len(got)} answers, first: {got[0]['answer'][:60]!r}")
+    return tokens
+
+
+def samples_markdown(result: dict) -> str:
+    """The sample answers as Markdown (also embedded in the report card)."""
+    roles = [r for r in ("base", "tuned") if r in result.get("models", {})]
+    lines = ["# Sample answers (greedy)", ""]
+    for i, s in enumerate(result.get("samples", []), 1):
+        lines += [f"## Prompt {i}", "", "```text", s["prompt"], "```", ""]
+        for role in roles:
+            lines += [f"**{role}**:", "", "```text", s.get(role, "") or "(empty)", "```", ""]
+    return "\n".join(lines)
+
