@@ -1,0 +1,110 @@
+"""`krllm data prepare|info`: raw text -> token shards on datatrove; inspect a shard directory.
+
+    krllm data prepare -c configs/data/ko_pretrain.yaml --set executor.workers=4 --out data/ko
+    krllm data info data/ko --decode 2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser(
+        "prepare", help="Clean, filter, dedupe (exact + MinHash), split and tokenize text into memmap shards.",
+        description="Run the datatrove pipeline: read sources (txt, jsonl, parquet, builtin:ko-law) -> Korean cleaning "
+        "(HTML, control characters, NFC/NFKC, whitespace) -> length and Hangul-ratio filters -> exact and MinHash "
+        "near-duplicate removal -> stable train/val/test split by document hash -> token shards "
+        "(OUT/{train,val,test}/NNNNN.ds + .ds.index) and OUT/manifest.json. OUT is built in a temporary "
+        "directory and swapped in at the end: a failed run leaves an existing OUT untouched.")
+    p.add_argument("-c", "--config", help="YAML config, e.g. configs/data/ko_pretrain.yaml (without it: the defaults, "
+                   "builtin:ko-law with tokenizer runs/tok_ko into data/ko_pretrain)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set filters.min_chars=50 --set split.val=0.05 (repeatable)")
+    p.add_argument("--out", help="output directory (overrides out_dir)")
+    p.add_argument("--tokenizer", help="tokenizer directory or tokenizer.json (overrides tokenizer)")
+    p.add_argument("--workers", type=int, help="worker processes (overrides executor.workers; default 2)")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip and count malformed records (bad JSON, missing field, invalid UTF-8) instead of "
+                   "stopping at the first one with its file:line")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show datatrove's per-task logs on the console")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary table")
+
+    i = sub.add_parser("info", help="Check a prepared shard directory and print its counts (optionally decode documents).",
+                       description="Validate OUT/manifest.json against the shard files (sizes, document index, "
+                       "end-of-document tokens) and print per-split documents and tokens, the removal summary "
+                       "and the sources.")
+    i.add_argument("dir", help="directory written by `krllm data prepare`")
+    i.add_argument("--split", default="train", choices=("train", "val", "test"), help="split to decode from (default: train)")
+    i.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N documents of --split, decoded")
+    i.add_argument("--verify", action="store_true", help="also scan every token (ids < vocab size); reads all shards")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"prepare": _prepare, "info": _info}[args.data_command](args)
+
+
+def _prepare(args) -> int:
+    from rich.console import Console
+
+    from krllm.config import load_config
+    from krllm.data.prepare import prepare
+    from krllm.data.prepare_config import PrepareConfig
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.tokenizer:
+        overrides.append(f"tokenizer={args.tokenizer}")
+    if args.workers is not None:
+        overrides.append(f"executor.workers={args.workers}")
+    if args.skip_bad_records:
+        overrides.append("skip_bad_records=true")
+    cfg = load_config(args.config, PrepareConfig, overrides)
+    console = None if args.quiet else Console(stderr=False)
+    manifest = prepare(cfg, console=console, verbose=args.verbose)
+    if console is not None:
+        console.print(f"wrote {cfg.out_dir} (manifest.json, config.yaml, logs/); next: krllm data info {cfg.out_dir} "
+                      "--decode 1")
+    else:
+        kept = manifest["documents"]["kept"]
+        tokens = sum(s["tokens"] for s in manifest["splits"].values())
+        print(f"{cfg.out_dir}: {kept} documents, {tokens} tokens")
+    return 0
+
+
+def _info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from krllm.data.prepare import summary_table
+    from krllm.data.shards import TokenShards
+
+    console = Console()
+    shards = {s: TokenShards(args.dir, s, allow_empty=True) for s in ("train", "val", "test")}
+    if args.verify:
+        for s in shards.values():
+            s.verify()
+    m = shards["train"].manifest
+    console.print(summary_table(m))
+    tok = m["tokenizer"]
+    console.print(f"tokenizer {tok['path']} (vocab {tok['vocab_size']:,}, sha256 {tok['sha256'][:12]}…), dtype {m['dtype']}, "
+                  f"eos {tok['eos_token']}={tok['eos_id']}" + (" — all tokens verified" if args.verify else ""))
+    src = Table(title="sources")
+    for col in ("file", "format", "MB", "sha256"):
+        src.add_column(col)
+    for f in m["sources"]:
+        src.add_row(f["name"], f["format"], f"{f['bytes'] / 1e6:.2f}", f["sha256"][:12] + "…")
+    console.print(src)
+    if args.decode:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(tok["path"])
+        sh = shards[args.split]
+        for d in range(min(args.decode, sh.num_documents)):
+            ids = sh.document(d)[:-1].tolist()  # without the end-of-document token
+            console.rule(f"{args.split} document {d} ({len(ids)} tokens)")
+            console.print(tokenizer.decode(ids, skip_special_tokens=False), markup=False, highlight=False)
+    return 0

@@ -1,0 +1,172 @@
+"""The datatrove steps of `krllm data prepare`: Korean cleaning, filters, dedupe wiring, split +
+tokenize. Each is a standard datatrove `PipelineStep`, so the same pipeline runs under datatrove's
+local, Slurm or Ray executors.
+
+- `KoreanCleaner`      markup, control characters, NFC/NFKC, whitespace (krllm.data.textclean)
+- `LengthFilter`       (False, "empty" | "too_short" | "too_long")
+- `HangulRatioFilter`  (False, "low_hangul_ratio")
+- `exact_dedupe_config` datatrove ExactDedup* on the case-folded, whitespace-collapsed text
+- `KoreanMinhashSignature` datatrove MinHash stage 1 with a whitespace (eojeol) word tokenizer
+  instead of the spacy/kiwi defaults (no model downloads)
+- `SplitShardWriter`   datatrove's DocumentTokenizer, writing each document into the shard of its
+  stable split: `<out>/{train,val,test}/<rank>.ds` (+ `.ds.index`), `eos_token` after every document
+"""
+
+import itertools
+
+import numpy as np
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.tokens.tokenizer import DocumentTokenizer, TokenizedFile
+from datatrove.utils.batching import batched
+from datatrove.utils.hashing import HashConfig
+from datatrove.utils.text import TextNormConfig
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from krllm.data.textclean import clean_text, dedupe_key, hangul_ratio, split_of
+
+
+class KoreanCleaner(BaseFormatter):
+    """Clean every document's text in place (see `krllm.data.textclean.clean_text`)."""
+
+    name = "krllm Korean cleaner"
+
+    def __init__(self, normalization: str = "NFC", strip_html: bool = True, remove_control_chars: bool = True,
+                 collapse_whitespace: bool = True):
+        super().__init__()
+        self.options = dict(normalization=normalization, strip_html_tags=strip_html,
+                            remove_control=remove_control_chars, collapse_whitespace=collapse_whitespace)
+
+    def format(self, text: str) -> str:
+        return clean_text(text, **self.options)
+
+
+class LengthFilter(BaseFilter):
+    """Keep documents with min_chars <= len(text) <= max_chars (max_chars 0 = no upper limit)."""
+
+    name = "krllm length filter"
+
+    def __init__(self, min_chars: int = 0, max_chars: int = 0):
+        super().__init__()
+        self.min_chars, self.max_chars = min_chars, max_chars
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        n = len(doc.text)
+        if n == 0:
+            return False, "empty"
+        if n < self.min_chars:
+            return False, "too_short"
+        if self.max_chars and n > self.max_chars:
+            return False, "too_long"
+        return True
+
+
+class HangulRatioFilter(BaseFilter):
+    """Keep documents where Hangul makes up at least `min_ratio` of the letters."""
+
+    name = "krllm Hangul ratio filter"
+
+    def __init__(self, min_ratio: float):
+        super().__init__()
+        self.min_ratio = min_ratio
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if hangul_ratio(doc.text) < self.min_ratio:
+            return False, "low_hangul_ratio"
+        return True
+
+
+def exact_dedupe_content(doc: Document) -> bytes:
+    """What datatrove's exact dedupe hashes (bytes: xxhash 4 refuses str, see datatrove#508)."""
+    return dedupe_key(doc.text)
+
+
+def exact_dedupe_config() -> ExactDedupConfig:
+    return ExactDedupConfig(content_getter=exact_dedupe_content, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+
+
+class KoreanWordTokenizer(WordTokenizer):
+    """Words = whitespace-separated eojeol. Korean writes spaces between eojeol, so this is the
+    natural shingle unit for near-duplicate detection, without spacy or a morphological model."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in text.splitlines() if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+
+def xxhash64_utf8(text: str) -> int:
+    """datatrove's shingle hash (xxhash64), encoding first: xxhash>=4 rejects str (datatrove#508)."""
+    import xxhash
+
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
+
+
+def minhash_config(ngrams: int, buckets: int, hashes_per_bucket: int, seed: int) -> MinhashConfig:
+    # Korean has no diacritics to strip; datatrove's default NFD pass would only decompose Hangul
+    # into jamo and double the cost.
+    norm = TextNormConfig(norm_unicode_diacritics=False)
+    return MinhashConfig(n_grams=ngrams, num_buckets=buckets, hashes_per_bucket=hashes_per_bucket, seed=seed,
+                         norm_config=norm, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+
+
+class KoreanMinhashSignature(MinhashDedupSignature):
+    """MinHash stage 1 with eojeol shingles and a str-safe xxhash64."""
+
+    def __init__(self, output_folder: str, config: MinhashConfig):
+        super().__init__(output_folder, config=config, language=KoreanWordTokenizer())
+        self._hash_func = xxhash64_utf8
+
+
+class SplitShardWriter(DocumentTokenizer):
+    """Tokenize documents in batches and append each to the shard file of its split.
+
+    Built on datatrove's DocumentTokenizer (tokenizer loading, eos post-processor, uint16/uint32
+    choice) and TokenizedFile (`.ds` + `.ds.index` of uint64 document ends). Documents are not
+    shuffled here: training samples windows at random, and shard order stays reproducible.
+    """
+
+    name = "krllm split + tokenize"
+
+    def __init__(self, output_folder: str, tokenizer_path: str, eos_token: str, val: float, test: float,
+                 seed: int = 0, batch_size: int = 1000, progress_dir: str | None = None):
+        super().__init__(output_folder, tokenizer_name_or_path=tokenizer_path, eos_token=eos_token,
+                         save_final_metadata=False, batch_size=batch_size, shuffle_documents=False)
+        self.val, self.test, self.split_seed = val, test, seed
+        self.progress_dir = progress_dir
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        files: dict[str, TokenizedFile] = {}
+        dtype = np.uint32 if self.token_size == 4 else np.uint16
+        tokenizer = self.tokenizer
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # no offsets needed
+        try:
+            for batch in batched(data, self.batch_size):
+                with self.track_time(unit="batch"):
+                    encoded = encode([doc.text for doc in batch])
+                    by_split: dict[str, list[list[int]]] = {}
+                    for doc, enc in zip(batch, encoded):
+                        split = split_of(doc.text, self.val, self.test, self.split_seed)
+                        by_split.setdefault(split, []).append(enc.ids)
+                    for split, id_lists in by_split.items():
+                        if split not in files:
+                            files[split] = TokenizedFile(self.output_folder, f"{split}/{rank:05d}.ds", save_index=True,
+                                                         token_size=self.token_size, save_final_metadata=False)
+                        lengths = [len(ids) for ids in id_lists]
+                        tokens = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=dtype, count=sum(lengths))
+                        files[split].write_bytes(tokens.tobytes(), doc_ends=np.cumsum(lengths).tolist())
+                        self.stat_update(f"{split}_documents", value=len(id_lists))
+                        self.stat_update(f"{split}_tokens", value=int(sum(lengths)))
+        finally:
+            for f in files.values():
+                f.close()
+        return
+        yield  # a generator, like every datatrove step, though it forwards nothing
+
