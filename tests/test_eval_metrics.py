@@ -1,0 +1,146 @@
+"""Eval metrics against references: perplexity and labeled loss vs transformers' own loss, greedy
+answers vs `generate(do_sample=False)`, a PEFT adapter merged on load vs PEFT's unmerged forward,
+and math exact match against the generator's own answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from krllm.errors import KrllmError
+from krllm.eval.lm import LoadedModel
+from krllm.eval.math import exact_match, extract_answer, is_correct, normalize_number
+from krllm.eval.perplexity import labeled_loss, token_perplexity
+from krllm.infer.testing import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", seed=0)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32).eval()
+
+
+def test_token_perplexity_equals_transformers_loss(tiny, hf_model):
+    lm = LoadedModel(tiny)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, lm.model.config.vocab_size, size=1000)
+    got = token_perplexity(lm.model, tokens, seq_len=64, max_tokens=700, batch_size=3)
+    # reference: each back-to-back window of 65 tokens scored by transformers (labels shift inside)
+    total, count = 0.0, 0
+    for start in range(0, 700, 64):
+        w = torch.tensor(tokens[start:min(start + 65, 701)])[None]
+        with torch.no_grad():
+            loss = hf_model(input_ids=w, labels=w).loss.item()
+        total += loss * (w.shape[1] - 1)
+        count += w.shape[1] - 1
+    assert got["tokens"] == count == 700
+    assert got["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert got["ppl"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert got["windows"] == 11
+
+
+def test_labeled_loss_equals_transformers_with_labels(tiny, hf_model):
+    lm = LoadedModel(tiny)
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n in (9, 17, 30):
+        ids = torch.randint(4, lm.model.config.vocab_size, (n,), generator=g).tolist()
+        labels = [t if i >= n // 2 else -100 for i, t in enumerate(ids)]  # score the second half
+        examples.append((ids, labels))
+    got = labeled_loss(lm.model, examples, pad_id=1, batch_size=2)
+    total, count = 0.0, 0
+    for ids, labels in examples:
+        with torch.no_grad():
+            out = hf_model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        k = sum(l != -100 for l in labels[1:])
+        total, count = total + out.loss.item() * k, count + k
+    assert got["tokens"] == count
+    assert got["loss"] == pytest.approx(total / count, rel=1e-5)
+    with pytest.raises(KrllmError, match="no labeled tokens"):
+        labeled_loss(lm.model, [([5, 6, 7], [-100, -100, -100])])
+
+
+def test_greedy_answers_equal_transformers_generate(tiny, hf_model):
+    from krllm.eval.generate import chat_prompt_ids, greedy_answers
+
+    lm = LoadedModel(tiny)
+    prompts = ["안녕하세요! 오늘 날씨가 좋네요.", "사과 3개와 배 5개가 있습니다. 모두 몇 개일까요?", "Hello"]
+    got = greedy_answers(lm, prompts, max_new_tokens=12, batch_size=2)
+    for p, g in zip(prompts, got):
+        ids = chat_prompt_ids(lm.tokenizer, p)
+        with torch.no_grad():
+            ref = hf_model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12,
+                                    eos_token_id=lm.stop_ids(), pad_token_id=1)[0, len(ids):].tolist()
+        ref = [t for t in ref if t not in lm.stop_ids()]
+        assert g["answer"] == lm.tokenizer.decode(ref, skip_special_tokens=True).strip()
+        assert g["tokens"] == len(ref)
+
+
+def test_adapter_directory_is_merged_with_peft(tiny, hf_model, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    torch.manual_seed(3)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))  # random B: the adapter changes outputs
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    ids = torch.tensor([[5, 9, 13, 40, 41, 42, 7]])
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32),
+                                    str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        want = ref(input_ids=ids).logits
+        plain = hf_model(input_ids=ids).logits
+    lm = LoadedModel(tmp_path / "adapter")
+    try:
+        assert lm.source == "adapter merged with PEFT"
+        with torch.no_grad():
+            got, _ = lm.model(ids)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        assert (got - plain).abs().max() > 1e-2  # the adapter mattered
+    finally:
+        lm.close()
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(KrllmError, match="does not exist"):
+        LoadedModel(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text,want", [
+    ("풀이:\n1. 12 + 30 = 42\n정답: 42", "42"),
+    ("정답은 1,234입니다.", "1234"),
+    ("Answer: -7", "-7"),
+    ("3 + 4 = 7. 그리고 7 * 2 = 14", "14"),
+    ("The answer is 12.0", "12"),
+    ("답: 007", "7"),
+    ("x = 3.50", "3.5"),
+    ("모르겠어요", None),
+    ("", None),
+])
+def test_extract_answer(text, want):
+    assert extract_answer(text) == want
+
+
+def test_exact_match_agrees_with_the_generators_answers():
+    from krllm.data.generated import math_problems, parse_final_answer
+
+    probs = math_problems(200, seed=5, lang="mixed")
+    for p in probs:  # the reference solution is right; the generator's own parser agrees with ours
+        assert is_correct(p["solution"], p["answer"]), p
+        assert extract_answer(p["solution"]) == normalize_number(parse_final_answer(p["solution"]))
+    wrong = [p["solution"].rsplit(":", 1)[0] + f": {int(p['answer']) + 1}" for p in probs]
+    r = exact_match([p["solution"] for p in probs[:100]] + wrong[100:], [p["answer"] for p in probs])
+    assert r == {"accuracy": 0.5, "correct": 100, "n": 200}
+    assert not is_correct("3.5", "3") and not is_correct("", "0")
+    with pytest.raises(ValueError):
+        exact_match(["1"], ["1", "2"])
