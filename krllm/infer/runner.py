@@ -83,6 +83,9 @@ class ModelRunner:
             rot.reset_tables(max_seq_len)
         self.cos = rot.cos[:max_seq_len].to(self.dtype)  # (S_max, D)
         self.sin = rot.sin[:max_seq_len].to(self.dtype)
+        # rotate_half(x) = (-x2, x1) = roll(x, D/2) * (-1 on the first half): fold the sign into sin
+        half = self.head_dim // 2
+        self.sin_signed = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)  # (S_max, D)
         self.cache = SlotKVCache(cfg.num_hidden_layers, n_slots, self.n_kv, max_seq_len, self.head_dim,
                                  self.device, self.dtype)
         self._arange = torch.arange(max_seq_len, device=self.device)  # (S_max,)
@@ -135,6 +138,12 @@ class ModelRunner:
         gu = F.linear(h, lw["gate_up"])  # (B, T, 2 I)
         return x + F.linear(F.silu(gu[..., :lw["ni"]]) * gu[..., lw["ni"]:], lw["down"])
 
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm; in fp32 the fused kernel gives bit-identical results with fewer ops."""
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, weight.shape, weight, self.eps)
+        return _rms_norm(x, weight, self.eps)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_rms_norm(x, self.norm, self.eps), self.lm_head)
 
@@ -165,8 +174,13 @@ class ModelRunner:
     def decode(self, tokens: torch.Tensor, n_rows: int, active: list[bool] | None = None) -> torch.Tensor:
         """One new token for each of slots 0..n_rows-1: tokens (n_rows,) -> logits (n_rows, V).
 
-        Rows that are not `active` (free or just-prefilled slots between busy ones) compute garbage
-        that nobody reads, write it to the scratch row and do not advance. Each active slot appends its token at its own position.
+        Each active slot appends its token at its own position. Rows that are not `active` (free
+        or just-prefilled slots between busy ones) compute garbage that nobody reads, write it to
+        the scratch row and do not advance.
+
+        Decode works on 2-D activations (B, C): for one row, `F.linear` on a (1, C) matrix takes
+        the fast matrix-vector path, while a (1, 1, C) input goes through a much slower
+        batched-matmul path on CPU (measured 4x on small layers).
         """
         B = n_rows
         lengths = self.cache.lengths
@@ -175,27 +189,45 @@ class ModelRunner:
         for s in range(B):
             if active[s] and pos_list[s] >= self.max_seq_len:
                 raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        p0 = pos_list[0]
+        simple = all(active) and all(p == p0 for p in pos_list)  # e.g. batch 1, or equal-length prompts
         S = max(pos_list) + 1
-        pos = torch.tensor(pos_list, device=self.device)  # (B,)
-        scratch = self.cache.n_slots
-        rows = torch.tensor([s if active[s] else scratch for s in range(B)], device=self.device)  # (B,) write rows
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (B, 1, 1, D)
-        uniform = all(p == pos_list[0] for p in pos_list)
-        mask = None if uniform else (self._arange[:S][None, :] <= pos[:, None])[:, None, None, :]  # (B,1,1,S)
+        if simple:  # views only: no index tensors, no mask
+            cos, sin = self.cos[p0:p0 + 1][:, None], self.sin_signed[p0:p0 + 1][:, None]  # (1, 1, D)
+            mask = None
+        else:
+            pos = torch.tensor(pos_list, device=self.device)  # (B,)
+            scratch = self.cache.n_slots
+            rows = torch.tensor([s if active[s] else scratch for s in range(B)], device=self.device)  # (B,)
+            cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]  # (B, 1, D)
+            mask = (self._arange[:S][None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
         ck, cv = self.cache.k, self.cache.v
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        half = D // 2
 
-        x = F.embedding(tokens.view(B, 1), self.embed)  # (B, 1, C)
+        x = F.embedding(tokens.view(B), self.embed)  # (B, C)
         for i, lw in enumerate(self.layers):
-            def attend(q, k, v, i=i):  # q (B, H, 1, D), k/v (B, H_kv, 1, D)
-                ck[i, rows, :, pos] = k[:, :, 0]
-                cv[i, rows, :, pos] = v[:, :, 0]
-                return F.scaled_dot_product_attention(q, ck[i, :B, :, :S], cv[i, :B, :, :S], attn_mask=mask,
-                                                      enable_gqa=self.gqa)
-            x = self._layer(x, lw, cos, sin, attend)
+            nq, nk = lw["nq"], lw["nk"]
+            qkv = F.linear(self._norm(x, lw["ln1"]), lw["qkv"])  # (B, (H + 2 KV) D)
+            qk = qkv[:, :nq + nk].view(B, H + KV, D)
+            qk = qk * cos + qk.roll(half, -1) * sin  # RoPE on q and k at once: rotate_half via roll
+            q = qk[:, :H].unsqueeze(2)  # (B, H, 1, D)
+            k, v = qk[:, H:], qkv[:, nq + nk:].view(B, KV, D)  # (B, KV, D)
+            if simple:
+                ck[i, :B, :, p0] = k
+                cv[i, :B, :, p0] = v
+            else:
+                ck[i, rows, :, pos] = k
+                cv[i, rows, :, pos] = v
+            y = F.scaled_dot_product_attention(q, ck[i, :B, :, :S], cv[i, :B, :, :S], attn_mask=mask,
+                                               enable_gqa=self.gqa)  # (B, H, 1, D)
+            x = x + F.linear(y.view(B, H * D), lw["o"])
+            gu = F.linear(self._norm(x, lw["ln2"]), lw["gate_up"])  # (B, 2 I)
+            x = x + F.linear(F.silu(gu[:, :lw["ni"]]) * gu[:, lw["ni"]:], lw["down"])
         for s in range(B):
             if active[s]:
                 lengths[s] += 1
-        return self._logits(x[:, 0])  # (B, V)
+        return F.linear(self._norm(x, self.norm), self.lm_head)  # (B, V)
 
     def free(self, slot: int) -> None:
         self.cache.lengths[slot] = 0
