@@ -8,7 +8,8 @@ builtin:ko-law + generated NPC dialogues + generated math) with the same vocab s
 and NFC normalizer; only the pre-tokenizer differs (ours: Hangul runs / single digits / GPT-4-style
 whitespace; plain: GPT-2's ByteLevel regex). Two evaluations:
   1. builtin:ko-law, which is part of the training corpus (the issue's closing-note table);
-  2. held out: both retrained without the constitution (kolaw/constitution.txt), measured on it.
+  2. held out: both retrained without the constitution (kolaw/constitution.txt), measured on it;
+  3. generated NPC dialogues + math problems from an unseen seed (the fine-tuning kind of text).
 Prints tokens/char, tokens/eojeol, bytes/token, round trip and the plain/ours token ratio.
 """
 
@@ -73,6 +74,16 @@ def main() -> int:
                   f"[bold]{stats_h[1].tokens / stats_h[0].tokens:.3f}x[/bold]")
     md += ["### kolaw/constitution.txt (held out of training)", "", markdown_table(stats_h), "",
            f"plain / ours tokens: {stats_h[1].tokens / stats_h[0].tokens:.3f}x", ""]
+
+    # 3. fine-tuning-style text the tokenizers never saw: NPC dialogues + math from another seed
+    from krllm.data.generated import generated_documents
+
+    texts_g = [t for spec in ("builtin:npc", "builtin:math:mixed") for _, t in generated_documents(spec, n=500, seed=99)]
+    stats_g = compare([ours, plain], texts_g, names=["ours (korean)", "plain (gpt2)"])
+    console.print(render_table(stats_g, "generated NPC + math, seed 99 (unseen records)"))
+    console.print(f"plain / ours tokens on unseen generated chat text: [bold]{stats_g[1].tokens / stats_g[0].tokens:.3f}x[/bold]")
+    md += ["### generated NPC dialogues + math problems, 500 each, seed 99 (records not in training)", "",
+           markdown_table(stats_g), "", f"plain / ours tokens: {stats_g[1].tokens / stats_g[0].tokens:.3f}x", ""]
 
     if args.markdown:
         Path(args.markdown).write_text("\n".join(md), encoding="utf-8")

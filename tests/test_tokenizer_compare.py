@@ -123,7 +123,7 @@ def test_cli_train_with_overrides_and_encode(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["tokenizer", "encode", str(out), "체력이 45/120이에요."])
     printed = capsys.readouterr().out
-    assert e.value.code == 0 and "round trip: exact" in printed and "'4'" in printed and "'5'" in printed
+    assert e.value.code == 0 and "round trip: exact" in printed and "' 4'" in printed and "'5'" in printed
 
 
 def test_cli_train_config_error_exit_code(tmp_path, capsys):

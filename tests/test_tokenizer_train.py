@@ -120,7 +120,8 @@ def test_nfc_recomposes_decomposed_hangul(hf_tok):
 
 def test_pre_tokenizer_keeps_hangul_runs_and_splits_digits():
     pieces = split_preview("대한민국은 2024년 Hello세계 3·1운동")
-    assert pieces == ["대한민국은", " ", "2", "0", "2", "4", "년", " Hello", "세계", " ", "3", "·", "1", "운동"]
+    assert pieces == ["대한민국은", " 2", "0", "2", "4", "년", " Hello", "세계", " 3", "·", "1", "운동"]
+    assert split_preview("합계: 12 + 305 = 317") == ["합계", ":", " 1", "2", " +", " 3", "0", "5", " =", " 3", "1", "7"]
     # the GPT-2 baseline groups digits and glues Latin to Hangul
     assert split_preview("2024년 Hello세계", "gpt2") == ["2024", "년", " Hello세계"]
 

@@ -87,7 +87,7 @@ def _compare(args) -> int:
     names = args.names.split(",") if args.names else None
     if names and len(names) != len(args.dirs):
         raise KrllmError(f"--names has {len(names)} names for {len(args.dirs)} directories")
-    stats = compare(args.dirs, texts, names)
+    stats = compare(args.dirs, texts, names, progress=True)
     console = Console()
     console.width = max(console.width, 120)  # the table has 8 columns; don't squeeze it in pipes/CI logs
     console.print(render_table(stats, ", ".join(specs)))

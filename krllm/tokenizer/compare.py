@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 ENCODE_BATCH = 256  # documents per batch-encode call
 
@@ -71,8 +71,11 @@ def load_tokenizer(path: str | Path):
         raise KrllmError(f"{path}: AutoTokenizer cannot load it ({e})") from None
 
 
-def measure(tokenizer, texts: Sequence[str], name: str = "", path: str = "") -> TokenizerStats:
-    """Count tokens, characters, eojeol and exact round trips of `texts` under one tokenizer."""
+def measure(tokenizer, texts: Sequence[str], name: str = "", path: str = "",
+            on_batch: Callable[[int], None] | None = None) -> TokenizerStats:
+    """Count tokens, characters, eojeol and exact round trips of `texts` under one tokenizer.
+
+    `on_batch(n_documents)` is called after each batch (progress bars)."""
     tokenizer.model_max_length = sys.maxsize  # we only count; silence "sequence longer than" warnings
     chars = sum(len(t) for t in texts)
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
@@ -85,13 +88,29 @@ def measure(tokenizer, texts: Sequence[str], name: str = "", path: str = "") -> 
             tokens += len(seq)
             back = tokenizer.decode(seq, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             ok += back == text
+        if on_batch:
+            on_batch(len(batch))
     return TokenizerStats(name=name, path=path, vocab_size=len(tokenizer), documents=len(texts), chars=chars,
                           bytes=nbytes, eojeol=eojeol, tokens=tokens, roundtrip_ok=ok)
 
 
-def compare(dirs: Sequence[str | Path], texts: Sequence[str], names: Sequence[str] | None = None) -> list[TokenizerStats]:
+def compare(dirs: Sequence[str | Path], texts: Sequence[str], names: Sequence[str] | None = None,
+            progress: bool = False) -> list[TokenizerStats]:
+    """Measure every tokenizer directory on the same texts (a rich progress bar when `progress`)."""
     names = list(names) if names else [Path(d).name or str(d) for d in dirs]
-    return [measure(load_tokenizer(d), texts, name=n, path=str(d)) for d, n in zip(dirs, names)]
+    if not progress:
+        return [measure(load_tokenizer(d), texts, name=n, path=str(d)) for d, n in zip(dirs, names)]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        for d, n in zip(dirs, names):
+            task = bar.add_task(f"encode+decode with {n}", total=len(texts))
+            out.append(measure(load_tokenizer(d), texts, name=n, path=str(d),
+                               on_batch=lambda k, t=task: bar.advance(t, k)))
+    return out
 
 
 def render_table(stats: Sequence[TokenizerStats], corpus: str = ""):

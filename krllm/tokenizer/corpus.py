@@ -190,4 +190,6 @@ def source_size_hint(spec: str, n: int | None = None) -> tuple[int | None, str]:
         files = builtin_files(spec) if is_builtin(spec) else expand_files(spec)
     except (ValueError, DataError, FileNotFoundError):
         return None, "bytes"
+    if any(f.name.lower().endswith(".gz") for f in files):
+        return None, "bytes"  # compressed size says nothing about the text size
     return sum(f.stat().st_size for f in files), "bytes"

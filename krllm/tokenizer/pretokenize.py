@@ -34,8 +34,10 @@ SPECIAL_IDS: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
 #                             " 대한민국은" stays one piece, so merges learn stems + particles
 #    ?[^...]+                  a run of other letters/marks (Latin, Hanja, kana...), never mixed with
 #                             Hangul, digits, punctuation or whitespace
-#   \p{N}                      every digit alone: "2024" -> 2 0 2 4 (arithmetic-friendly, no
-#                             arbitrary number chunks)
+#    ?\p{N}                    every digit alone: " 2024" -> " 2" 0 2 4 (no arbitrary number
+#                             chunks like "202"+"4"); a space before a number goes with its first
+#                             digit instead of costing a token of its own (GPT-4/Llama 3 spend one:
+#                             measured -9% tokens on NPC text, -14% on math, docs/tokenizer.md)
 #    ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*   punctuation / symbols / emoji runs (+ trailing newlines)
 #   \s*[\r\n]+                 newline runs (with the indentation before them)
 #   \s+(?!\S) | \s+            other whitespace; the last space before a word is left for the word
@@ -45,7 +47,7 @@ KOREAN_SPLIT_PATTERN = (
     r"'(?i:[sdmt]|ll|ve|re)"
     r"| ?\p{Hangul}+"
     r"| ?[^\s\p{Hangul}\p{N}\p{P}\p{S}\p{C}\p{Z}]+"
-    r"|\p{N}"
+    r"| ?\p{N}"
     r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+"
     r"|\s+(?!\S)"

@@ -144,6 +144,9 @@ def save_hf_tokenizer(tok, out_dir: Path, model_max_length: int) -> None:
     data = json.loads(cfg_path.read_text(encoding="utf-8"))
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
     data["additional_special_tokens"] = [IM_START, IM_END]
+    # transformers 5 writes them as a list under `extra_special_tokens`, which 4.x reads as a dict
+    # of named tokens and fails on; `additional_special_tokens` is understood by both.
+    data.pop("extra_special_tokens", None)
     data["chat_template"] = CHATML_TEMPLATE
     data["add_bos_token"] = False
     data["add_eos_token"] = False
@@ -243,6 +246,11 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
         "sources": [vars(s) for s in stats],
         "train_seconds": round(seconds, 3),
     }
+    empty = [s.spec for s in stats if s.documents == 0]
+    if empty:
+        summary["empty_sources"] = empty
+        if console:
+            console.print(f"[yellow]warning:[/yellow] no text in {', '.join(empty)}")
     if vocab < cfg.vocab_size:
         summary["note"] = (f"the corpus supports only {vocab} tokens at min_frequency={cfg.min_frequency}; "
                            "add text or lower min_frequency to reach the requested size")
