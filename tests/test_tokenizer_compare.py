@@ -132,3 +132,11 @@ def test_cli_train_config_error_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "vocab_size: must be at least 261" in err and "pre_tokenizer:" in err
     assert not (tmp_path / "t").exists()
+
+
+def test_train_help_lists_every_config_key():
+    from krllm.commands.tokenizer import TRAIN_KEYS
+    from krllm.tokenizer.train import TokenizerTrainConfig
+
+    listed = {line.split()[0] for line in TRAIN_KEYS.splitlines()[1:] if line.startswith("  ") and line[2] != " "}
+    assert listed == set(TokenizerTrainConfig.model_fields)

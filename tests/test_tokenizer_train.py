@@ -242,3 +242,25 @@ def test_shipped_configs_load():
         cfg = load_config(path, TokenizerTrainConfig)
         kinds[path.name] = cfg.pre_tokenizer
     assert kinds == {"ko_bpe.yaml": "korean", "plain_bpe.yaml": "gpt2"}
+
+
+def test_file_kinds_txt_gz_parquet_and_directory(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("첫 줄\n둘째 줄\n", encoding="utf-8")
+    with gzip.open(d / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("압축된 텍스트\n")
+    pq.write_table(pa.table({"body": ["파케이 문서 하나", None, "둘"]}), d / "c.parquet")
+    (d / "notes.csv").write_text("ignored,file\n")
+    s = train_tokenizer(tmp_path / "t", sources=[str(d)], text_field="body", vocab_size=300, progress=False)
+    src = s["sources"][0]
+    assert [p["path"].rsplit("/", 1)[1] for p in src["files"]] == ["a.txt", "b.txt.gz", "c.parquet"]
+    assert src["documents"] == 4  # a.txt, b.txt.gz, and the two non-null parquet rows
+    assert src["chars"] == len("첫 줄\n둘째 줄\n") + len("압축된 텍스트\n") + len("파케이 문서 하나") + len("둘")
+    with pytest.raises(DataError, match=r"c\.parquet: no column 'text'"):
+        train_tokenizer(tmp_path / "u", sources=[str(d / "c.parquet")], progress=False)

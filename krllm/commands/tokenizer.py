@@ -10,13 +10,28 @@ from __future__ import annotations
 import argparse
 
 
+TRAIN_KEYS = """config keys (YAML or --set KEY=VALUE; defaults in brackets):
+  sources          list of builtin:ko-law | builtin:npc | builtin:math[:ko|en|mixed] | builtin:sentiment |
+                   file.txt/.jsonl/.parquet[.gz] | directory | glob; or {path, text_field, n, seed}
+                   [builtin:ko-law, builtin:npc, builtin:math:mixed]
+  text_field       JSONL/parquet key holding the text, or a list of {role, content} messages [text]
+  vocab_size       total tokens incl. 256 bytes + 4 special tokens, >= 261 [4096]
+  min_frequency    a pair must occur this often to be merged [2]
+  normalization    nfc | nfkc | none; round trip is exact on text already in this form [nfc]
+  pre_tokenizer    korean (Hangul runs, single digits) | gpt2 (baseline) [korean]
+  model_max_length longest sequence in tokens, written to tokenizer_config.json [4096]
+  out_dir          output directory [runs/tokenizer]; written atomically, a failed run keeps the old one
+See docs/tokenizer.md."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tok_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="Train a byte-level BPE tokenizer and write an HF tokenizer directory.",
                        description="Train a byte-level BPE (HF tokenizers) with Korean-aware pre-tokenization, "
                        "special tokens <|endoftext|>=0 <|pad|>=1 <|im_start|>=2 <|im_end|>=3 and a ChatML chat "
-                       "template. The output loads with transformers.AutoTokenizer.from_pretrained(DIR).")
+                       "template. The output loads with transformers.AutoTokenizer.from_pretrained(DIR).",
+                       epilog=TRAIN_KEYS, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("-c", "--config", help="YAML config (e.g. configs/tokenizer/ko_bpe.yaml); "
                    "without it the defaults train on builtin:ko-law + builtin:npc + builtin:math:mixed, vocab 4096")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
