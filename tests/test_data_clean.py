@@ -1,0 +1,115 @@
+"""Korean cleaning, filters, dedupe keys, split assignment and the MinHash wiring (no pipeline runs)."""
+
+import unicodedata
+
+import numpy as np
+import pytest
+from datatrove.data import Document
+from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+from krllm.data.steps import (HangulRatioFilter, KoreanCleaner, KoreanMinhashSignature, LengthFilter, exact_dedupe_content,
+                              minhash_config, xxhash64_utf8)
+from krllm.data.textclean import clean_text, dedupe_key, hangul_ratio, split_of, strip_html
+
+
+def test_strip_html_removes_markup_keeps_text_and_comparisons():
+    html = ("<html><head><style>p {color: red}</style><script>alert('x')</script></head><body>"
+            "<p>대한민국은 <b>민주공화국</b>이다.</p><!-- 주석 --><div>주권은 국민에게 &amp; 있다&#46;</div>"
+            "<br/>끝</body></html>")
+    assert strip_html(html).split() == ["대한민국은", "민주공화국이다.", "주권은", "국민에게", "&", "있다.", "끝"]
+    assert clean_text(html) == "대한민국은 민주공화국이다.\n\n주권은 국민에게 & 있다.\n\n끝"
+    # not markup: a comparison and a heart, no entity
+    assert clean_text("a < b 이고 x<3 & y > 2") == "a < b 이고 x<3 & y > 2"
+
+
+def test_control_characters_and_invisible_marks_removed():
+    text = "\ufeff안녕\u200b하세요\x00\x07 세계\u00ad\x1b[0m\t끝\u2060"
+    assert clean_text(text) == "안녕하세요 세계[0m 끝"
+    assert clean_text(text, remove_control=False) != "안녕하세요 세계[0m 끝"
+
+
+def test_unicode_normalization_nfc_and_nfkc():
+    decomposed = unicodedata.normalize("NFD", "한국어")  # 7 conjoining jamo
+    assert len(decomposed) == 8 and clean_text(decomposed) == "한국어"
+    assert clean_text("제1조 ① ＡＢＣ") == "제1조 ① ＡＢＣ"  # NFC keeps compatibility characters
+    assert clean_text("제1조 ① ＡＢＣ", normalization="NFKC") == "제1조 1 ABC"
+    assert clean_text(decomposed, normalization="none") == decomposed
+
+
+def test_whitespace_collapsed_paragraphs_kept():
+    text = "  첫\u00a0줄\t\t끝  \r\n\r\n\r\n\r\n둘째\u3000문단   \n 셋째 줄 \n\n\n"
+    assert clean_text(text) == "첫 줄 끝\n\n둘째 문단\n셋째 줄"
+    assert clean_text(text, collapse_whitespace=False).startswith("  첫")
+
+
+def test_hangul_ratio_counts_letters_only():
+    assert hangul_ratio("한국어 text") == pytest.approx(3 / 7)
+    assert hangul_ratio("제1조 (국민) 123,456! ...") == 1.0  # digits and punctuation don't count
+    assert hangul_ratio("1234 - 5 -") == 0.0  # no letters at all
+    assert hangul_ratio("大韓民國 헌법") == pytest.approx(2 / 6)  # Hanja are letters, not Hangul
+    assert hangul_ratio(unicodedata.normalize("NFD", "한")) == 1.0  # conjoining jamo are Hangul
+
+
+def test_dedupe_key_ignores_case_and_spacing_only():
+    assert dedupe_key("Korea  헌법\n제1조") == dedupe_key("korea 헌법 제1조") == "korea 헌법 제1조".encode()
+    assert dedupe_key("헌법 제1조") != dedupe_key("헌법 제2조")
+    assert exact_dedupe_content(Document(text="A  b", id="x")) == b"a b"
+
+
+def test_split_is_stable_seeded_and_proportional():
+    texts = [f"문서 {i} 번째 내용" for i in range(20000)]
+    splits = [split_of(t, 0.05, 0.02) for t in texts]
+    assert splits == [split_of(t, 0.05, 0.02) for t in texts]  # same text, same split
+    counts = {s: splits.count(s) / len(texts) for s in ("train", "val", "test")}
+    assert counts["val"] == pytest.approx(0.05, abs=0.006) and counts["test"] == pytest.approx(0.02, abs=0.004)
+    other_seed = [split_of(t, 0.05, 0.02, seed=7) for t in texts]
+    assert sum(a != b for a, b in zip(splits, other_seed)) > 500  # the seed reshuffles
+    assert {split_of(t, 0.0, 0.0) for t in texts[:100]} == {"train"}
+
+
+def test_filters_return_reasons_like_datatrove_expects():
+    lf = LengthFilter(min_chars=5, max_chars=10)
+    assert lf.filter(Document(text="", id="a")) == (False, "empty")
+    assert lf.filter(Document(text="짧다", id="b")) == (False, "too_short")
+    assert lf.filter(Document(text="가" * 11, id="c")) == (False, "too_long")
+    assert lf.filter(Document(text="가나다라마바", id="d")) is True
+    assert LengthFilter(min_chars=1, max_chars=0).filter(Document(text="가" * 10**6, id="e")) is True
+    hf = HangulRatioFilter(0.5)
+    assert hf.filter(Document(text="This is English only.", id="f")) == (False, "low_hangul_ratio")
+    assert hf.filter(Document(text="한국어로 쓴 문장입니다, OK", id="g")) is True
+    # run() counts each reason in datatrove's stats
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(["", "짧다", "가나다라마바", "가" * 20])]
+    kept = list(lf.run(iter(docs)))
+    assert [d.text for d in kept] == ["가나다라마바"]
+    assert {k: v.total for k, v in lf.stats.stats.items() if k.startswith("dropped_")} == {
+        "dropped_empty": 1, "dropped_too_short": 1, "dropped_too_long": 1}
+
+
+def test_cleaner_step_rewrites_documents():
+    step = KoreanCleaner(normalization="NFKC")
+    out = list(step.run(iter([Document(text="<p>①  번</p>", id="1")])))
+    assert out[0].text == "1 번"
+
+
+def test_minhash_signature_uses_eojeol_shingles_and_xxhash(tmp_path):
+    import xxhash
+
+    assert xxhash64_utf8("헌법 제1조") == xxhash.xxh64_intdigest("헌법 제1조".encode("utf-8"))
+    cfg = minhash_config(ngrams=3, buckets=14, hashes_per_bucket=8, seed=1)
+    step = KoreanMinhashSignature(str(tmp_path), cfg)
+    assert isinstance(step, MinhashDedupSignature)
+    base = ("대한민국은 민주공화국이다 대한민국의 주권은 국민에게 있고 모든 권력은 국민으로부터 나온다 "
+            "대한민국의 국민이 되는 요건은 법률로 정한다 국가는 법률이 정하는 바에 의하여 재외국민을 보호할 의무를 진다")
+    words = base.split()
+    near = " ".join(words[:-1] + ["지닌다"])
+    other = "정당의 설립은 자유이며 복수정당제는 보장된다 정당은 그 목적 조직과 활동이 민주적이어야 한다"
+    # shingles: (number of eojeol - n + 1) word 3-grams, punctuation-insensitive
+    assert step.get_shingles(base).shape == (len(words) - 2, 1)
+    assert np.array_equal(step.get_shingles(base), step.get_shingles(base.replace(" ", " , ")))
+
+    def sig(t):
+        return np.array(step.get_signature(step.get_shingles(t)))
+
+    same_near = np.mean(sig(base) == sig(near))
+    same_other = np.mean(sig(base) == sig(other))
+    assert same_near > 0.7 and same_other < 0.05  # estimated Jaccard similarity
