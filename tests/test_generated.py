@@ -38,7 +38,7 @@ def test_same_output_on_any_machine():
     """Pinned digests: a change here means every machine's data changed (update docs/data.md too)."""
     got = {"npc": _digest(npc_dialogues(50, 0)), "math": _digest(math_problems(50, 0, "mixed")),
            "sentiment": _digest(sentiment_examples(50, 0))}
-    assert got == {"npc": "7cce7a293ff72b0e", "math": "fcded51a5244c230", "sentiment": "3dd125c2b1fe6a8d"}, got
+    assert got == {"npc": "7cce7a293ff72b0e", "math": "fcded51a5244c230", "sentiment": "86dcf9d1360f6888"}, got
 
 
 def test_josa_agrees_with_final_sound():
@@ -209,7 +209,7 @@ def test_sentiment_labels_balanced_and_consistent():
     for r in recs:
         by_text.setdefault(r["text"], set()).add(r["label"])
     assert all(len(v) == 1 for v in by_text.values())  # the same text never carries both labels
-    assert len(by_text) > 700
+    assert len(by_text) > 950  # near-unique: train/test splits of one seed barely overlap
     # harder cases exist: negated words in positive reviews, contrast connectives in both classes
     assert any("않" in r["text"] for r in recs if r["label"] == "positive")
     for label in ("positive", "negative"):

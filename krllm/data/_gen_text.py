@@ -81,6 +81,18 @@ _DOMAINS = {
            ("주문한 다음 날 바로 왔어요.", "포장이 꼼꼼해서 파손이 없었어요.", "문의에 빠르게 답해 주셨어요."),
            ("일주일이 넘게 걸렸어요.", "상자가 찌그러져서 왔어요.", "다른 상품이 왔는데 교환도 안 해 줘요.")),
 }
+# Label-neutral context that opens some reviews (what happened, not how it was).
+_CONTEXT = {
+    "식당": ("점심시간에 동료들이랑 갔어요.", "주말 저녁에 가족 외식으로 방문했어요.", "친구 추천으로 처음 가 봤어요.", "두 번째 방문이에요.",
+           "배달로 시켜 먹었어요."),
+    "영화": ("어제 심야로 봤어요.", "친구랑 개봉 첫날 봤어요.", "원작 소설을 읽고 봤어요.", "아이들이랑 같이 봤어요.", "OTT로 봤어요."),
+    "숙소": ("2박 3일 가족 여행으로 묵었어요.", "출장 때문에 하루 묵었어요.", "연휴에 급하게 예약했어요.", "부모님 모시고 갔어요."),
+    "제품": ("한 달째 쓰는 중이에요.", "선물용으로 샀어요.", "할인할 때 구매했어요.", "쓰던 게 고장 나서 바꿨어요.", "리뷰 보고 샀어요."),
+    "게임": ("출시 첫 주부터 하고 있어요.", "50시간 정도 플레이했어요.", "친구들이랑 같이 시작했어요.", "이번 시즌 패스 샀어요."),
+    "배송": ("평일 오전에 주문했어요.", "명절 전에 주문했어요.", "처음 이용하는 쇼핑몰이에요.", "선물 보내려고 주문했어요."),
+}
+_POS_MARK = ("", "", "", " ㅎㅎ", "!!", " 👍", " ^^")
+_NEG_MARK = ("", "", "", " ㅠㅠ", " …", " 😡", " 하...")
 _POS_END = ("강력 추천해요!", "또 이용할게요.", "재구매 의사 있어요.", "별 다섯 개도 아깝지 않아요.", "만족합니다.", "최고예요 ㅎㅎ")
 _NEG_END = ("다시는 이용 안 할 듯.", "비추천합니다.", "돈이 아까워요.", "별 하나도 아까움.", "실망이에요.", "환불하고 싶어요 ㅠㅠ")
 # Harder cases, label by construction: negation that flips the surface word, and sarcasm.
@@ -107,4 +119,6 @@ def make_review(r: random.Random, label: str) -> str:
     else:  # subject-led: "이 식당은 ..."
         subj = josa(pick(r, subjects), "은/는")
         parts = [f"{subj} {pick(r, good)}", pick(r, end_good)]
-    return " ".join(parts)
+    if r.random() < 0.5:
+        parts.insert(0, pick(r, _CONTEXT[domain]))
+    return " ".join(parts) + pick(r, _POS_MARK if label == "positive" else _NEG_MARK)

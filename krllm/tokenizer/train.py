@@ -173,6 +173,8 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
 
     data = to_plain(cfg) if cfg is not None else {}
     data.update(overrides)
+    if texts is not None:  # the resolved config must not claim sources that were not read
+        data["sources"] = [{"path": "<texts given in Python>"}]
     if out_dir is not None:
         data["out_dir"] = str(out_dir)
     cfg = validate(data, TokenizerTrainConfig, "tokenizer config")
