@@ -36,7 +36,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """'bf16' / 'bfloat16' / torch.bfloat16 / None -> torch dtype (None stays None)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -44,6 +45,9 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if name not in _DTYPES:
         raise KrllmError(f"unknown dtype {dtype!r}: use float32/fp32, bfloat16/bf16 or float16/fp16")
     return _DTYPES[name]
+
+
+_parse_dtype = parse_dtype  # older name, used by krllm.infer.loader
 
 
 def tokenizer_vocab_size(directory: str | Path) -> int | None:
@@ -88,7 +92,7 @@ def save_hf(
     from safetensors.torch import save_file
 
     cfg = model.config
-    dtype = _parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     if tok_dir is not None:
         if not tok_dir.is_dir():
@@ -172,7 +176,7 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: str | t
     if n_tok is not None and n_tok > cfg.vocab_size:
         raise KrllmError(f"{path}: tokenizer has {n_tok} tokens but config.json vocab_size is {cfg.vocab_size} "
                          "(tokenizer and model do not belong together)")
-    dtype = _parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     state = {k: v for k, v in _read_state_dict(path).items() if not k.endswith(_IGNORED_SUFFIXES)}
     with torch.device("meta"):
         model = Llama(cfg)
