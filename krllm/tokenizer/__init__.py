@@ -1,0 +1,11 @@
+"""The tokenizer room: train a Korean-aware byte-level BPE and compare tokenizers.
+
+    pretokenize.py    special tokens + fixed ids, normalizer, the Split regex (all tokenizer.json objects)
+    chat_template.py  the ChatML template with {% generation %} markers
+    corpus.py         text sources: builtin corpora, generated sets, txt/jsonl/parquet files
+    train.py          TokenizerTrainConfig + train_tokenizer() -> an HF tokenizer directory
+    compare.py        tokens/char, tokens/eojeol, bytes/token, round trip for any tokenizer dirs
+
+Heavy libraries (tokenizers, transformers) are imported inside functions, so importing this
+package stays cheap for the CLI.
+"""

@@ -153,6 +153,33 @@ def save_hf_tokenizer(tok, out_dir: Path, model_max_length: int) -> None:
     atomic_write_text(cfg_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def _progress_bar():
+    """(stderr console, rich Progress) with one bar per source: percent, elapsed, ETA."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    console = Console(stderr=True)
+    return console, Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _given_texts(texts: Iterable[str], stats: list) -> Iterator[str]:
+    """Texts passed from Python, counted like a source named `<texts>`."""
+    from krllm.tokenizer.corpus import SourceStats
+
+    st = SourceStats("<texts>")
+    stats.append(st)
+    for t in texts:
+        if not isinstance(t, str):
+            raise DataError(f"texts[{st.documents}]: expected str, got {type(t).__name__}")
+        if t:
+            st.documents += 1
+            st.chars += len(t)
+            st.bytes += len(t.encode("utf-8"))
+            yield t
+
+
 def _check_special_ids(tok) -> None:
     for token, want in SPECIAL_IDS.items():
         got = tok.token_to_id(token)
@@ -190,36 +217,8 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
     )
     stats: list = []
     t0 = time.time()
-    if progress:
-        from rich.console import Console
-        from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        console = Console(stderr=True)
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                       TimeRemainingColumn(), console=console, transient=False)
-    else:
-        console, bar = None, None
-
-    if texts is not None:
-        from krllm.tokenizer.corpus import SourceStats
-
-        st = SourceStats("<texts>")
-        stats.append(st)
-
-        def _given() -> Iterator[str]:
-            for t in texts:
-                if not isinstance(t, str):
-                    raise DataError(f"texts[{st.documents}]: expected str, got {type(t).__name__}")
-                if t:
-                    st.documents += 1
-                    st.chars += len(t)
-                    st.bytes += len(t.encode("utf-8"))
-                    yield t
-
-        stream = _given()
-    else:
-        stream = _training_texts(cfg, stats, bar)
+    console, bar = _progress_bar() if progress else (None, None)
+    stream = _given_texts(texts, stats) if texts is not None else _training_texts(cfg, stats, bar)
 
     if bar:
         with bar:
