@@ -264,3 +264,17 @@ def test_file_kinds_txt_gz_parquet_and_directory(tmp_path):
     assert src["chars"] == len("첫 줄\n둘째 줄\n") + len("압축된 텍스트\n") + len("파케이 문서 하나") + len("둘")
     with pytest.raises(DataError, match=r"c\.parquet: no column 'text'"):
         train_tokenizer(tmp_path / "u", sources=[str(d / "c.parquet")], progress=False)
+
+
+@pytest.mark.parametrize("form", ["nfkc", "none"])
+def test_other_normal_forms(tmp_path, form):
+    from transformers import AutoTokenizer
+
+    train_tokenizer(tmp_path / form, texts=MIXED * 3, vocab_size=300, normalization=form, progress=False)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / form))
+    decomposed = unicodedata.normalize("NFD", "한글 ①항 ＡＢＣ")
+    back = tok.decode(tok(decomposed)["input_ids"])
+    if form == "nfkc":  # compatibility characters folded: exact only on NFKC text
+        assert back == unicodedata.normalize("NFKC", decomposed) == "한글 1항 ABC"
+    else:  # no normalizer at all: every string round-trips byte for byte, even NFD jamo
+        assert back == decomposed
