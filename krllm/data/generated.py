@@ -237,7 +237,7 @@ def parse_final_answer(text: str) -> str | None:
 # --------------------------------------------------------------------------- sentiment
 
 def sentiment_examples(n: int, seed: int = 0) -> list[dict]:
-    """Short Korean reviews, balanced labels (even i positive-first shuffle), ~35% hard cases."""
+    """Short Korean reviews; label drawn 50/50 per record; ~25% contrast and ~20% negation/sarcasm cases."""
     from krllm.data._gen_text import make_review
 
     out = []
