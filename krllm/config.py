@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class StrictModel(BaseModel):
@@ -145,6 +147,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

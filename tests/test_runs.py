@@ -38,3 +38,12 @@ def test_hash_path_depends_on_content_and_names(tmp_path):
     (b / "x.txt").write_text("same")
     (b / ".tmp-ignored").write_text("scratch")
     assert hash_path(a) == hash_path(b)
+
+
+def test_atomic_write_text_makes_ordinary_readable_files(tmp_path):
+    from krllm.config import atomic_write_text
+
+    p = tmp_path / "sub" / "f.txt"
+    atomic_write_text(p, "안녕")
+    assert p.read_text(encoding="utf-8") == "안녕"
+    assert p.stat().st_mode & 0o044 == 0o044  # group/other can read, as with open(..., "w")
