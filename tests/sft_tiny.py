@@ -35,34 +35,35 @@ CHATML_NO_MARKERS = CHATML.replace("{% generation %}", "").replace("{% endgenera
 
 
 def corpus_lines() -> list[str]:
-    """Korean text for the tokenizer: the built-in law corpus plus NPC-style lines."""
+    """Korean text for the tokenizer: the built-in law corpus plus generated NPC dialogues."""
     from krllm.data.builtin import builtin_documents
+    from krllm.data.generated import npc_dialogues
 
     lines = []
     for _, text in builtin_documents("builtin:ko-law"):
         lines.extend(line for line in text.splitlines() if line.strip())
-    lines += [f"{w} 모험가여, 마을에 온 것을 환영하네. 무엇을 도와줄까?" for w in ("안녕", "어서 오게", "반갑네")]
-    lines += ["user assistant system", "0123456789 + - = ?"]
+    for r in npc_dialogues(300, seed=123):
+        lines += [r["instruction"], r["input"], r["output"]]
     return lines
 
 
-def make_tokenizer(out_dir: Path, vocab_size: int = 800, template: str = CHATML) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def make_tokenizer(out_dir: Path, vocab_size: int = 1000, template: str | None = None) -> Path:
+    """krllm's own tokenizer trainer (ChatML template with generation markers), small vocab.
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus_lines(), trainer)
-    for i, s in enumerate(SPECIALS):
-        assert tok.token_to_id(s) == i
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|pad|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-    fast.chat_template = template
+    `template` replaces the shipped chat template (to test templates without markers etc.).
+    """
+    from transformers import AutoTokenizer
+
+    from krllm.tokenizer.train import train_tokenizer
+
     out_dir = Path(out_dir)
-    fast.save_pretrained(out_dir)
+    train_tokenizer(out_dir, texts=corpus_lines(), vocab_size=vocab_size, progress=False)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    for i, s in enumerate(SPECIALS):
+        assert tok.convert_tokens_to_ids(s) == i, (s, i)
+    if template is not None:
+        tok.chat_template = template
+        tok.save_pretrained(out_dir)
     return out_dir
 
 
@@ -110,3 +111,42 @@ def write_jsonl(path: Path, rows: list) -> Path:
     path = Path(path)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+_SHARED: dict = {}
+
+
+def tiny_base() -> tuple[Path, Path]:
+    """(tokenizer dir, model dir) built once per test process (tokenizer training takes a few seconds).
+
+    Read-only for tests: copy before modifying.
+    """
+    if "dirs" not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="krllm-sft-tiny-"))
+        atexit.register(shutil.rmtree, root, True)
+        tok = make_tokenizer(root / "tok")
+        _SHARED["dirs"] = (tok, make_model(root / "model", tok))
+    return _SHARED["dirs"]
+
+
+def one_thread():
+    """Context manager: torch on one thread. Under CPU contention (2 cores shared by several test runs)
+    two OpenMP threads on tiny matrices run many times slower than one."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def _cm():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
+
+    return _cm()

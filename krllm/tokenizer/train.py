@@ -259,6 +259,4 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
         save_hf_tokenizer(tok, tmp, cfg.model_max_length)
         write_resolved(cfg, tmp / "config.yaml")
         write_json(tmp / "summary.json", summary)
-        for f in tmp.iterdir():  # temp files are created 0600; tokenizers are shared artifacts
-            f.chmod(0o644)
     return summary

@@ -22,6 +22,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -221,20 +222,24 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
 
 # ---------------------------------------------------------------- the stage
 
-def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict."""
-    import datasets
-    from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+@dataclass
+class Prepared:
+    """Everything decided before the trainer exists (what `make_trainer` and the samples need)."""
 
-    from krllm.train.hf_callbacks import KrllmLogCallback
+    device: torch.device
+    dtype: torch.dtype
+    mode: str  # resolved batching
+    tokenizer: object
+    model: object
+    train_records: list[dict]
+    eval_records: list[dict]
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    stats: object
 
-    t_start = time.time()
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, run_dir / "config.yaml")
 
+def prepare(cfg: SFTRunConfig) -> Prepared:
+    """Device, dtype, batching, tokenizer, validated + tokenized data, base model."""
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
     mode = B.resolve_batching(cfg.train.batching, device)
@@ -244,75 +249,118 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
     eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
     if not train_rows:
         raise KrllmError("no training example has a token to learn (all dropped); check data.loss_on / max_length")
-    print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {device.type} | compute dtype "
-          f"{str(dtype).removeprefix('torch.')} | batching {mode} | {stats.examples} train examples, "
-          f"{stats.tokens:,} tokens ({stats.target_tokens:,} learned), {len(eval_rows)} eval examples")
+    model = load_model(cfg, tokenizer, dtype)
+    if mode == "packed":
+        B.check_packing_isolation(model, len(tokenizer))
+    return Prepared(device, dtype, mode, tokenizer, model, train_records, eval_records, train_rows, eval_rows,
+                    stats)
+
+
+def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.TokenCounter | None = None):
+    """TRL SFTTrainer over our tokenized rows, collator and sampler for `p.mode`, PEFT config from YAML."""
+    import datasets
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    counter = counter if counter is not None else B.TokenCounter()
+    collator = None
+    if p.mode in ("length_grouped", "random"):
+        collator = B.PadCollator(p.tokenizer.pad_token_id, counter=counter)
+    elif p.mode == "packed":
+        collator = B.PackedCollator(p.tokenizer.pad_token_id, cfg.data.max_length, counter=counter)
+    t = cfg.train
+    has_eval = bool(p.eval_rows)
+    early = bool(t.early_stopping_patience and has_eval)
+    args = SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS), seed=t.seed, data_seed=t.seed,
+        learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=t.warmup, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, gradient_checkpointing=t.gradient_checkpointing,
+        bf16=p.dtype == torch.bfloat16, fp16=p.dtype == torch.float16, use_cpu=p.device.type == "cpu",
+        max_length=cfg.data.max_length,
+        packing=p.mode == "padding_free", packing_strategy="bfd",
+        dataset_kwargs=None if p.mode == "padding_free" else {"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
+        # early stopping keeps the best evaluation, so every evaluation must leave a checkpoint
+        save_strategy="steps", save_steps=t.eval_steps if early else t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=t.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    if p.mode == "padding_free":  # varlen kernels: the flattened batch attends per document
+        p.model.set_attn_implementation("flash_attention_2")
+    callbacks = [EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta)] if early else []
+    peft_config = peft_config_for(cfg.peft, _layers(p.model)) if cfg.peft.method != "full" else None
+    cols = ["input_ids", "labels", "length"]
+    train_ds = datasets.Dataset.from_list(p.train_rows).select_columns(cols)
+    eval_ds = datasets.Dataset.from_list(p.eval_rows).select_columns(cols) if has_eval else None
+    trainer = _trainer_class(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
+                         eval_dataset=eval_ds, processing_class=p.tokenizer, peft_config=peft_config,
+                         callbacks=callbacks)
+    trainer.krllm_batching = p.mode
+    trainer.remove_callback(PrinterCallback)  # our KrllmLogCallback prints
+    counter.active = lambda: trainer.model.training  # evaluation batches are not training throughput
+    return trainer
+
+
+def _trainer_class(base):
+    """SFTTrainer whose train sampler groups by length (`length_grouped` mode) and whose evaluation
+    batches are sorted by length (less padding, same loss)."""
+
+    class KrllmSFTTrainer(base):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if getattr(self, "krllm_batching", None) == "length_grouped" and "length" in ds.column_names:
+                return B.LengthGroupedSampler(ds["length"], self.args.train_batch_size * max(
+                    1, self.args.gradient_accumulation_steps), seed=self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def _get_eval_sampler(self, eval_dataset):
+            if "length" in getattr(eval_dataset, "column_names", ()) and self.args.world_size <= 1:
+                lengths = eval_dataset["length"]
+                return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+            return super()._get_eval_sampler(eval_dataset)
+
+    return KrllmSFTTrainer
+
+
+def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict."""
+    from krllm.train.hf_callbacks import KrllmLogCallback
+
+    t_start = time.time()
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    resume_from = prepare_run_dir(run_dir, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, run_dir / "config.yaml")
+
+    p = prepare(cfg)
+    tokenizer, stats = p.tokenizer, p.stats
+    print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {p.device.type} | compute dtype "
+          f"{str(p.dtype).removeprefix('torch.')} | batching {p.mode} | {stats.examples} train examples, "
+          f"{stats.tokens:,} tokens ({stats.target_tokens:,} learned), {len(p.eval_rows)} eval examples")
     if stats.truncated:
         print(f"note: {stats.truncated} examples were longer than data.max_length={cfg.data.max_length} and were "
               "cut (their end-of-turn token is lost)")
 
-    model = load_model(cfg, tokenizer, dtype)
-    if mode == "packed":
-        B.check_packing_isolation(model, len(tokenizer))
-
-    n_samples = min(cfg.samples.n, len(eval_records or train_records))
-    sample_src = [r for r in (eval_records or train_records) if prompt_of(r)][:n_samples]
+    source = p.eval_records or p.train_records
+    sample_src = [r for r in source if prompt_of(r)][: cfg.samples.n]
     sample_prompts = [prompt_of(r) for r in sample_src]
-    before = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens) if sample_prompts else []
+    before = generate_answers(p.model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
 
     counter = B.TokenCounter()
-    collator = None
-    if mode in ("length_grouped", "random"):
-        collator = B.PadCollator(tokenizer.pad_token_id, counter=counter)
-    elif mode == "packed":
-        collator = B.PackedCollator(tokenizer.pad_token_id, cfg.data.max_length, counter=counter)
-    t = cfg.train
-    has_eval = bool(eval_rows)
-    save_steps = t.eval_steps if t.early_stopping_patience else t.save_steps
-    args = SFTConfig(
-        output_dir=str(run_dir / CHECKPOINTS), seed=t.seed, data_seed=t.seed,
-        learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=t.warmup, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else 0.0,
-        num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, gradient_checkpointing=t.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
-        max_length=cfg.data.max_length,
-        packing=mode == "padding_free", packing_strategy="bfd",
-        dataset_kwargs=None if mode == "padding_free" else {"skip_prepare_dataset": True},
-        train_sampling_strategy="group_by_length" if mode == "length_grouped" else "random",
-        remove_unused_columns=False,
-        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
-        save_strategy="steps", save_steps=save_steps, save_total_limit=t.save_total_limit,
-        load_best_model_at_end=bool(t.early_stopping_patience and has_eval),
-        metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=t.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    if mode == "padding_free":  # varlen kernels: the flattened batch attends per document
-        model.set_attn_implementation("flash_attention_2")
-    callbacks = []
-    if t.early_stopping_patience and has_eval:
-        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta))
-    peft_config = None
-    if cfg.peft.method != "full":
-        peft_config = peft_config_for(cfg.peft, _layers(model))
-
-    ds_cols = ["input_ids", "labels", "length"]
-    train_ds = datasets.Dataset.from_list(train_rows).select_columns(ds_cols)
-    eval_ds = datasets.Dataset.from_list(eval_rows).select_columns(ds_cols) if has_eval else None
-    trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)
-    counter.active = lambda: trainer.model.training  # evaluation batches are not training throughput
-    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in trainer.model.parameters())
+    trainer = make_trainer(cfg, p, run_dir, counter)
+    n_train = sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)
+    n_all = sum(x.numel() for x in trainer.model.parameters())
     print(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
 
+    has_eval = bool(p.eval_rows)
     with MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
                        run_name=cfg.name) as logger:
-        trainer.add_callback(KrllmLogCallback(logger, counter if collator is not None else None,
+        trainer.add_callback(KrllmLogCallback(logger, counter if p.mode != "padding_free" else None,
                                               label=f"sft {cfg.name}"))
         write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
             "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
@@ -325,9 +373,9 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
                                                               if k.startswith("eval_") and isinstance(v, float)})
 
     model = trainer.model
-    after = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens) if sample_prompts else []
+    after = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
     if sample_prompts:
-        refs = [r["messages"][len(p)]["content"] for r, p in zip(sample_src, sample_prompts)]
+        refs = [r["messages"][len(q)]["content"] for r, q in zip(sample_src, sample_prompts)]
         write_samples(run_dir, sample_prompts, before, after, refs)
 
     outputs = {}
@@ -344,16 +392,17 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
             write_hf_dir(model.merge_and_unload(), tokenizer, run_dir / "merged")
             outputs["merged"] = str(run_dir / "merged")
 
+    state = trainer.state
     summary = {
-        "method": cfg.peft.method, "batching": mode, "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."), "steps": trainer.state.global_step,
-        "stopped_early": bool(t.early_stopping_patience and trainer.state.global_step < trainer.state.max_steps),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "method": cfg.peft.method, "batching": p.mode, "device": p.device.type,
+        "dtype": str(p.dtype).removeprefix("torch."), "steps": state.global_step, "max_steps": state.max_steps,
+        "stopped_early": bool(cfg.train.early_stopping_patience and state.global_step < state.max_steps),
+        "best_checkpoint": state.best_model_checkpoint,
         "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
         "trainable_params": n_train, "total_params": n_all, "data": stats.as_dict(),
-        "eval_examples": len(eval_rows), "train_runtime_s": result.metrics.get("train_runtime"),
-        "wall_s": round(time.time() - t_start, 1), "samples_stopped_after": [a["stopped"] for a in after],
-        "outputs": outputs,
+        "eval_examples": len(p.eval_rows), "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_s": round(time.time() - t_start, 1), "samples_stopped_before": [b["stopped"] for b in before],
+        "samples_stopped_after": [a["stopped"] for a in after], "outputs": outputs,
     }
     write_json(run_dir / "summary.json", summary)
     return summary
