@@ -177,3 +177,11 @@ def test_sharded_checkpoint_loads(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 11))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids)[0], model(ids)[0], rtol=0, atol=0)
+
+
+def test_save_unwraps_compiled_model_and_rejects_others(tmp_path):
+    model = Llama(cfg())
+    out = save_hf(torch.compile(model), tmp_path / "hf")  # no compilation happens: only the wrapper
+    assert "model.norm.weight" in load_file(out / "model.safetensors")
+    with pytest.raises(KrllmError, match="expects a krllm Llama, got Linear"):
+        save_hf(torch.nn.Linear(2, 2), tmp_path / "x")

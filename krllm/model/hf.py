@@ -91,6 +91,11 @@ def save_hf(
     """
     from safetensors.torch import save_file
 
+    for _ in range(3):  # torch.compile (`_orig_mod`) and DDP (`module`) wrappers, possibly nested
+        if not isinstance(model, Llama):
+            model = getattr(model, "_orig_mod", None) or getattr(model, "module", model)
+    if not isinstance(model, Llama):
+        raise KrllmError(f"save_hf expects a krllm Llama, got {type(model).__name__}")
     cfg = model.config
     dtype = parse_dtype(dtype)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
