@@ -113,3 +113,17 @@ def test_minhash_signature_uses_eojeol_shingles_and_xxhash(tmp_path):
     same_near = np.mean(sig(base) == sig(near))
     same_other = np.mean(sig(base) == sig(other))
     assert same_near > 0.7 and same_other < 0.05  # estimated Jaccard similarity
+
+
+def test_signature_formula_is_datatrove_s_and_shingles_are_normalized(tmp_path):
+    from krllm.data.steps import KoreanWordTokenizer
+
+    cfg = minhash_config(ngrams=5, buckets=14, hashes_per_bucket=8, seed=1)
+    ours = KoreanMinhashSignature(str(tmp_path / "a"), cfg)
+    theirs = MinhashDedupSignature(str(tmp_path / "b"), cfg, language=KoreanWordTokenizer())
+    shingles = np.random.default_rng(0).integers(0, 2**64 - 1, size=(10_000, 1), dtype=np.uint64)
+    assert ours.get_signature(shingles) == theirs.get_signature(shingles)  # blocks of 4096 rows, same minima
+    a = ours.get_shingles("제1조 KOREA 헌법은 (국민의) 권리를 보장한다 — 2020년 개정.")
+    b = ours.get_shingles("제2조 korea 헌법은 국민의 권리를, 보장한다 1987년 개정")
+    np.testing.assert_array_equal(a, b)  # numbers -> 0, case, edge punctuation and dashes don't matter
+    assert not np.array_equal(a, ours.get_shingles("제1조 KOREA 헌법은 국민의 의무를 보장한다 2020년 개정"))

@@ -102,7 +102,6 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
     """
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
-    from datatrove.pipeline.writers.jsonl import JsonlWriter
 
     from krllm.data import steps
 
@@ -136,7 +135,7 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
     if fl.min_hangul_ratio > 0:
         clean.append(steps.HangulRatioFilter(fl.min_hangul_ratio))
         counters["low_hangul_ratio"] = ("clean", len(clean) - 1, "dropped_low_hangul_ratio")
-    clean.append(JsonlWriter(str(clean_dir), output_filename="${rank}.jsonl", compression=None))
+    clean.append(steps.CleanWriter(str(clean_dir)))
     if exact:
         clean.append(ExactDedupSignature(str(work / "exact_sigs"), config=steps.exact_dedupe_config()))
     plan.stages.append(Stage("clean", "read + clean + filter", clean, n_tasks, "MB",

@@ -124,14 +124,18 @@ def make_progress(console):
     )
 
 
+_STATE: dict = {"depth": 0, "console": None}  # nesting, our stderr sink id, id(task log file) -> sink id
+
+
 @contextlib.contextmanager
 def datatrove_console(level: str) -> Iterator[None]:
     """Route datatrove's loguru output: everything to the task log files, only `level`+ to stderr.
 
     datatrove's executor installs a stderr sink at INFO for every task (`add_task_logger`) and
     re-installs a DEBUG stderr sink after it (`close_task_logger`); both are swapped for the
-    duration of a stage run so the console stays readable. KrllmErrors (bad input) are not
-    printed here: the CLI prints them once, without a traceback.
+    duration of a stage run so the console stays readable. Sinks are added as rarely as possible
+    (each loguru `add` costs ~10 ms). KrllmErrors (bad input) are not printed here: the CLI prints
+    them once, without a traceback. datatrove's tqdm bars are switched off too.
     """
     import datatrove.executor.base as base
     import multiprocess
@@ -146,50 +150,42 @@ def datatrove_console(level: str) -> Iterator[None]:
         # expected, not a problem: a task whose documents had no near-duplicates
         return not record["message"].startswith("No .remove file")
 
-    def add_console():
-        logger.add(sys.stderr, level=level, filter=console_filter, colorize=dt_logging.DATATROVE_COLORIZE_LOGS,
-                   format="<level>{level}</level> datatrove: {message}")
-
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
-        logger.remove()
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, colorize=False, level="DEBUG",
-                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
-        if local_rank == 0:
-            add_console()
+        _STATE[id(logfile)] = logger.add(
+            logfile, colorize=False, level="DEBUG",
+            format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
         logger.info(f"Launching pipeline for {rank=}")
         return logfile
 
     def close_task_logger(logfile):
         logger.complete()
-        logger.remove()
-        add_console()
+        logger.remove(_STATE.pop(id(logfile)))
         logfile.close()
 
+    outer = _STATE["depth"] == 0
     saved = base.add_task_logger, base.close_task_logger
-    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
-    # datatrove's dedupe steps draw tqdm bars on stderr that would tear through our progress
-    # display; they are switched off (not just hidden) while a quiet stage runs.
     tqdm_init = tqdm_std.tqdm.__init__
-    if level != "INFO" and _DEPTH[0] == 0:
-        tqdm_std.tqdm.__init__ = functools.partialmethod(tqdm_init, disable=True)
-    logger.remove()
-    add_console()
-    _DEPTH[0] += 1
+    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
+    if outer:
+        if level != "INFO":
+            tqdm_std.tqdm.__init__ = functools.partialmethod(tqdm_init, disable=True)
+        if _STATE["console"] is None:  # (a worker process keeps its sink between tasks)
+            logger.remove()
+            _STATE["console"] = logger.add(sys.stderr, level=level, filter=console_filter,
+                                           colorize=dt_logging.DATATROVE_COLORIZE_LOGS,
+                                           format="<level>{level}</level> datatrove: {message}")
+    _STATE["depth"] += 1
     try:
         yield
     finally:
-        _DEPTH[0] -= 1
+        _STATE["depth"] -= 1
         base.add_task_logger, base.close_task_logger = saved
         tqdm_std.tqdm.__init__ = tqdm_init
-        if _DEPTH[0] == 0 and multiprocess.parent_process() is None:
-            dt_logging.setup_default_logger()  # give the caller's process datatrove's default back
-        else:  # an in-process task inside `run()`: keep the outer routing
-            logger.remove()
-            add_console()
-
-
-_DEPTH = [0]  # nesting of datatrove_console (run() -> in-process _run_for_rank)
+        if outer and multiprocess.parent_process() is None:
+            logger.remove(_STATE["console"])  # give the caller's process datatrove's default back
+            _STATE["console"] = None
+            dt_logging.setup_default_logger()
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):

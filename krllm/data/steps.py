@@ -13,6 +13,7 @@ local, Slurm or Ray executors.
 """
 
 import itertools
+import re
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
@@ -21,9 +22,10 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignatur
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.tokens.tokenizer import DocumentTokenizer, TokenizedFile
+from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.batching import batched
 from datatrove.utils.hashing import HashConfig
-from datatrove.utils.text import TextNormConfig
+from datatrove.utils.text import PUNCTUATION_SET, TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from krllm.data.textclean import clean_text, dedupe_key, hangul_ratio, split_of
@@ -79,6 +81,19 @@ class HangulRatioFilter(BaseFilter):
         return True
 
 
+class CleanWriter(JsonlWriter):
+    """The intermediate copy after cleaning and filtering: only {"text", "id"} per line (datatrove's
+    default adapter deep-copies every Document with dataclasses.asdict, a third of this stage)."""
+
+    name = "krllm intermediate writer"
+
+    def __init__(self, output_folder: str):
+        super().__init__(output_folder, output_filename="${rank}.jsonl", compression=None)
+
+    def _default_adapter(self, document: Document) -> dict:
+        return {"text": document.text, "id": document.id}
+
+
 def exact_dedupe_content(doc: Document) -> bytes:
     """What datatrove's exact dedupe hashes (bytes: xxhash 4 refuses str, see datatrove#508)."""
     return dedupe_key(doc.text)
@@ -117,12 +132,75 @@ def minhash_config(ngrams: int, buckets: int, hashes_per_bucket: int, seed: int)
                          norm_config=norm, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
 
 
+_DIGITS = re.compile(r"\d+(?:[.,]\d+)?")  # str patterns: \d is any Unicode decimal digit, like datatrove's
+_PUNCT = "".join(sorted(PUNCTUATION_SET))
+_SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial n-gram hash
+_MERSENNE = np.uint64((1 << 61) - 1)
+_NO_WORD = 0  # cache value of an eojeol that is only punctuation (xxhash64 of a real word is never 0 in practice)
+_WORD_CACHE_MAX = 1 << 20
+_SIG_ROWS = 4096  # shingles per block: memory stays ~4 MB however long a document is
+
+
+def normalize_word(word: str) -> str:
+    """datatrove's `simplify_text` on one eojeol: lower case, numbers -> 0, edge punctuation off."""
+    return _DIGITS.sub("0", word.lower()).strip(_PUNCT)
+
+
 class KoreanMinhashSignature(MinhashDedupSignature):
-    """MinHash stage 1 with eojeol shingles and a str-safe xxhash64."""
+    """MinHash stage 1 with eojeol shingles, vectorized.
+
+    Words are whitespace-separated eojeol, normalized like datatrove's `simplify_text` (lower case,
+    numbers -> 0, surrounding punctuation removed; pure-punctuation tokens dropped). datatrove
+    hashes the joined text of every n-gram in Python (~4 us a shingle); here each distinct eojeol
+    is normalized and hashed once (xxhash64, cached per task), an n-gram's hash is a polynomial of
+    its word hashes computed with numpy, and signatures are computed in blocks of shingles. That
+    makes this stage ~4x faster with memory bounded per document. datatrove's signature formula
+    (min of (a*x + b) mod 2^61-1), its buckets, clusters and final filter are unchanged.
+    """
 
     def __init__(self, output_folder: str, config: MinhashConfig):
         super().__init__(output_folder, config=config, language=KoreanWordTokenizer())
         self._hash_func = xxhash64_utf8
+        self._word_hashes: dict[str, int] = {}
+
+    def _hash_word(self, raw: str) -> int:
+        word = normalize_word(raw)
+        h = xxhash64_utf8(word) if word else _NO_WORD
+        self._word_hashes[raw] = h
+        return h
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        """(number of n-grams, 1) uint64 hashes of the eojeol n-grams of `text`."""
+        cache = self._word_hashes
+        if len(cache) > _WORD_CACHE_MAX:
+            cache.clear()
+        raw = text.split()
+        found = list(map(cache.get, raw))
+        if None in found:
+            found = [self._hash_word(w) if h is None else h for w, h in zip(raw, found)]
+        hashes = np.array(found, dtype=np.uint64)
+        hashes = hashes[hashes != _NO_WORD]
+        n = self.config.n_grams
+        if len(hashes) < n:
+            return np.empty((0, 1), dtype=np.uint64)
+        m = len(hashes) - n + 1
+        out = hashes[:m].copy()
+        for k in range(1, n):  # uint64 arithmetic wraps around, as intended for hashing
+            out *= _SHINGLE_MULT
+            out += hashes[k:k + m]
+        return out.reshape(-1, 1)
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        """datatrove's formula, min over shingles of (a * x + b) mod (2^61 - 1), per bucket; the
+        modulo uses the Mersenne identity x mod (2^61-1) = (x & p) + (x >> 61) (then one subtract)."""
+        a, b = self.parameters
+        best = None
+        for i in range(0, len(shingles), _SIG_ROWS):
+            x = shingles[i:i + _SIG_ROWS] * a + b  # (rows, num_hashes), wraps like datatrove's
+            y = (x & _MERSENNE) + (x >> np.uint64(61))
+            y = np.where(y >= _MERSENNE, y - _MERSENNE, y).min(axis=0)
+            best = y if best is None else np.minimum(best, y)
+        return best.reshape(self.config.num_buckets, self.config.hashes_per_bucket).tolist()
 
 
 class SplitShardWriter(DocumentTokenizer):

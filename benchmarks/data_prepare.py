@@ -1,0 +1,201 @@
+"""Benchmark `krllm data prepare` against a bare `tokenizers` batch-encode of the same text.
+
+    python benchmarks/data_prepare.py                # 50 MB corpus, 2 workers (~2-4 min on 2 cores)
+    python benchmarks/data_prepare.py --mb 20 --small-mb 5 --workers 2
+
+What it does, in one run:
+1. builds a corpus from the built-in law text (builtin:ko-law): its sentences are shuffled and
+   recombined into documents of 5-40 sentences (paragraphs of 2-8), so exact and near-duplicate
+   removal keep almost all of it; written as 8 JSONL files (a 10 MB and a 50 MB corpus);
+2. trains the project tokenizer (configs/tokenizer/ko_bpe.yaml settings, vocab 4096) on builtin:ko-law;
+3. times a bare single-process `Tokenizer.encode_batch_fast` over the 50 MB of document texts
+   (already in memory, batches of 1000: the fastest plain way to tokenize this text);
+4. times the whole `prepare()` (sources hashed, cleaned, filtered, exact + MinHash deduped,
+   split, tokenized, manifest) on the same corpus with `--workers` workers;
+5. runs `prepare()` on the 10 MB and the 50 MB corpus in fresh processes and samples the peak
+   resident memory (RSS) of the whole process tree (parent + forkserver + workers) every 50 ms.
+
+It prints MB/s of both, their ratio (target >= 0.8x) and peak RSS at 10 vs 50 MB (target: flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+FILES = 8
+
+
+def sentences() -> list[str]:
+    from krllm.data.builtin import builtin_files
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in builtin_files("builtin:ko-law"))
+    parts = re.split(r"(?<=[.다])\s+", text)
+    out = sorted({" ".join(p.split()) for p in parts if len(p.split()) >= 3})
+    return out
+
+
+def build_corpus(folder: Path, mb: float, seed: int = 0) -> int:
+    """Write FILES JSONL files with ~mb megabytes of recombined documents; return bytes of text."""
+    sents = sentences()
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [open(folder / f"part_{i:02d}.jsonl", "w", encoding="utf-8") for i in range(FILES)]
+    size, n = 0, 0
+    try:
+        while size < mb * 1e6:
+            paragraphs = []
+            for _ in range(rng.randint(1, 5)):
+                paragraphs.append(" ".join(rng.choice(sents) for _ in range(rng.randint(2, 8))))
+            doc = "\n".join(paragraphs)
+            files[n % FILES].write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+            size += len(doc.encode("utf-8"))
+            n += 1
+    finally:
+        for f in files:
+            f.close()
+    return size
+
+
+def read_texts(folder: Path) -> list[str]:
+    texts = []
+    for p in sorted(folder.glob("*.jsonl")):
+        with open(p, encoding="utf-8") as f:
+            texts.extend(json.loads(line)["text"] for line in f)
+    return texts
+
+
+def bare_encode(tokenizer_json: Path, texts: list[str]) -> tuple[float, int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(0, len(texts), 1000):
+        n += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + 1000]))
+    return time.perf_counter() - t0, n
+
+
+def run_prepare(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict:
+    from krllm.data.prepare import prepare
+    from krllm.data.prepare_config import PrepareConfig
+
+    cfg = PrepareConfig(sources=[str(corpus)], tokenizer=str(tokenizer), out_dir=str(out),
+                        executor={"workers": workers})
+    t0 = time.perf_counter()
+    manifest = prepare(cfg)
+    return {"seconds": time.perf_counter() - t0, "manifest": manifest}
+
+
+def peak_rss_of_run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict:
+    """Run prepare in a fresh process; sample the RSS of its whole process tree."""
+    import psutil
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "if __name__ == '__main__':\n"
+            "    import data_prepare as b, json, pathlib\n"
+            f"    r = b.run_prepare(pathlib.Path({str(corpus)!r}), pathlib.Path({str(tokenizer)!r}), "
+            f"pathlib.Path({str(out)!r}), {workers})\n"
+            "    print(json.dumps({'seconds': r['seconds'], 'kept': r['manifest']['documents']['kept']}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak_total, peak_single = 0, 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak_total, peak_single
+        while not done.is_set():
+            try:
+                procs = [root] + root.children(recursive=True)
+                rss = []
+                for p in procs:
+                    try:
+                        rss.append(p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                peak_total = max(peak_total, sum(rss))
+                peak_single = max(peak_single, max(rss, default=0))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    stdout, stderr = proc.communicate()
+    done.set()
+    th.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed:\n{stderr}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {"peak_tree_mb": peak_total / 1e6, "peak_process_mb": peak_single / 1e6, **result}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=50.0, help="size of the big corpus in MB of text (default 50)")
+    ap.add_argument("--small-mb", type=float, default=10.0, help="size of the small corpus for the RSS check (default 10)")
+    ap.add_argument("--workers", type=int, default=2, help="prepare workers (default 2)")
+    ap.add_argument("--work", help="working directory (default: a temp dir, removed at the end)")
+    args = ap.parse_args()
+
+    from krllm.tokenizer.train import train_tokenizer
+
+    tmp = tempfile.TemporaryDirectory(prefix="krllm_bench_") if not args.work else None
+    work = Path(args.work or tmp.name)
+    print(f"building corpora in {work} ...", flush=True)
+    big_bytes = build_corpus(work / "big", args.mb)
+    small_bytes = build_corpus(work / "small", args.small_mb, seed=1)
+    tok_dir = work / "tok"
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(tok_dir, vocab_size=4096, sources=["builtin:ko-law"], progress=False)
+    tok = tok_dir / "tokenizer.json"
+
+    texts = read_texts(work / "big")
+    bare_s, bare_tokens = bare_encode(tok, texts)
+    del texts
+    mb = big_bytes / 1e6
+    print(f"bare tokenizers encode_batch_fast: {mb:.1f} MB in {bare_s:.1f}s = {mb / bare_s:.2f} MB/s "
+          f"({bare_tokens:,} tokens)", flush=True)
+
+    ours = run_prepare(work / "big", tok_dir, work / "out_big", args.workers)
+    m = ours["manifest"]
+    ours_tokens = sum(s["tokens"] for s in m["splits"].values()) - m["documents"]["kept"]  # minus eos
+    print(f"krllm data prepare ({args.workers} workers): {mb:.1f} MB in {ours['seconds']:.1f}s = "
+          f"{mb / ours['seconds']:.2f} MB/s; kept {m['documents']['kept']:,}/{m['documents']['read']:,} documents, "
+          f"removed {m['removed']}", flush=True)
+
+    small = peak_rss_of_run(work / "small", tok_dir, work / "out_small", args.workers)
+    big = peak_rss_of_run(work / "big", tok_dir, work / "out_big2", args.workers)
+
+    ratio = (mb / ours["seconds"]) / (mb / bare_s)
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| corpus | {mb:.1f} MB of text, {m['documents']['read']:,} documents in {FILES} JSONL files |")
+    print(f"| bare `tokenizers` encode_batch_fast, 1 process | {mb / bare_s:.2f} MB/s ({bare_s:.1f} s) |")
+    print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline | {mb / ours['seconds']:.2f} MB/s "
+          f"({ours['seconds']:.1f} s) |")
+    print(f"| ratio prepare / bare encode (target >= 0.8) | **{ratio:.2f}x** |")
+    print(f"| tokens: prepare (kept docs, without eos) / bare (all docs) | {ours_tokens:,} / {bare_tokens:,} |")
+    print(f"| peak RSS, process tree, {small_bytes / 1e6:.0f} MB input | {small['peak_tree_mb']:.0f} MB "
+          f"(largest process {small['peak_process_mb']:.0f} MB) |")
+    print(f"| peak RSS, process tree, {mb:.0f} MB input | {big['peak_tree_mb']:.0f} MB "
+          f"(largest process {big['peak_process_mb']:.0f} MB) |")
+    print(f"| RSS ratio {mb:.0f} MB / {small_bytes / 1e6:.0f} MB input (target: flat ~1.0) | "
+          f"**{big['peak_tree_mb'] / small['peak_tree_mb']:.2f}x** |")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
