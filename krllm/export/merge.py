@@ -57,15 +57,38 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, dtype: str = "
                          f"(this one is {cfg.get('peft_type')})")
     base = resolve_base(adapter_dir, cfg, base)
     torch_dtype = DTYPES[dtype]
+    tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(base)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir) if (tok_dir / "tokenizer_config.json").exists() else None
     if cfg.get("task_type") == "SEQ_CLS":
-        model = AutoModelForSequenceClassification.from_pretrained(base, dtype=torch_dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(base, dtype=torch_dtype,
+                                                                   **_classifier_kwargs(adapter_dir, tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
     model = PeftModel.from_pretrained(model, adapter_dir)
     merged = model.merge_and_unload()
-    tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(base)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir) if (tok_dir / "tokenizer_config.json").exists() else None
     return merged, tokenizer, base
+
+
+def _classifier_kwargs(adapter_dir: Path, tokenizer) -> dict:
+    """Head size (and label names) of a classification adapter: from krllm's labels.json, else from the
+    saved `score` weight's shape."""
+    from safetensors import safe_open
+
+    kw = {}
+    labels_file = adapter_dir / "labels.json"
+    if labels_file.exists():
+        names = json.loads(labels_file.read_text(encoding="utf-8"))["labels"]
+        kw.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                  label2id={n: i for i, n in enumerate(names)})
+    else:
+        with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+            heads = [k for k in f.keys() if k.split(".")[-2:] == ["score", "weight"] or ".score." in k]
+            if not heads:
+                raise KrllmError(f"{adapter_dir}: a SEQ_CLS adapter without a saved score head cannot be merged")
+            kw["num_labels"] = f.get_slice(heads[0]).get_shape()[0]
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        kw["pad_token_id"] = tokenizer.pad_token_id
+    return kw
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, base: str | None = None, dtype: str = "fp32") -> Path:

@@ -75,18 +75,34 @@ def _layers(model) -> int:
     return int(model.config.get_text_config().num_hidden_layers)
 
 
-def peft_config_for(p: PeftSection, num_hidden_layers: int, task_type: str = "CAUSAL_LM"):
-    """Our YAML section -> peft.LoraConfig (DoRA = LoRA + use_dora; QLoRA = LoRA on a 4-bit base)."""
+def block_linear_names(model) -> list[str]:
+    """Names (last component) of the Linear layers inside the transformer blocks: q_proj, ..., down_proj."""
+    names = set()
+    for full, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layers." in full:
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def peft_config_for(p: PeftSection, model, task_type: str = "CAUSAL_LM"):
+    """Our YAML section -> peft.LoraConfig (DoRA = LoRA + use_dora; QLoRA = LoRA on a 4-bit base).
+
+    `num_layers` (adapt the top N blocks, as mlx-lm) maps to PEFT's `layers_to_transform`, which PEFT
+    refuses together with the string `all-linear`: then the block's Linear names are listed explicitly.
+    """
     from peft import LoraConfig
 
-    layers = None
+    n = _layers(model)
+    layers, targets = None, p.target_modules
     if p.num_layers is not None:
-        if p.num_layers > num_hidden_layers:
-            raise KrllmError(f"peft.num_layers={p.num_layers} but the model has {num_hidden_layers} layers")
-        layers = list(range(num_hidden_layers - p.num_layers, num_hidden_layers))
+        if p.num_layers > n:
+            raise KrllmError(f"peft.num_layers={p.num_layers} but the model has {n} layers")
+        layers = list(range(n - p.num_layers, n))
+        if targets == "all-linear":
+            targets = block_linear_names(model)
     return LoraConfig(
         r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, task_type=task_type,
-        target_modules=p.target_modules, use_dora=p.method == "dora", layers_to_transform=layers,
+        target_modules=targets, use_dora=p.method == "dora", layers_to_transform=layers,
         modules_to_save=p.modules_to_save,
     )
 
@@ -293,11 +309,11 @@ def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.Token
     if p.mode == "padding_free":  # varlen kernels: the flattened batch attends per document
         p.model.set_attn_implementation("flash_attention_2")
     callbacks = [EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta)] if early else []
-    peft_config = peft_config_for(cfg.peft, _layers(p.model)) if cfg.peft.method != "full" else None
+    peft_config = peft_config_for(cfg.peft, p.model) if cfg.peft.method != "full" else None
     cols = ["input_ids", "labels", "length"]
     train_ds = datasets.Dataset.from_list(p.train_rows).select_columns(cols)
     eval_ds = datasets.Dataset.from_list(p.eval_rows).select_columns(cols) if has_eval else None
-    trainer = _trainer_class(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
+    trainer = with_length_sampling(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=p.tokenizer, peft_config=peft_config,
                          callbacks=callbacks)
     trainer.krllm_batching = p.mode
@@ -306,7 +322,7 @@ def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.Token
     return trainer
 
 
-def _trainer_class(base):
+def with_length_sampling(base):
     """SFTTrainer whose train sampler groups by length (`length_grouped` mode) and whose evaluation
     batches are sorted by length (less padding, same loss)."""
 
