@@ -108,3 +108,25 @@ def test_chat_command_in_a_real_process(model_dir, lm):
     assert proc.returncode == 0, proc.stderr
     expected = _expected(lm, lm.encode_chat([{"role": "user", "content": "반가워요"}]), 12)
     assert f"bot> {expected}\n" in proc.stdout
+
+
+def test_shipped_serve_config_parses_to_the_defaults():
+    from pathlib import Path
+
+    from krllm.config import load_config
+    from krllm.infer.config import ServeConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "serve" / "default.yaml"
+    assert load_config(path, ServeConfig) == ServeConfig()
+    cfg = load_config(path, ServeConfig, ["engine.max_batch=32", "limits.max_tokens=512"])
+    assert cfg.engine.max_batch == 32 and cfg.limits.max_tokens == 512
+
+
+def test_serve_config_rejects_bad_limits():
+    from krllm.config import ConfigError, load_config
+    from krllm.infer.config import ServeConfig
+
+    with pytest.raises(ConfigError, match="default_max_tokens"):
+        load_config(None, ServeConfig, ["limits.default_max_tokens=2000", "limits.max_tokens=100"])
+    with pytest.raises(ConfigError, match="limits.max_tokns"):
+        load_config(None, ServeConfig, ["limits.max_tokns=5"])

@@ -1,0 +1,151 @@
+"""Server under load: 1 vs 8 vs 32 concurrent streaming clients against `krllm serve`.
+
+Starts `krllm serve` as a separate process on 127.0.0.1 with a random model of the tiny preset
+shape (tiny tokenizer trained on the spot), then for each client count runs `--requests-per-client`
+streaming chat requests per client (EOS ignored, fixed `--max-tokens`), and reports aggregate
+completion tokens/s, the ratio to one client, time-to-first-token and request latency
+p50/p99, errors, and the server's peak RSS. All traffic stays on 127.0.0.1.
+
+    python benchmarks/serve_load.py
+    python benchmarks/serve_load.py --clients 1 8 32 --max-tokens 64 --requests-per-client 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _one_request(client, url: str, i: int, max_tokens: int) -> dict:
+    body = {"model": "bench", "messages": [{"role": "user", "content": f"부하 시험 {i}: 안녕하세요"}],
+            "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return {"error": chunk["error"]["message"]}
+            if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return {"latency": time.perf_counter() - t0, "ttft": ttft or 0.0, "tokens": tokens}
+
+
+async def _load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
+    import httpx
+
+    async def client_loop(c, k):
+        return [await _one_request(c, url, k * 1000 + j, max_tokens) for j in range(per_client)]
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as c:
+        t0 = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(client_loop(c, k) for k in range(clients))) for r in rs]
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+    lat, ttft = [r["latency"] for r in ok], [r["ttft"] for r in ok]
+    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
+            "tokens": sum(r["tokens"] for r in ok), "wall": wall,
+            "tok_s": sum(r["tokens"] for r in ok) / wall, "ttft_p50": statistics.median(ttft) if ttft else float("nan"),
+            "lat_p50": pct(lat, 0.5), "lat_p99": pct(lat, 0.99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per round")
+    ap.add_argument("--requests-per-client", type=int, default=2, help="sequential requests each client sends")
+    ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (EOS ignored)")
+    ap.add_argument("--max-batch", type=int, default=32, help="server KV-cache slots")
+    args = ap.parse_args()
+
+    import httpx
+    import psutil
+
+    from krllm.infer.testing import tiny_model_dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="krllm-serve-load-"))
+    model = tiny_model_dir(tmp / "bench", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                           num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                           initializer_range=0.02)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model), "--port", str(port),
+                             "--max-batch", str(args.max_batch), "--log-level", "warning",
+                             "--set", f"limits.max_concurrent={max(64, max(args.clients) * 2)}"],
+                            env={**os.environ, "KRLLM_API_KEY": ""})
+    peak = {"rss": 0}
+    stop = threading.Event()
+
+    def watch_rss():
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                peak["rss"] = max(peak["rss"], p.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("krllm serve did not start")
+            time.sleep(0.2)
+        threading.Thread(target=watch_rss, daemon=True).start()
+        asyncio.run(_load(url, 2, 1, 8))  # warm-up
+        print(f"krllm serve on {url}: tiny-preset-shaped random model, {args.max_batch} slots; "
+              f"{args.requests_per_client} streaming requests per client, {args.max_tokens} tokens each")
+        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} "
+              f"{'lat p50':>8} {'lat p99':>8}")
+        base = None
+        for n in args.clients:
+            r = asyncio.run(_load(url, n, args.requests_per_client, args.max_tokens))
+            base = base or r["tok_s"]
+            print(f"{n:>7} {r['requests']:>8} {r['errors']:>6} {r['tok_s']:>8.1f} {r['tok_s'] / base:>5.1f}x "
+                  f"{r['ttft_p50']:>8.3f}s {r['lat_p50']:>7.2f}s {r['lat_p99']:>7.2f}s")
+        health = httpx.get(url + "/health").json()
+        print(f"server peak RSS {peak['rss'] / 2**20:.0f} MiB; most sequences decoded together: "
+              f"{health['peak_running']}")
+    finally:
+        stop.set()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()
