@@ -128,7 +128,8 @@ def test_runs_then_skips_when_nothing_changed(tmp_path):
     assert [p.action for p in pipe2.plans] == ["skip", "skip"]
     assert calls(tmp_path) == ["src:run", "up:run"]  # nothing ran again
     inv = (pipe.run_dir / "_pipeline/invocations.jsonl").read_text().splitlines()
-    assert len(inv) == 2 and json.loads(inv[1])["stages"]["up"]["action"] == "skip"
+    assert len(inv) == 4 and json.loads(inv[2])["command"] == f"krllm pipeline run {path}"
+    assert json.loads(inv[3])["stages"]["up"]["action"] == "skip"
 
 
 def test_change_reruns_exactly_what_it_affects(tmp_path):

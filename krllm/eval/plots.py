@@ -14,11 +14,15 @@ SIZE_IN = (7.0, 4.0)
 DPI = 110
 
 
-def _series(records: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
+VAL_SPLITS = ("val", "eval")  # pretrain logs "val", the Trainer-based stages "eval"
+
+
+def _series(records: list[dict], split: str | tuple[str, ...], key: str) -> tuple[list[float], list[float]]:
+    splits = (split,) if isinstance(split, str) else split
     xs, ys = [], []
     for r in records:
         v = r.get(key)
-        if r.get("split", "train") == split and isinstance(v, (int, float)) and math.isfinite(v) and "step" in r:
+        if r.get("split", "train") in splits and isinstance(v, (int, float)) and math.isfinite(v) and "step" in r:
             xs.append(float(r["step"]))
             ys.append(float(v))
     return xs, ys
@@ -48,7 +52,7 @@ def _figure():
 def plot_loss(records: list[dict], out_png: str | Path, title: str) -> Path | None:
     """Train (+ smoothed) and val loss vs optimizer step; None when there is no loss to plot."""
     tx, ty = _series(records, "train", "loss")
-    vx, vy = _series(records, "val", "loss")
+    vx, vy = _series(records, VAL_SPLITS, "loss")
     if not ty and not vy:
         return None
     plt, fig, ax = _figure()

@@ -108,7 +108,7 @@ def _training_rows(states: dict, order: list[str], run_dir: Path) -> list[str]:
     for name in order:
         recs = read_metrics(Path(states[name].get("stage_dir", run_dir / name)) / "metrics.jsonl")
         train = [r["loss"] for r in recs if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
-        val = [r["loss"] for r in recs if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
+        val = [r["loss"] for r in recs if r.get("split") in ("val", "eval") and isinstance(r.get("loss"), (int, float))]
         if train or val:
             lines.append(f"| {name} | {_num(train[0]) if train else '—'} | {_num(train[-1]) if train else '—'} | "
                          f"{_num(val[0]) if val else '—'} | {_num(val[-1]) if val else '—'} | {len(train) + len(val)} |")
@@ -139,6 +139,8 @@ def build_report(run_dir: str | Path) -> Path:
     total_wall, peak = 0.0, 0.0
     for s in order:
         st = states[s]
+        if st.get("kind") == "report":
+            continue  # this stage is the one writing the report: it has no result yet
         summ = st.get("summary") or {}
         total_wall += st.get("wall_s") or 0
         peak = max(peak, st.get("peak_rss_mb") or 0)
@@ -238,15 +240,19 @@ def _commands(run_dir: Path, states: dict, order: list[str]) -> list[str]:
     if inv.exists():
         for line in inv.read_text(encoding="utf-8").splitlines():
             try:
-                last = json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    if last:
+            if rec.get("command"):
+                last = rec
+    if last and last.get("command"):
         lines += ["The whole pipeline (finished stages are skipped; `--from STAGE` re-runs from a stage):", "",
                   "```bash", last["command"], "```", ""]
     per_stage = [(s, states[s]["command"]) for s in order if states[s].get("command")]
     if per_stage:
-        lines += ["Each stage on its own:", "", "```bash"] + [f"{c}    # {s}" for s, c in per_stage] + ["```", ""]
+        lines += ["Each stage on its own (the exact config each ran with; `krllm pretrain` / `krllm sft` take "
+                  "`--resume` to continue an interrupted run):", "", "```bash"]
+        lines += [f"{c}    # {s}" for s, c in per_stage] + ["```", ""]
     lines += [f"Rebuild this report: `krllm report {run_dir}`", ""]
     model = final_model(run_dir)
     if model:

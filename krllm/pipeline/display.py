@@ -40,6 +40,8 @@ def fmt_mb(mb: float | None) -> str:
 class Display:
     def __init__(self, console: Console | None = None, live: bool | None = None):
         self.console = console or Console()
+        if not self.console.is_terminal:
+            self.console.soft_wrap = True  # log files and CI: one line per message, no wrapping at 80 columns
         self.use_live = self.console.is_terminal if live is None else live
         self.rows: dict[str, dict] = {}
         self.name = ""

@@ -57,7 +57,8 @@ class StageKind:
 
     needs:     role -> kinds of earlier stages that can fill it (first listed = preferred)
     optional:  roles that may stay unwired (e.g. eval without a fine-tuned model)
-    outputs:   output name -> path inside the stage dir (hashed for downstream lineage)
+    outputs:   output name -> path inside the stage dir (hashed for downstream lineage); or a function
+               of the stage config giving that mapping (e.g. sft writes merged/ or hf/ by method)
     prepare:   (config dict, ctx) -> config dict with the pipeline-managed keys set (output dir,
                input paths, resume flag); pure, runs in the parent to fingerprint and validate early
     schema:    "module:Class" (a StrictModel) to validate every stage config before anything runs
@@ -71,7 +72,7 @@ class StageKind:
     run: str | Callable[[StageContext], dict | None]
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] | Callable[[dict], dict[str, str]] = field(default_factory=dict)
     prepare: Callable[[dict, StageContext], dict] | None = None
     schema: str | None = None
     resumable: bool = False
@@ -80,6 +81,9 @@ class StageKind:
     estimate_s: Callable[[dict], float] | float = 30.0
     command: str | None = None
     description: str = ""
+
+    def output_map(self, config: dict) -> dict[str, str]:
+        return self.outputs(config) if callable(self.outputs) else dict(self.outputs)
 
     def run_function(self) -> Callable[[StageContext], dict | None]:
         return self.run if callable(self.run) else import_attr(self.run)

@@ -112,7 +112,8 @@ class Pipeline:
             ctx = StageContext(
                 pipeline=self.cfg.name, stage=name, kind=kind_name, run_dir=str(self.run_dir),
                 stage_dir=str(stage_dir), config={},
-                inputs={role: {out: str(self.run_dir / src / rel) for out, rel in by_name[src].kind.outputs.items()}
+                inputs={role: {out: str(self.run_dir / src / rel)
+                               for out, rel in by_name[src].kind.output_map(by_name[src].ctx.config).items()}
                         for role, src in upstream.items()},
                 upstream=upstream, upstream_config={role: by_name[src].ctx.config for role, src in upstream.items()},
                 config_file=str(book_dir(self.run_dir) / "configs" / f"{name}.yaml"))
@@ -223,6 +224,8 @@ class Pipeline:
         book.mkdir(parents=True, exist_ok=True)
         write_resolved(self.cfg, book / "pipeline.yaml")
         started = time.time()
+        self._record_invocation({"command": self.command, "cwd": os.getcwd(), "started": now(),
+                                 "from": from_stage, "until": until})
         display = self.display or Display()
         display.start(self.cfg.name, todo)
         try:
@@ -241,17 +244,15 @@ class Pipeline:
                                      + (", this one resumes" if plan.kind.resumable else ""))
         finally:
             display.stop()
-            self._record_invocation(started, todo)
+            self._record_invocation({"finished": now(), "wall_s": round(time.time() - started, 2),
+                                     "stages": {p.name: {"action": p.action, "reason": p.reason} for p in todo}})
         return todo
 
-    def _record_invocation(self, started: float, todo: list[StagePlan]) -> None:
-        rec = {"command": self.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-               "wall_s": round(time.time() - started, 2), "cwd": os.getcwd(),
-               "stages": {p.name: {"action": p.action, "reason": p.reason} for p in todo}}
-        path = book_dir(self.run_dir) / "invocations.jsonl"
-        with open(path, "a", encoding="utf-8") as f:
-            import json
+    def _record_invocation(self, rec: dict) -> None:
+        """Append to _pipeline/invocations.jsonl: a line when a run starts (its command) and when it ends."""
+        import json
 
+        with open(book_dir(self.run_dir) / "invocations.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     def _execute(self, plan: StagePlan, display: Display) -> dict:
@@ -297,11 +298,12 @@ class Pipeline:
             raise
         record(DONE if ok else FAILED, peak_mb)
         if ok:
-            outputs = {o: output_record(stage_dir / rel) for o, rel in plan.kind.outputs.items()}
+            out_map = plan.kind.output_map(plan.ctx.config)
+            outputs = {o: output_record(stage_dir / rel) for o, rel in out_map.items()}
             missing = [o for o, rec in outputs.items() if not rec["exists"]]
             if missing:
                 ok, error = False, (f"finished but did not write {', '.join(missing)} "
-                                    f"({', '.join(str(stage_dir / plan.kind.outputs[m]) for m in missing)})")
+                                    f"({', '.join(str(stage_dir / out_map[m]) for m in missing)})")
             state.update(outputs=outputs, summary=summary or {})
         state.update(status=DONE if ok else FAILED, error=None if ok else error)
         attempts[-1]["outcome"] = state["status"]

@@ -83,6 +83,41 @@ TOKENIZER = StageKind(
     description="train a byte-level BPE tokenizer (krllm.tokenizer.train.train_tokenizer)")
 
 
+# --------------------------------------------------------------------------- data prepare
+
+def _data_prepare(cfg: dict, ctx: StageContext) -> dict:
+    cfg = _copy(cfg)
+    cfg["out_dir"] = ctx.stage_dir
+    if ctx.has_input("tokenizer"):
+        cfg["tokenizer"] = str(ctx.input("tokenizer", "tokenizer"))
+    return cfg
+
+
+def _data_run(ctx: StageContext) -> dict:
+    import time
+
+    from rich.console import Console
+
+    from krllm.data.prepare import prepare
+    from krllm.data.prepare_config import PrepareConfig
+
+    cfg = validate(ctx.config, PrepareConfig, f"stage {ctx.stage}")
+    t0 = time.time()
+    m = prepare(cfg, console=Console())
+    secs = time.time() - t0
+    tokens = sum(int(s["tokens"]) for s in m["splits"].values())
+    split = ", ".join(f"{k} {int(v['tokens']):,}" for k, v in m["splits"].items())
+    return {"tokens": tokens, "tokens_per_s": round(tokens / secs, 1) if secs > 0 else None,
+            "note": f"{m['documents']['kept']:,} of {m['documents']['read']:,} documents kept; tokens: {split}"}
+
+
+DATA = StageKind(
+    name="data", run=_data_run, needs={"tokenizer": ("tokenizer",)}, outputs={"shards": "."},
+    prepare=_data_prepare, schema="krllm.data.prepare_config:PrepareConfig", estimate_s=60.0,
+    command="krllm data prepare -c {config}",
+    description="clean, dedupe, split and tokenize text into shards (krllm.data.prepare.prepare)")
+
+
 # --------------------------------------------------------------------------- pretrain
 
 def _pretrain_prepare(cfg: dict, ctx: StageContext) -> dict:
@@ -139,8 +174,78 @@ PRETRAIN = StageKind(
     name="pretrain", run=_pretrain_run, needs={"data": ("data",)}, optional=("data",),
     outputs={"model": "hf"}, prepare=_pretrain_prepare, schema="krllm.train.pretrain_config:PretrainConfig",
     resumable=True, progress=_pretrain_progress, estimate_s=_pretrain_estimate,
-    command="krllm pretrain -c {config}    # add --resume to continue an interrupted run",
+    command="krllm pretrain -c {config}",
     description="pretrain from scratch on token shards (krllm.train.pretrain.pretrain)")
+
+
+# --------------------------------------------------------------------------- sft
+
+def _sft_prepare(cfg: dict, ctx: StageContext) -> dict:
+    cfg = _copy(cfg)
+    cfg["name"], cfg["runs_dir"] = ctx.stage, ctx.run_dir
+    if ctx.has_input("base"):
+        cfg["base_model"] = str(ctx.input("base", "model"))
+    return cfg
+
+
+def _sft_outputs(cfg: dict) -> dict[str, str]:
+    method = (cfg.get("peft") or {}).get("method", "lora")
+    if method == "full":
+        return {"model": "hf"}
+    out = {"adapter": "adapter"}
+    if cfg.get("merge", True) and method != "qlora":
+        out["model"] = "merged"
+    return out
+
+
+def _sft_total_steps(cfg: dict) -> int | None:
+    t, d = cfg.get("train") or {}, cfg.get("data") or {}
+    if int(t.get("max_steps", -1)) > 0:
+        return int(t["max_steps"])
+    n = int(d.get("n") or 1000) * (1 - float(d.get("eval_fraction", 0.05)))
+    per = int(t.get("batch_size", 8)) * int(t.get("grad_accum", 1))
+    return int(-(-n // per) * float(t.get("epochs", 1.0)))
+
+
+def _sft_progress(ctx: StageContext):
+    total = _sft_total_steps(ctx.config)
+    steps = [r["step"] for r in _tail_records(Path(ctx.stage_dir) / "metrics.jsonl") if r.get("split") == "train"]
+    return (steps[-1], total) if steps and total else None
+
+
+def _sft_estimate(cfg: dict) -> float:
+    t = cfg.get("train") or {}
+    return 30.0 + 1.0 * (_sft_total_steps(cfg) or 100) * int(t.get("batch_size", 8)) / 8
+
+
+def _sft_run(ctx: StageContext) -> dict:
+    from krllm.tracking import read_metrics
+    from krllm.train.sft import run_sft
+    from krllm.train.sft_config import SFTRunConfig
+
+    cfg = validate(ctx.config, SFTRunConfig, f"stage {ctx.stage}")
+    stage_dir = Path(ctx.stage_dir)
+    has_ckpt = any((stage_dir / "checkpoints").glob("checkpoint-*"))
+    # resume from the newest Trainer checkpoint; crashed before the first one: start over in place
+    s = run_sft(cfg, resume=ctx.resume and has_ckpt, overwrite=not (ctx.resume and has_ckpt))
+    speeds = [r["tok_per_s"] for r in read_metrics(stage_dir / "metrics.jsonl")
+              if r.get("split") == "train" and isinstance(r.get("tok_per_s"), float)]
+    data = s.get("data") or {}
+    # tokens trained ~ train-set tokens x passes made (steps x examples per step / examples)
+    passes = s["steps"] * cfg.train.batch_size * cfg.train.grad_accum / max(int(data.get("examples") or 1), 1)
+    return {"tokens": int((data.get("tokens") or 0) * passes) or None,
+            "tokens_per_s": round(sorted(speeds)[len(speeds) // 2], 1) if speeds else None,
+            "trainable_params": s.get("trainable_params"), "steps": s.get("steps"),
+            "train_loss": s.get("train_loss"), "eval_loss": s.get("eval_loss"),
+            "note": f"{s.get('method')} on {data.get('examples', 0):,} examples, {s.get('steps')} steps"
+                    + (f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else "")}
+
+
+SFT = StageKind(
+    name="sft", run=_sft_run, needs={"base": ("pretrain", "sft")}, outputs=_sft_outputs, prepare=_sft_prepare,
+    schema="krllm.train.sft_config:SFTRunConfig", resumable=True, progress=_sft_progress,
+    estimate_s=_sft_estimate, command="krllm sft -c {config}",
+    description="supervised fine-tuning with LoRA/DoRA/full (krllm.train.sft.run_sft)")
 
 
 # --------------------------------------------------------------------------- eval
@@ -205,4 +310,4 @@ REPORT = StageKind(
     description="report card: report.md + report.html + plots/ in the pipeline directory")
 
 
-BUILTIN_KINDS: dict[str, StageKind] = {k.name: k for k in (TOKENIZER, PRETRAIN, EVAL, REPORT)}
+BUILTIN_KINDS: dict[str, StageKind] = {k.name: k for k in (TOKENIZER, DATA, PRETRAIN, SFT, EVAL, REPORT)}
