@@ -358,3 +358,15 @@ def test_same_stages_build_slurm_executors(tokenizer_dir, tmp_path):
                                          logging_dir=str(plan.logs_dir / st.name), depends=previous, job_name=st.name)
         dill.loads(dill.dumps(st.pipeline))  # what the Slurm job unpickles
     assert previous.depends.depends.tasks == 1
+
+
+def test_help_lists_every_config_key_with_its_default():
+    from krllm.commands.data import config_keys_help
+
+    text = config_keys_help()
+    cfg = PrepareConfig()
+    for section in ("clean", "filters", "dedupe", "split", "executor"):
+        for key, value in getattr(cfg, section).model_dump().items():
+            assert f"  {section}.{key} " in text and f"[{value}]" in text, (section, key)
+    for key in ("sources", "text_field", "txt_mode", "skip_bad_records", "tokenizer", "eos_token", "out_dir"):
+        assert f"  {key} " in text

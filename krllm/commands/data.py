@@ -9,6 +9,35 @@ from __future__ import annotations
 import argparse
 
 
+def config_keys_help() -> str:
+    """Every key of the prepare config with its default and description, read from the schema."""
+    from pydantic import BaseModel
+
+    from krllm.data.prepare_config import PrepareConfig, SourceConfig
+
+    lines = ["config keys (YAML or --set KEY=VALUE; defaults in brackets):"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = prefix + name
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(sub, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if name == "sources":
+                default = "builtin:ko-law"
+                desc = ("list of files, directories, globs, builtin:ko-law; or mappings {" +
+                        ", ".join(SourceConfig.model_fields) + "}")
+            else:
+                desc = field.description or ""
+            lines.append(f"  {key:<26} {desc} [{default}]")
+
+    walk(PrepareConfig, "")
+    lines.append("See docs/data.md and the commented configs/data/ko_pretrain.yaml.")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -18,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(HTML, control characters, NFC/NFKC, whitespace) -> length and Hangul-ratio filters -> exact and MinHash "
         "near-duplicate removal -> stable train/val/test split by document hash -> token shards "
         "(OUT/{train,val,test}/NNNNN.ds + .ds.index) and OUT/manifest.json. OUT is built in a temporary "
-        "directory and swapped in at the end: a failed run leaves an existing OUT untouched.")
+        "directory and swapped in at the end: a failed run leaves an existing OUT untouched.",
+        epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML config, e.g. configs/data/ko_pretrain.yaml (without it: the defaults, "
                    "builtin:ko-law with tokenizer runs/tok_ko into data/ko_pretrain)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
