@@ -28,7 +28,7 @@ from krllm.config import StrictModel, atomic_write_text, write_resolved
 from krllm.data.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import DataError, KrllmError
-from krllm.runs import atomic_dir, write_json, write_lineage
+from krllm.runs import write_json, write_lineage
 from krllm.tracking import MetricsLogger
 from krllm.train import batching as B
 from krllm.train.sft_config import PeftSection, TrackingSection, TrainSection
@@ -153,7 +153,8 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
                               PrinterCallback, Trainer, TrainingArguments)
 
     from krllm.train.hf_callbacks import KrllmLogCallback
-    from krllm.train.sft import CHECKPOINTS, with_length_sampling, peft_config_for, prepare_run_dir
+    from krllm.train.sft import peft_config_for, with_length_sampling
+    from krllm.train.sft_outputs import CHECKPOINTS, prepare_run_dir, save_final
 
     t0 = time.time()
     run_dir = Path(cfg.runs_dir) / cfg.name
@@ -245,9 +246,6 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
         json.dumps({"text": r["text"], "label": str(r["label"]), "pred": names[p]}, ensure_ascii=False) + "\n"
         for r, p in zip(eval_recs, y_pred)))
     out = run_dir / ("hf" if cfg.peft.method == "full" else "adapter")
-    with atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "labels.json", {"labels": names})
+    save_final(trainer, tokenizer, out, extra=lambda d: write_json(d / "labels.json", {"labels": names}))
     report["output"] = str(out)
     return report

@@ -17,10 +17,8 @@ Run directory (`runs/<name>/`):
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +29,14 @@ from krllm.config import write_resolved
 from krllm.data.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
-from krllm.runs import atomic_dir, write_json, write_lineage
+from krllm.runs import write_json, write_lineage
 from krllm.tracking import MetricsLogger
 from krllm.train import batching as B
+from krllm.train import sft_outputs as O
 from krllm.train.sft_config import PeftSection, SFTRunConfig
 from krllm.train.sft_data import stop_ids, tokenize_records
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = O.CHECKPOINTS
 
 
 # ---------------------------------------------------------------- inputs
@@ -158,84 +157,6 @@ def freeze_below(model, num_layers: int) -> None:
         p.requires_grad = any(k in name for k in keep) or name.endswith("model.norm.weight")
 
 
-# ---------------------------------------------------------------- samples
-
-def prompt_of(record: dict) -> list[dict] | None:
-    """Chat turns up to (not including) the last assistant turn."""
-    msgs = record.get("messages")
-    if not msgs:
-        return None
-    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    return msgs[:last]
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[dict]:
-    """Greedy answers; `stopped` = the model ended its turn itself (emitted an end-of-turn token)."""
-    stops = stop_ids(tokenizer)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for msgs in prompts:
-        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            return_tensors="pt")["input_ids"].to(device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        new = gen[0, ids.shape[1]:].tolist()
-        stopped = bool(new) and new[-1] in stops
-        text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=False)
-        out.append({"answer": text, "stopped": stopped, "tokens": len(new)})
-    model.train(was_training)
-    return out
-
-
-def write_samples(run_dir: Path, prompts, before, after, references) -> None:
-    rows, md = [], ["# Samples (greedy)\n"]
-    for p, b, a, ref in zip(prompts, before, after, references):
-        rows.append({"prompt": p, "before": b, "after": a, "reference": ref})
-        md.append(f"## {p[-1]['content']}\n")
-        md.append(f"- **before**: {b['answer']!r}{'' if b['stopped'] else ' (did not stop)'}")
-        md.append(f"- **after**: {a['answer']!r}{'' if a['stopped'] else ' (did not stop)'}")
-        md.append(f"- **reference**: {ref!r}\n")
-    from krllm.config import atomic_write_text
-
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_text(run_dir / "samples.md", "\n".join(md) + "\n")
-
-
-# ---------------------------------------------------------------- outputs
-
-def write_hf_dir(model, tokenizer, out: Path) -> None:
-    """An HF directory any stage loads: weights, config (+ top-level rope_theta for mlx-lm), tokenizer."""
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
-        if theta is not None and "rope_theta" not in cfg:
-            cfg["rope_theta"] = theta
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from (or None); refuse to silently mix a new run into an old one."""
-    ckpts = sorted((run_dir / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if resume:
-        if not ckpts:
-            raise KrllmError(f"--resume: no checkpoint in {run_dir / CHECKPOINTS}")
-        return ckpts[-1]
-    if ckpts or (run_dir / "metrics.jsonl").exists():
-        if not overwrite:
-            raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                             "start over (deletes its checkpoints and metrics), or change name")
-        for sub in (CHECKPOINTS, "tb"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return None
-
-
 # ---------------------------------------------------------------- the stage
 
 @dataclass
@@ -344,83 +265,97 @@ def with_length_sampling(base):
 
 
 def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict."""
+    """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict.
+
+    Safe under `accelerate launch` (several processes): rank 0 alone writes config, metrics, samples and
+    outputs; merged/ and samples are written only by single-process runs (then: `krllm merge`).
+    """
     from krllm.train.hf_callbacks import KrllmLogCallback
 
     t_start = time.time()
     run_dir = Path(cfg.runs_dir) / cfg.name
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, run_dir / "config.yaml")
+    main, single = O.rank() == 0, O.world_size() == 1
+    resume_from = O.prepare_run_dir(run_dir, resume, overwrite)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, run_dir / "config.yaml")
 
     p = prepare(cfg)
     tokenizer, stats = p.tokenizer, p.stats
-    print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {p.device.type} | compute dtype "
-          f"{str(p.dtype).removeprefix('torch.')} | batching {p.mode} | {stats.examples} train examples, "
-          f"{stats.tokens:,} tokens ({stats.target_tokens:,} learned), {len(p.eval_rows)} eval examples")
-    if stats.truncated:
-        print(f"note: {stats.truncated} examples were longer than data.max_length={cfg.data.max_length} and were "
-              "cut (their end-of-turn token is lost)")
+    if main:
+        print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {p.device.type} | compute dtype "
+              f"{str(p.dtype).removeprefix('torch.')} | batching {p.mode} | {stats.examples} train examples, "
+              f"{stats.tokens:,} tokens ({stats.target_tokens:,} learned), {len(p.eval_rows)} eval examples")
+        if stats.truncated:
+            print(f"note: {stats.truncated} examples were longer than data.max_length={cfg.data.max_length} and "
+                  "were cut (their end-of-turn token is lost)")
 
     source = p.eval_records or p.train_records
-    sample_src = [r for r in source if prompt_of(r)][: cfg.samples.n]
-    sample_prompts = [prompt_of(r) for r in sample_src]
-    before = generate_answers(p.model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
+    sample_src = [r for r in source if O.prompt_of(r)][: cfg.samples.n] if single else []
+    sample_prompts = [O.prompt_of(r) for r in sample_src]
+    before = O.generate_answers(p.model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
 
     counter = B.TokenCounter()
     trainer = make_trainer(cfg, p, run_dir, counter)
     n_train = sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)
     n_all = sum(x.numel() for x in trainer.model.parameters())
-    print(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
+    if main:
+        print(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
 
     has_eval = bool(p.eval_rows)
-    with MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
-                       run_name=cfg.name) as logger:
-        trainer.add_callback(KrllmLogCallback(logger, counter if p.mode != "padding_free" else None,
-                                              label=f"sft {cfg.name}"))
-        write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
-            "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
-            "resumed_from": str(resume_from) if resume_from else None}})
+    logger = MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
+                           run_name=cfg.name) if main else None
+    try:
+        if logger is not None:
+            trainer.add_callback(KrllmLogCallback(logger, counter if p.mode != "padding_free" else None,
+                                                  label=f"sft {cfg.name}"))
+            write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
+                "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
+                "resumed_from": str(resume_from) if resume_from else None}})
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         final_eval = _last_eval(trainer) if has_eval else {}
         if has_eval and not final_eval:
             final_eval = trainer.evaluate()
-            logger.log(trainer.state.global_step, "eval", **{k[5:]: v for k, v in final_eval.items()
-                                                              if k.startswith("eval_") and isinstance(v, float)})
+            if logger is not None:
+                logger.log(trainer.state.global_step, "eval", **{
+                    k[5:]: v for k, v in final_eval.items() if k.startswith("eval_") and isinstance(v, float)})
+    finally:
+        if logger is not None:
+            logger.close()
 
     model = trainer.model
-    after = generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
-    if sample_prompts:
+    after = O.generate_answers(model, tokenizer, sample_prompts, cfg.samples.max_new_tokens)
+    if main and sample_prompts:
         refs = [r["messages"][len(q)]["content"] for r, q in zip(sample_src, sample_prompts)]
-        write_samples(run_dir, sample_prompts, before, after, refs)
+        O.write_samples(run_dir, sample_prompts, before, after, refs)
 
     outputs = {}
-    if cfg.peft.method == "full":
-        write_hf_dir(model, tokenizer, run_dir / "hf")
-        outputs["hf"] = str(run_dir / "hf")
-    else:
-        with atomic_dir(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)  # stop ids for `krllm merge` and servers
-        outputs["adapter"] = str(run_dir / "adapter")
-        if cfg.merge and cfg.peft.method != "qlora":
-            write_hf_dir(model.merge_and_unload(), tokenizer, run_dir / "merged")
+    out_name = "hf" if cfg.peft.method == "full" else "adapter"
+    O.save_final(trainer, tokenizer, run_dir / out_name)
+    outputs[out_name] = str(run_dir / out_name)
+    if cfg.merge and cfg.peft.method in ("lora", "dora"):
+        if single:
+            O.save_merged(model.merge_and_unload(), tokenizer, run_dir / "merged")
             outputs["merged"] = str(run_dir / "merged")
+        elif main:
+            print(f"note: multi-process run: merge with `krllm merge {run_dir / 'adapter'} --out "
+                  f"{run_dir / 'merged'}`")
 
     state = trainer.state
     summary = {
         "method": cfg.peft.method, "batching": p.mode, "device": p.device.type,
-        "dtype": str(p.dtype).removeprefix("torch."), "steps": state.global_step, "max_steps": state.max_steps,
+        "dtype": str(p.dtype).removeprefix("torch."), "processes": O.world_size(),
+        "steps": state.global_step, "max_steps": state.max_steps,
         "stopped_early": bool(cfg.train.early_stopping_patience and state.global_step < state.max_steps),
-        "best_checkpoint": state.best_model_checkpoint,
+        "best_checkpoint": state.best_model_checkpoint if trainer.args.load_best_model_at_end else None,
         "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
         "trainable_params": n_train, "total_params": n_all, "data": stats.as_dict(),
         "eval_examples": len(p.eval_rows), "train_runtime_s": result.metrics.get("train_runtime"),
         "wall_s": round(time.time() - t_start, 1), "samples_stopped_before": [b["stopped"] for b in before],
         "samples_stopped_after": [a["stopped"] for a in after], "outputs": outputs,
     }
-    write_json(run_dir / "summary.json", summary)
+    if main:
+        write_json(run_dir / "summary.json", summary)
     return summary
 
 
