@@ -36,8 +36,9 @@ _HTML_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-
 # they change how emoji and some scripts render.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff\u00ad]")
 # Every horizontal whitespace character (NBSP, ideographic space, en/em spaces, tabs...) -> one space.
-_HSPACE_RUN = re.compile(r"[^\S\n]+")
-_SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
+# Only runs and non-ASCII/tab spaces match, so ordinary single spaces cost nothing.
+_HSPACE_RUN = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
+_SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
