@@ -342,6 +342,26 @@ def test_script_without_main_guard_fails_clearly_instead_of_hanging(tokenizer_di
     assert TokenShards(tmp_path / "o", "train").num_documents > 0
 
 
+def test_publishing_plan_runs_under_plain_datatrove_executors(crafted, tokenizer_dir, tmp_path):
+    """What a cluster run does: stages chained with `depends=`, the last one publishes the output."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    out = tmp_path / "out"
+    plan = build_plan(_cfg(tokenizer_dir, out, crafted[1]), tmp_path / ".out.build", out, publish=True)
+    assert plan.logs_dir == tmp_path / "out.logs"
+    job = None
+    for st in plan.stages:
+        job = LocalPipelineExecutor(st.pipeline, tasks=st.tasks, workers=1, logging_dir=str(plan.logs_dir / st.name),
+                                    depends=job)
+    job.run()
+    assert not (tmp_path / ".out.build").exists()
+    m = json.loads((out / "manifest.json").read_text())
+    _check_crafted(m, _decoded(out, tokenizer_dir), crafted)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "manifest.json", "train"} <= names and "logs" not in names and ".work" not in names
+    assert (plan.logs_dir / "finalize" / "stats.json").is_file()
+
+
 def test_same_stages_build_slurm_executors(tokenizer_dir, tmp_path):
     """The plan is plain datatrove pipelines: Slurm executors accept it unchanged (not submitted)."""
     import dill

@@ -98,7 +98,8 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
     """The stages of one prepare run as datatrove pipelines (nothing runs yet).
 
     build_dir: where shards are written (a temp dir the caller renames, or, with `publish=True`,
-    the finalize stage swaps it into `out_dir` itself, which is what cluster runs use).
+    the finalize stage swaps it into `out_dir` itself, which is what cluster runs use; their
+    datatrove logs then go to `logs_dir`, by default `<out_dir>.logs` beside the output).
     """
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
@@ -108,7 +109,9 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
     build = Path(build_dir).resolve()
     out = Path(out_dir or cfg.out_dir).resolve()
     work = build / ".work"
-    logs = Path(logs_dir).resolve() if logs_dir else build / "logs"
+    if logs_dir is None:  # a publishing finalize moves build away while its own stage still logs
+        logs_dir = out.parent / f"{out.name}.logs" if publish else build / "logs"
+    logs = Path(logs_dir).resolve()
     sources = resolve_sources(cfg)
     tok = tokenizer_info(cfg.tokenizer, cfg.eos_token)
     n_tasks = cfg.executor.tasks or min(cfg.executor.workers, len(sources))
@@ -191,7 +194,7 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
                     for f in sources],
         "config": to_plain(cfg),
     }
-    plan.stages.append(Stage("finalize", "manifest", [
+    plan.stages.append(Stage("finalize", "check shards + manifest", [
         FinalizeShards(str(build), str(out), publish, manifest, counters, str(work), str(logs))],
         1, "tasks", 1.0, str(logs / "finalize" / "completions")))
     return plan

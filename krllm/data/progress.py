@@ -44,11 +44,6 @@ class ProgressCounter:
         if self.path and time.monotonic() - self._last >= self.interval:
             self.flush()
 
-    def set(self, value: float) -> None:
-        self.value = value
-        if self.path and time.monotonic() - self._last >= self.interval:
-            self.flush()
-
     def flush(self) -> None:
         if not self.path:
             return
