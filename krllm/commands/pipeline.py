@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.isolation = args.isolation
     command = "krllm pipeline run " + shlex.join([args.config] + [f"--set={o}" for o in args.overrides])
     console = Console()
+    if not console.is_terminal:
+        console.soft_wrap = True  # logs and CI: whole lines, no wrapping at 80 columns
     pipe = Pipeline(cfg, config_path=args.config, command=command)
     if args.action == "status":
         return _status(pipe, args, console)

@@ -87,14 +87,15 @@ def _metrics_table(ev: dict) -> list[str]:
         vals = [(ev.get(section) or {}).get(r, {}).get(key) for r in roles]
         if all(v is None for v in vals):
             continue
+        digits = 2 if key == "ppl" else 4
         cells = [f"{100 * v:.1f}% ({ev[section][r]['correct']}/{ev[section][r]['n']})" if key == "accuracy"
-                 and v is not None else _num(v) for r, v in zip(roles, vals)]
+                 and v is not None else _num(v, digits) for r, v in zip(roles, vals)]
         row = f"| {label} | " + " | ".join(cells)
         if len(roles) == 2 and None not in vals:
             delta = vals[1] - vals[0]
             good = (delta < 0) if better == "lower" else (delta > 0)
             mark = "better" if good else ("same" if delta == 0 else "worse")
-            row += f" | {'+' if delta >= 0 else ''}{_num(100 * delta if key == 'accuracy' else delta)}" \
+            row += f" | {'+' if delta >= 0 else ''}{_num(100 * delta if key == 'accuracy' else delta, digits)}" \
                    f"{' pts' if key == 'accuracy' else ''} ({mark}) |"
         else:
             row += " |"

@@ -136,7 +136,7 @@ class Pipeline:
         if not plan.kind.schema:
             return []
         schema = import_attr(plan.kind.schema)
-        where = plan.spec.config or "(no config file)"
+        where = plan.spec.config or "inline config"
         try:
             validate(plan.ctx.config, schema, where)
         except ConfigError as e:

@@ -263,10 +263,12 @@ def _eval_prepare(cfg: dict, ctx: StageContext) -> dict:
             spec = {"data": train, "n": data.get("n"), "seed": data.get("seed", 0)}
             key = "math" if str(train).startswith("builtin:math") else "npc"
             sec = _section(cfg, key)
-            sec.setdefault("holdout_from", spec)
+            if not sec.get("holdout_from"):
+                sec["holdout_from"] = spec
     if ctx.has_input("data"):
         sec = _section(cfg, "perplexity")
-        sec.setdefault("shards", str(ctx.input("data", "shards")))
+        if not sec.get("shards"):
+            sec["shards"] = str(ctx.input("data", "shards"))
     return cfg
 
 
