@@ -1,0 +1,11 @@
+"""Evaluation and the report card.
+
+- `run.py`        the eval stage (`krllm eval`): EvalConfig, run_eval -> eval.json
+- `lm.py`         load a model dir (or PEFT adapter, merged on load) into krllm's Llama + tokenizer
+- `perplexity.py` token perplexity on shards; loss on labeled (chat) tokens
+- `generate.py`   greedy chat answers with krllm's inference engine
+- `math.py`       final-answer extraction and exact match
+- `samples.py`    fixed Korean NPC prompts for before/after answers
+- `plots.py`      loss and learning-rate curves (matplotlib, Agg)
+- `report.py`     report.md / report.html of a pipeline run (`krllm report`)
+"""

@@ -262,8 +262,6 @@ class Pipeline:
         if not resume and stage_dir.exists():
             shutil.rmtree(stage_dir)  # a fresh run never mixes with a stale one's files
         plan.ctx.resume = resume
-        if resume and plan.kind.prepare is not None:
-            plan.ctx.config = plan.kind.prepare(plan.ctx.config, plan.ctx)
         attempts = list(prev.get("attempts", [])) if resume else []
         atomic_write_text(plan.ctx.config_file, yaml.safe_dump(plan.ctx.config, sort_keys=False, allow_unicode=True))
         fp = fingerprint(**plan.parts) if plan.parts else None
@@ -333,7 +331,7 @@ class Pipeline:
         write_json(job, {"context": json.loads(plan.ctx.to_json()), "result": str(result)})
         log = log_path(self.run_dir, plan.name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", KRLLM_PIPELINE_STAGE=plan.name)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("COLUMNS", "120")
         cmd = [sys.executable, "-m", "krllm.pipeline.child", str(job)]
         with open(log, "a", encoding="utf-8") as logf:
