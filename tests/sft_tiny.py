@@ -116,21 +116,25 @@ def write_jsonl(path: Path, rows: list) -> Path:
 _SHARED: dict = {}
 
 
-def tiny_base() -> tuple[Path, Path]:
+def tiny_base(hidden: int = 64, init_std: float = 0.2) -> tuple[Path, Path]:
     """(tokenizer dir, model dir) built once per test process (tokenizer training takes a few seconds).
 
     Read-only for tests: copy before modifying.
     """
-    if "dirs" not in _SHARED:
+    if "root" not in _SHARED:
         import atexit
         import shutil
         import tempfile
 
         root = Path(tempfile.mkdtemp(prefix="krllm-sft-tiny-"))
         atexit.register(shutil.rmtree, root, True)
-        tok = make_tokenizer(root / "tok")
-        _SHARED["dirs"] = (tok, make_model(root / "model", tok))
-    return _SHARED["dirs"]
+        _SHARED["root"], _SHARED["tok"] = root, make_tokenizer(root / "tok")
+    key = (hidden, init_std)
+    if key not in _SHARED:
+        tok = _SHARED["tok"]
+        _SHARED[key] = (tok, make_model(_SHARED["root"] / f"model-{hidden}-{init_std}", tok, hidden=hidden,
+                                        init_std=init_std))
+    return _SHARED[key]
 
 
 def one_thread():

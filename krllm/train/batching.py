@@ -41,17 +41,17 @@ def resolve_batching(requested: str, device: torch.device) -> str:
 class TokenCounter:
     """Running totals filled by the collators; read (and reset) by the metrics callback.
 
-    The Trainer uses one collator for training and evaluation: set `active` (e.g. to
-    `lambda: model.training`) so evaluation batches are not counted as training throughput.
+    The Trainer uses one collator for training and evaluation: the trainer sets `paused` while it
+    evaluates, so evaluation batches are not counted as training throughput.
     """
 
     real: int = 0  # tokens of examples
     slots: int = 0  # positions computed, padding included
     examples: int = 0
-    active: object = None  # callable -> bool, or None = always count
+    paused: bool = False
 
     def add(self, real: int, slots: int, examples: int) -> None:
-        if self.active is None or self.active():
+        if not self.paused:
             self.real += real
             self.slots += slots
             self.examples += examples

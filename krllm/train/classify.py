@@ -217,9 +217,8 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
         eval_dataset=datasets.Dataset.from_list(eval_rows).select_columns(cols),
         compute_metrics=_compute_metrics(names),
         callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta)] if early else [])
-    trainer.krllm_batching = mode
+    trainer.krllm_batching, trainer.krllm_counter = mode, counter
     trainer.remove_callback(PrinterCallback)
-    counter.active = lambda: trainer.model.training
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     with MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,

@@ -112,7 +112,10 @@ class KrllmLogCallback(TrainerCallback):
         if self._progress is not None:
             self._progress.update(self._task, desc=desc)
             return
-        done, total = state.global_step, max(state.max_steps, 1)
+        if not state.max_steps:  # an evaluation before training starts
+            print(f"{self.label} before training | {desc}", flush=True)
+            return
+        done, total = state.global_step, state.max_steps
         elapsed = now - (self._t0 or now)
         eta = elapsed / max(done - self._step0, 1) * (total - done)
         print(f"{self.label} step {done}/{total} | {desc} | ETA {_fmt(eta)}", flush=True)

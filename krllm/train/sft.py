@@ -237,20 +237,39 @@ def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.Token
     trainer = with_length_sampling(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=p.tokenizer, peft_config=peft_config,
                          callbacks=callbacks)
-    trainer.krllm_batching = p.mode
+    trainer.krllm_batching, trainer.krllm_counter = p.mode, counter
     trainer.remove_callback(PrinterCallback)  # our KrllmLogCallback prints
-    counter.active = lambda: trainer.model.training  # evaluation batches are not training throughput
     return trainer
 
 
 def with_length_sampling(base):
-    """SFTTrainer whose train sampler groups by length (`length_grouped` mode) and whose evaluation
-    batches are sorted by length (less padding, same loss)."""
+    """`base` (SFTTrainer or Trainer) whose train sampler groups by length (`length_grouped` mode), whose
+    evaluation batches are sorted by length (less padding, same loss), and whose evaluation batches are
+    not counted as training throughput."""
 
     class KrllmSFTTrainer(base):
+        krllm_batching: str | None = None
+        krllm_counter: B.TokenCounter | None = None
+
+        def evaluate(self, *args, **kwargs):
+            return self._without_counting(super().evaluate, *args, **kwargs)
+
+        def predict(self, *args, **kwargs):
+            return self._without_counting(super().predict, *args, **kwargs)
+
+        def _without_counting(self, fn, *args, **kwargs):
+            """Batches collated while evaluating are not training throughput."""
+            if self.krllm_counter is None:
+                return fn(*args, **kwargs)
+            self.krllm_counter.paused = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.krllm_counter.paused = False
+
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
-            if getattr(self, "krllm_batching", None) == "length_grouped" and "length" in ds.column_names:
+            if self.krllm_batching == "length_grouped" and "length" in ds.column_names:
                 return B.LengthGroupedSampler(ds["length"], self.args.train_batch_size * max(
                     1, self.args.gradient_accumulation_steps), seed=self.args.seed)
             return super()._get_train_sampler(train_dataset)
@@ -312,6 +331,8 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
             write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
                 "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
                 "resumed_from": str(resume_from) if resume_from else None}})
+        # the base model's validation loss (fresh adapters are a no-op), logged at step 0
+        loss_before = trainer.evaluate()["eval_loss"] if has_eval and not resume_from else None
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         final_eval = _last_eval(trainer) if has_eval else {}
         if has_eval and not final_eval:
@@ -349,7 +370,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
         "stopped_early": bool(cfg.train.early_stopping_patience and state.global_step < state.max_steps),
         "best_checkpoint": state.best_model_checkpoint if trainer.args.load_best_model_at_end else None,
         "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
-        "trainable_params": n_train, "total_params": n_all, "data": stats.as_dict(),
+        "eval_loss_before": loss_before, "trainable_params": n_train, "total_params": n_all, "data": stats.as_dict(),
         "eval_examples": len(p.eval_rows), "train_runtime_s": result.metrics.get("train_runtime"),
         "wall_s": round(time.time() - t_start, 1), "samples_stopped_before": [b["stopped"] for b in before],
         "samples_stopped_after": [a["stopped"] for a in after], "outputs": outputs,

@@ -30,7 +30,8 @@ class DataSection(StrictModel):
     seed: int = Field(0, description="seed of the built-in generator and of the train/eval split")
     system_prompt: str | None = Field(None, description="system message prepended to every chat without one")
     loss_on: Literal["assistant", "all"] = Field(
-        "assistant", description="assistant = learn only assistant turns (+ their end-of-turn token); all = every token")
+        "assistant", description="assistant = learn only assistant turns (+ their end-of-turn token); "
+        "all = every token")
     max_length: int = Field(1024, gt=8, description="tokens per example; longer ones are cut (keep start)")
     chat_template: str | None = Field(None, description="path to a .jinja chat template replacing the tokenizer's")
 
