@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--requests-per-client", type=int, default=2, help="sequential requests each client sends")
     ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (EOS ignored)")
     ap.add_argument("--max-batch", type=int, default=32, help="server KV-cache slots")
+    ap.add_argument("--threads", type=int, default=0, help="server CPU threads (0 = torch default)")
     args = ap.parse_args()
 
     import httpx
@@ -98,6 +99,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model), "--port", str(port),
                              "--max-batch", str(args.max_batch), "--log-level", "warning",
+                             "--threads", str(args.threads),
                              "--set", f"limits.max_concurrent={max(64, max(args.clients) * 2)}"],
                             env={**os.environ, "KRLLM_API_KEY": ""})
     peak = {"rss": 0}

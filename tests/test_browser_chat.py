@@ -98,6 +98,7 @@ def test_korean_message_gets_a_streamed_reply(served, browser, tmp_path):
     reply = browser.execute_script("return document.querySelector('.msg.assistant .content').textContent")
     meta = browser.execute_script("return document.querySelector('.msg.assistant .meta').textContent")
     updates = browser.execute_script("return window.__updates")
+    chunks = int(browser.execute_script("return document.querySelector('.msg.assistant').dataset.chunks"))
     errors = browser.find_elements("css selector", ".msg.error")
 
     shot_dir = Path(os.environ.get("KRLLM_SCREENSHOT_DIR") or tmp_path)
@@ -107,7 +108,10 @@ def test_korean_message_gets_a_streamed_reply(served, browser, tmp_path):
     assert not errors, errors[0].text
     assert user == MESSAGE
     assert reply == expected
-    assert updates > 5  # the reply arrived in many pieces, not at once
+    # the reply arrived as many SSE deltas, each written into the bubble as it came (the browser may
+    # coalesce repaints when pieces arrive together, so DOM mutations are only checked to exist)
+    assert chunks > 5, chunks
+    assert updates >= 2, updates
     assert "토큰" in meta and f"{len(out.output)} 토큰" in meta
     assert (shot_dir / "chat_page.png").stat().st_size > 10_000
 

@@ -26,9 +26,15 @@ def add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
     p.add_argument("--base", default=None, help="base model directory when DIR is a PEFT adapter")
     p.add_argument("--device", default="auto", help="auto (default: cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as saved)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0 = all cores; 1 is often "
+                   "faster on a machine busy with other jobs)")
 
 
 def sampling_from(args):
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
     from krllm.errors import KrllmError
     from krllm.infer.sampling import SamplingParams
 

@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
                    "default 16)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as saved)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 0 = all cores; 1 is often "
+                   "faster on a machine busy with other jobs)")
     p.add_argument("--log-level", default="info", help="uvicorn log level: debug, info, warning (default info)")
 
 
@@ -44,12 +46,16 @@ def run(args) -> int:
     overrides = list(args.overrides)
     for key, value in (("host", args.host), ("port", args.port), ("model_name", args.model_name),
                        ("engine.max_batch", args.max_batch), ("engine.device", args.device),
-                       ("engine.dtype", args.dtype)):
+                       ("engine.dtype", args.dtype), ("engine.threads", args.threads)):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, ServeConfig, overrides)
     api_key = args.api_key or os.environ.get("KRLLM_API_KEY") or None
     console = Console(stderr=True)
+    if cfg.engine.threads:
+        import torch
+
+        torch.set_num_threads(cfg.engine.threads)
     with console.status("loading model…"):
         lm = load_for_inference(args.model, base=args.base, device=cfg.engine.device, dtype=cfg.engine.dtype,
                                 name=cfg.model_name)

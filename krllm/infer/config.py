@@ -41,6 +41,8 @@ class EngineConfig(StrictModel):
                                                   "max_position_embeddings")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")
     dtype: str | None = Field(None, description="None = as saved; fp32, bf16 or fp16 to cast")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores). On a "
+                                              "machine shared with other jobs, 1 is often much faster")
 
 
 class ServeConfig(StrictModel):

@@ -55,6 +55,11 @@ class Scheduler:
         self.steps = 0
         self.tokens_out = 0
         self.peak_running = 0  # most sequences decoded together so far (shows batching happened)
+        # dispatch(list of (callback, token, finish, error)): called once per engine step with every
+        # callback of that step (None = call each callback directly on the engine thread). The server
+        # uses it to wake its event loop once per step instead of once per token per request.
+        self.dispatch: Callable[[list], None] | None = None
+        self._out: list = []
         self._thread = threading.Thread(target=self._loop, name="krllm-engine", daemon=True)
         self._thread.start()
 
@@ -95,13 +100,24 @@ class Scheduler:
         self._thread.join(timeout)
 
     # ------------------------------------------------------------------ engine thread
+    def _emit(self, h: Handle, token: int | None, reason: str | None, error: str | None) -> None:
+        if self.dispatch is None:
+            h.on_token(token, reason, error)
+        else:
+            self._out.append((h.on_token, token, reason, error))
+
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self.dispatch(out)
+
     def _finish(self, h: Handle, token: int | None, reason: str | None, error: str | None = None) -> None:
         if h.done:
             return
         h.done = True
         with self._cv:
             self._pending -= 1
-        h.on_token(token, reason, error)
+        self._emit(h, token, reason, error)
 
     def _loop(self) -> None:
         engine = self.engine
@@ -126,6 +142,7 @@ class Scheduler:
                     by_seq.pop(h.seq.id, None)
                     self._finish(h, None, reason)
             if not engine.has_work():
+                self._flush()
                 continue
             try:
                 events = engine.step()
@@ -135,6 +152,7 @@ class Scheduler:
                     engine.cancel(seq, "error")
                     if (h := by_seq.pop(seq.id, None)) is not None:
                         self._finish(h, None, None, f"engine error: {e}")
+                self._flush()
                 continue
             self.steps += 1
             self.peak_running = max(self.peak_running, len(engine.running) + sum(ev.finished for ev in events))
@@ -148,7 +166,9 @@ class Scheduler:
                     by_seq.pop(ev.seq.id, None)
                     self._finish(h, ev.token, ev.seq.finish_reason)
                 else:
-                    h.on_token(ev.token, None, None)
+                    self._emit(h, ev.token, None, None)
+            self._flush()
         # closing: tell everyone still waiting
         for h in list(by_seq.values()):
             self._finish(h, None, None, "server is shutting down")
+        self._flush()

@@ -69,12 +69,12 @@ class Generation:
 
     async def deltas(self) -> AsyncIterator[str]:
         """Yield text pieces as they become final; sets finish_reason / n_out / text when done."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
-        def on_token(tok, finish, err):  # engine thread -> event loop
-            loop.call_soon_threadsafe(queue.put_nowait, (tok, finish, err))
+        def on_token(tok, finish, err):  # runs on the event loop (see ServerState.attach_loop)
+            queue.put_nowait((tok, finish, err))
 
+        self.server.attach_loop()
         sched = self.server.scheduler
         handle = sched.submit(self.ids, self.sampling, self.max_new, on_token, stop_ids=() if self.ignore_eos else None)
         ts = TextStream(self.server.lm.tokenizer, self.stops)
@@ -119,6 +119,17 @@ class ServerState:
         self.model_id = cfg.model_name or lm.name
         self.created = now()
         self.max_seq_len = scheduler.engine.max_seq_len
+
+    def attach_loop(self) -> None:
+        """Deliver engine callbacks on this event loop, one wake-up per engine step."""
+        if self.scheduler.dispatch is None:
+            loop = asyncio.get_running_loop()
+
+            def deliver(items):
+                for callback, tok, finish, err in items:
+                    callback(tok, finish, err)
+
+            self.scheduler.dispatch = lambda items: loop.call_soon_threadsafe(deliver, items)
 
     # ------------------------------------------------------------------ checks
     def check_auth(self, request) -> None:

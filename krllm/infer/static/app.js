@@ -111,6 +111,7 @@ async function send(text) {
       if (choice.delta && choice.delta.content) {
         reply += choice.delta.content;
         bubble.firstChild.textContent = reply;
+        bubble.dataset.chunks = String(Number(bubble.dataset.chunks || 0) + 1);
         bubble.scrollIntoView({ block: "end" });
       }
       if (choice.finish_reason) finish = choice.finish_reason;
