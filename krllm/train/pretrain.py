@@ -303,11 +303,12 @@ class Pretrainer:
                     time.sleep(sleep)
                 stop = self._stop_requested()
                 last = self.step == self.total
-                do_log = self.step % cfg.log.log_interval == 0 or last or stop
                 do_eval = self.val_starts is not None and (
                     (cfg.eval.eval_interval and self.step % cfg.eval.eval_interval == 0) or last)
                 do_sample = (cfg.sample.sample_interval and self.step % cfg.sample.sample_interval == 0) or last
                 do_save = (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0) or last or stop
+                # metrics are complete up to every checkpoint, so a resumed run's metrics.jsonl has every step
+                do_log = self.step % cfg.log.log_interval == 0 or do_save
                 if do_log or do_eval or do_save or do_sample:
                     self._check_finite(pending, last_saved)
                 if do_log:
