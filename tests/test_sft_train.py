@@ -265,3 +265,32 @@ def test_cli_runs_a_config_with_overrides(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # same run again without --resume/--overwrite
         main(["sft", "-c", str(path), "--set", "name=cli"])
     assert e.value.code == 1 and "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_the_data(tmp_path):
+    """torchrun --nproc_per_node 2 (DDP over gloo): half the steps per epoch, one set of outputs from rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = cfg_for(tmp_path, name="ddp", merge=True, data={"n": 44, "eval_fraction": 0.1},
+                  train={"max_steps": -1, "epochs": 1, "batch_size": 4, "eval_steps": 100})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", "-m", "krllm", "sft", "-c", str(path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("done:") == 1  # rank 0 reports
+    run = tmp_path / "runs" / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["data"]["examples"] == 39
+    assert summary["steps"] == math.ceil(39 / (4 * 2))  # each step consumed 4 examples on each process
+    assert not (run / "merged").exists() and "krllm merge" in out.stdout  # merged only in single-process runs
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.base_model), run / "adapter")
+    assert any("lora_B" in n and p.abs().max() > 0 for n, p in peft_model.named_parameters())

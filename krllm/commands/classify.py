@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an existing run directory (deletes its checkpoints and metrics)")
+                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
 
 
 def run(args: argparse.Namespace) -> int:

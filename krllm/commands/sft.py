@@ -3,6 +3,8 @@
     krllm sft -c configs/sft/npc_lora.yaml
     krllm sft -c configs/sft/npc_lora.yaml --set peft.method=dora --set name=npc_dora
     krllm sft -c configs/sft/npc_lora.yaml --resume          # continue from the last checkpoint
+    torchrun --nproc_per_node 2 -m krllm sft -c ...           # data parallel (CPU: gloo; GPU: NCCL)
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m krllm sft -c ...   # FSDP / DeepSpeed
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an existing run directory (deletes its checkpoints and metrics)")
+                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from krllm.train.sft import run_sft
     from krllm.train.sft_config import SFTRunConfig
 
+    from krllm.train.sft_outputs import rank
+
     cfg = load_config(args.config, SFTRunConfig, args.overrides)
     summary = run_sft(cfg, resume=args.resume, overwrite=args.overwrite)
+    if rank() != 0:
+        return 0
     out = summary["outputs"]
     loss = summary["eval_loss"] if summary["eval_loss"] is not None else summary["train_loss"]
     print(f"done: {summary['steps']} steps, {'val' if summary['eval_loss'] is not None else 'train'} loss "

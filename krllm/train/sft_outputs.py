@@ -21,6 +21,7 @@ from krllm.errors import KrllmError
 from krllm.train.sft_data import stop_ids
 
 CHECKPOINTS = "checkpoints"
+STALE_FILES = ("metrics.jsonl", "summary.json", "samples.md", "samples.jsonl", "eval.json", "predictions.jsonl")
 
 
 def rank() -> int:
@@ -44,11 +45,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     if ckpts or (run_dir / "metrics.jsonl").exists():
         if not overwrite:
             raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                             "start over (deletes its checkpoints and metrics), or change name")
-        if rank() == 0:
-            for sub in (CHECKPOINTS, "tb"):
+                             "start over (deletes its checkpoints, metrics and outputs), or change name")
+        if rank() == 0:  # everything a previous run wrote, so nothing stale is mistaken for this run's
+            for sub in (CHECKPOINTS, "tb", "adapter", "merged", "hf"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for name in STALE_FILES:
+                (run_dir / name).unlink(missing_ok=True)
     return None
 
 
