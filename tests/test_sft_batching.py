@@ -154,3 +154,31 @@ def test_length_grouped_sampler_is_a_seeded_permutation_per_epoch():
     assert max(lengths[i] for i in first[:4]) == max(lengths)  # longest batch first
     s.set_epoch(1)
     assert list(s) != first
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tmp_path):
+    """Same examples, same model: the loss of one packed batch equals that of one padded batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from krllm.config import validate
+    from krllm.data.records import load_examples
+    from krllm.train import sft
+    from krllm.train.sft_config import SFTRunConfig
+    from krllm.train.sft_data import tokenize_records
+
+    tok_dir, model_dir = tiny_base()
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    rows, _ = tokenize_records(load_examples("builtin:npc", "sft", n=6), tok, 1024)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    losses = {}
+    for mode in ("packed", "length_grouped"):
+        cfg = validate({"base_model": str(model_dir), "peft": {"method": "full"},
+                        "train": {"batching": mode, "batch_size": 6, "dtype": "fp32"},
+                        "data": {"eval_fraction": 0, "max_length": 1024}}, SFTRunConfig)
+        prep = sft.Prepared(torch.device("cpu"), torch.float32, mode, tok, model, [], [], rows, [], None)
+        trainer = sft.make_trainer(cfg, prep, tmp_path / mode)
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert ("position_ids" in batch) == (mode == "packed")
+        with torch.no_grad(), one_thread():
+            losses[mode] = trainer.compute_loss(trainer.model, batch).item()
+    assert losses["packed"] == pytest.approx(losses["length_grouped"], rel=1e-5), losses
