@@ -1,7 +1,8 @@
 """Server under load: 1 vs 8 vs 32 concurrent streaming clients against `krllm serve`.
 
-Starts `krllm serve` as a separate process on 127.0.0.1 with a random model of the tiny preset
-shape (tiny tokenizer trained on the spot), then for each client count runs `--requests-per-client`
+Starts `krllm serve` as a separate process on 127.0.0.1 with a random model (`--config 31m`: the
+layers of the ≈31M configuration of benchmarks/decode.py, default; `tiny`: the tiny preset's) whose
+vocabulary is a 400-token tokenizer trained on the spot, then for each client count runs `--requests-per-client`
 streaming chat requests per client (EOS ignored, fixed `--max-tokens`), and reports aggregate
 completion tokens/s, the ratio to one client, time-to-first-token and request latency
 p50/p99, errors, and the server's peak RSS. All traffic stays on 127.0.0.1.
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (EOS ignored)")
     ap.add_argument("--max-batch", type=int, default=32, help="server KV-cache slots")
     ap.add_argument("--threads", type=int, default=0, help="server CPU threads (0 = torch default)")
+    ap.add_argument("--config", choices=["31m", "tiny"], default="31m", help="model shape (default 31m)")
     args = ap.parse_args()
 
     import httpx
@@ -92,9 +94,17 @@ def main() -> None:
     from krllm.infer.testing import tiny_model_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="krllm-serve-load-"))
-    model = tiny_model_dir(tmp / "bench", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
-                           initializer_range=0.02)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decode import BENCH_31M
+
+    shape = dict(BENCH_31M) if args.config == "31m" else dict(
+        vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+    # The model's vocabulary is the test tokenizer's (400 tokens), so every generated id decodes to text
+    # and time-to-first-token is measured on real text (a 16k-row random head would emit ids the tiny
+    # tokenizer cannot show).
+    shape.pop("vocab_size")
+    model = tiny_model_dir(tmp / "bench", initializer_range=0.02, **shape)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model), "--port", str(port),
@@ -127,16 +137,21 @@ def main() -> None:
             time.sleep(0.2)
         threading.Thread(target=watch_rss, daemon=True).start()
         asyncio.run(_load(url, 2, 1, 8))  # warm-up
-        print(f"krllm serve on {url}: tiny-preset-shaped random model, {args.max_batch} slots; "
+        print(f"krllm serve on {url}: random {args.config} model, {args.max_batch} slots; "
               f"{args.requests_per_client} streaming requests per client, {args.max_tokens} tokens each")
         print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} "
-              f"{'lat p50':>8} {'lat p99':>8}")
+              f"{'lat p50':>8} {'lat p99':>8} {'engine':>7} {'tok/step':>7}")
         base = None
         for n in args.clients:
+            h0 = httpx.get(url + "/health").json()
             r = asyncio.run(_load(url, n, args.requests_per_client, args.max_tokens))
+            h1 = httpx.get(url + "/health").json()
+            r["busy"] = (h1["engine_busy_s"] - h0["engine_busy_s"]) / r["wall"]
+            r["steps"] = h1["steps"] - h0["steps"]
             base = base or r["tok_s"]
             print(f"{n:>7} {r['requests']:>8} {r['errors']:>6} {r['tok_s']:>8.1f} {r['tok_s'] / base:>5.1f}x "
-                  f"{r['ttft_p50']:>8.3f}s {r['lat_p50']:>7.2f}s {r['lat_p99']:>7.2f}s")
+                  f"{r['ttft_p50']:>8.3f}s {r['lat_p50']:>7.2f}s {r['lat_p99']:>7.2f}s {r['busy']:>7.0%} "
+                  f"{r['tokens'] / max(r['steps'], 1):>8.1f}")
         health = httpx.get(url + "/health").json()
         print(f"server peak RSS {peak['rss'] / 2**20:.0f} MiB; most sequences decoded together: "
               f"{health['peak_running']}")

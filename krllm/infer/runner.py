@@ -7,8 +7,9 @@ batch but wrong for rows of different lengths. This runner computes exactly the 
 (same weights, same RMSNorm / RoPE / GQA attention / SwiGLU math; a test checks its logits
 against `Llama.forward` and transformers) with per-row positions, and does less work per token:
 
-- q/k/v and gate/up projections fused into one matmul each; the model's own Linear weights
-  become views of the fused tensors, so no memory is duplicated and `Llama.forward` still works;
+- weights stored transposed (in, out) for the faster CPU matmul layout, q/k/v and gate/up fused
+  into one matmul each; the model's own Linear weights become views of these tensors, so no
+  memory is duplicated and `Llama.forward` still works;
 - static cache `(L, slots, H_kv, S_max, D)`, written in place, read as views;
 - prefill computes logits for the last position only;
 - batch-1 decode attends without a mask (all cached keys are visible).
@@ -92,27 +93,40 @@ class ModelRunner:
 
     @torch.no_grad()
     def _fuse_weights(self) -> None:
-        """Concatenate q/k/v and gate/up weights; re-point the original Linears at views of them."""
+        """Store every matrix transposed, (in, out) row-major, with q/k/v and gate/up concatenated.
+
+        `x @ W_t` on a row-major (in, out) matrix streams the weights in order, which on CPU runs
+        1.6x faster at decode than `F.linear(x, W)` on the (out, in) layout (measured: 255 vs 423 us
+        for a 2816 x 512 matrix read from memory). The model's own Linear (and tied embedding)
+        weights are re-pointed at transposed views of these tensors: no memory is duplicated and
+        `Llama.forward` still computes the same function.
+        """
+        def transposed(*linears):  # -> (in, out) contiguous; each Linear's weight becomes a view of it
+            w_t = torch.cat([lin.weight for lin in linears], dim=0).t().contiguous()
+            start = 0
+            for lin in linears:
+                n = lin.weight.shape[0]
+                lin.weight.data = w_t[:, start:start + n].t()
+                start += n
+            return w_t
+
         self.layers = []
         for block in self.model.model.layers:
             a, m = block.self_attn, block.mlp
-            qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0).contiguous()
-            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight], dim=0).contiguous()
-            nq, nk = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
-            a.q_proj.weight.data = qkv[:nq]
-            a.k_proj.weight.data = qkv[nq:nq + nk]
-            a.v_proj.weight.data = qkv[nq + nk:]
-            ni = m.gate_proj.weight.shape[0]
-            m.gate_proj.weight.data = gate_up[:ni]
-            m.up_proj.weight.data = gate_up[ni:]
+            nq, nk, ni = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0], m.gate_proj.weight.shape[0]
             self.layers.append(dict(
-                ln1=block.input_layernorm.weight, qkv=qkv, o=a.o_proj.weight,
-                ln2=block.post_attention_layernorm.weight, gate_up=gate_up, down=m.down_proj.weight,
+                ln1=block.input_layernorm.weight, qkv=transposed(a.q_proj, a.k_proj, a.v_proj),  # (C, (H+2KV)D)
+                o=transposed(a.o_proj), ln2=block.post_attention_layernorm.weight,  # (H D, C)
+                gate_up=transposed(m.gate_proj, m.up_proj), down=transposed(m.down_proj),  # (C, 2I), (I, C)
                 nq=nq, nk=nk, ni=ni,
             ))
-        self.embed = self.model.model.embed_tokens.weight
+        embed = self.model.model.embed_tokens
+        if self.model.lm_head.weight is embed.weight:  # tied: one (C, V) tensor serves both
+            self.lm_head = transposed(embed)
+        else:
+            self.lm_head = transposed(self.model.lm_head)  # (C, V)
+        self.embed = embed.weight  # (V, C) view; rows are gathered, layout does not matter there
         self.norm = self.model.model.norm.weight
-        self.lm_head = self.model.lm_head.weight
 
     @property
     def max_seq_len(self) -> int:
@@ -120,23 +134,23 @@ class ModelRunner:
 
     @property
     def vocab_size(self) -> int:
-        return self.lm_head.shape[0]
+        return self.lm_head.shape[1]
 
     # ------------------------------------------------------------------ forward pieces
     def _layer(self, x, lw, cos, sin, attend):
         """x (B, T, C) -> (B, T, C); `attend(q, k, v, layer_idx)` stores k/v and returns (B, H, T, D)."""
         B, T, _ = x.shape
         h = _rms_norm(x, lw["ln1"], self.eps)
-        qkv = F.linear(h, lw["qkv"])  # (B, T, (H + 2 H_kv) D)
+        qkv = h @ lw["qkv"]  # (B, T, (H + 2 H_kv) D)
         q = qkv[..., :lw["nq"]].view(B, T, self.n_heads, self.head_dim)
         k = qkv[..., lw["nq"]:lw["nq"] + lw["nk"]].view(B, T, self.n_kv, self.head_dim)
         v = qkv[..., lw["nq"] + lw["nk"]:].view(B, T, self.n_kv, self.head_dim)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, T, D)
-        x = x + F.linear(y.transpose(1, 2).reshape(B, T, -1), lw["o"])
+        x = x + y.transpose(1, 2).reshape(B, T, -1) @ lw["o"]
         h = _rms_norm(x, lw["ln2"], self.eps)
-        gu = F.linear(h, lw["gate_up"])  # (B, T, 2 I)
-        return x + F.linear(F.silu(gu[..., :lw["ni"]]) * gu[..., lw["ni"]:], lw["down"])
+        gu = h @ lw["gate_up"]  # (B, T, 2 I)
+        return x + (F.silu(gu[..., :lw["ni"]]) * gu[..., lw["ni"]:]) @ lw["down"]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm; in fp32 the fused kernel gives bit-identical results with fewer ops."""
@@ -145,7 +159,7 @@ class ModelRunner:
         return _rms_norm(x, weight, self.eps)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms_norm(x, self.norm, self.eps), self.lm_head)
+        return _rms_norm(x, self.norm, self.eps) @ self.lm_head
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
@@ -208,7 +222,7 @@ class ModelRunner:
         x = F.embedding(tokens.view(B), self.embed)  # (B, C)
         for i, lw in enumerate(self.layers):
             nq, nk = lw["nq"], lw["nk"]
-            qkv = F.linear(self._norm(x, lw["ln1"]), lw["qkv"])  # (B, (H + 2 KV) D)
+            qkv = self._norm(x, lw["ln1"]) @ lw["qkv"]  # (B, (H + 2 KV) D)
             qk = qkv[:, :nq + nk].view(B, H + KV, D)
             qk = qk * cos + qk.roll(half, -1) * sin  # RoPE on q and k at once: rotate_half via roll
             q = qk[:, :H].unsqueeze(2)  # (B, H, 1, D)
@@ -221,13 +235,13 @@ class ModelRunner:
                 cv[i, rows, :, pos] = v
             y = F.scaled_dot_product_attention(q, ck[i, :B, :, :S], cv[i, :B, :, :S], attn_mask=mask,
                                                enable_gqa=self.gqa)  # (B, H, 1, D)
-            x = x + F.linear(y.view(B, H * D), lw["o"])
-            gu = F.linear(self._norm(x, lw["ln2"]), lw["gate_up"])  # (B, 2 I)
-            x = x + F.linear(F.silu(gu[:, :lw["ni"]]) * gu[:, lw["ni"]:], lw["down"])
+            x = x + y.view(B, H * D) @ lw["o"]
+            gu = self._norm(x, lw["ln2"]) @ lw["gate_up"]  # (B, 2 I)
+            x = x + (F.silu(gu[:, :lw["ni"]]) * gu[:, lw["ni"]:]) @ lw["down"]
         for s in range(B):
             if active[s]:
                 lengths[s] += 1
-        return F.linear(self._norm(x, self.norm), self.lm_head)  # (B, V)
+        return self._norm(x, self.norm) @ self.lm_head  # (B, V)
 
     def free(self, slot: int) -> None:
         self.cache.lengths[slot] = 0

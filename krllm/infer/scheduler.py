@@ -55,6 +55,7 @@ class Scheduler:
         self.steps = 0
         self.tokens_out = 0
         self.peak_running = 0  # most sequences decoded together so far (shows batching happened)
+        self.busy_s = 0.0  # seconds spent inside Engine.step (vs wall time: how loaded the engine is)
         # dispatch(list of (callback, token, finish, error)): called once per engine step with every
         # callback of that step (None = call each callback directly on the engine thread). The server
         # uses it to wake its event loop once per step instead of once per token per request.
@@ -91,7 +92,8 @@ class Scheduler:
     def stats(self) -> dict:
         running = len(self.engine.running)
         return {"running": running, "waiting": self._pending - running, "slots": self.engine.max_batch,
-                "steps": self.steps, "tokens_generated": self.tokens_out, "peak_running": self.peak_running}
+                "steps": self.steps, "tokens_generated": self.tokens_out, "peak_running": self.peak_running,
+                "engine_busy_s": round(self.busy_s, 3)}
 
     def close(self, timeout: float = 5.0) -> None:
         with self._cv:
@@ -144,6 +146,7 @@ class Scheduler:
             if not engine.has_work():
                 self._flush()
                 continue
+            t0 = time.perf_counter()
             try:
                 events = engine.step()
             except Exception as e:  # e.g. out of memory: fail the running requests loudly, keep serving
@@ -155,6 +158,7 @@ class Scheduler:
                 self._flush()
                 continue
             self.steps += 1
+            self.busy_s += time.perf_counter() - t0
             self.peak_running = max(self.peak_running, len(engine.running) + sum(ev.finished for ev in events))
             for ev in events:
                 h = by_seq.get(ev.seq.id)
