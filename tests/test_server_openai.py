@@ -257,3 +257,27 @@ def test_chat_page_and_static_files_are_served(server):
     js = httpx.get(url + "/static/app.js")
     assert js.status_code == 200 and "/v1/chat/completions" in js.text
     assert json.loads(httpx.get(url + "/health").text)["status"] == "ok"
+
+
+def test_non_streaming_client_that_gives_up_frees_its_slot(model_dir):
+    sched, bg = _serve(model_dir)
+    step = sched.engine.step
+    sched.engine.step = lambda: (time.sleep(0.005), step())[1]  # >= 5 ms a token: 300 tokens take > 1.5 s
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "길게"}], "max_tokens": 300,
+            "temperature": 0, "ignore_eos": True}
+    with bg as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+        deadline = time.time() + 10
+        while sched.stats()["running"] or sched.stats()["waiting"]:
+            assert time.time() < deadline, "the slot was not freed after the client gave up"
+            time.sleep(0.05)
+        assert sched.stats()["tokens_generated"] < 250
+    sched.close()
+
+
+def test_token_id_prompt(client, reference):
+    ids = reference.lm.encode("모험가여")
+    r = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0)
+    assert r.choices[0].text == reference.complete("모험가여", 10)[0]
+    assert r.usage.prompt_tokens == len(ids)
