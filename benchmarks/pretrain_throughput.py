@@ -1,0 +1,195 @@
+"""Pretraining throughput: our loop vs transformers' Trainer on the same ~31M-parameter Llama.
+
+    python benchmarks/pretrain_throughput.py                    # fp32 and bf16, 2 x 2 worker processes
+    python benchmarks/pretrain_throughput.py --dtype bf16 --steps 12 --threads 2
+    python benchmarks/pretrain_throughput.py --compile          # our loop with train.compile=true
+
+Same model (vocab 8000, hidden 512, 8 layers, 8 heads / 4 kv heads, intermediate 1376, untied LM
+head), same random token windows (seq 256, batch 8), same optimizer (AdamW, wd 0.1, clip 1.0),
+same precision (fp32, or bf16 autocast), same thread count, same number of steps. Each side runs
+in its own fresh process (peak RSS is that process's), the first `--warmup` steps are not timed.
+
+Ours is the real `krllm pretrain` loop (`krllm.train.pretrain.pretrain`, timing from its own
+per-step metrics); theirs is `Trainer.train()` on `LlamaForCausalLM` (sdpa attention) timed by a
+callback around each optimizer step. MFU = FLOPs/token (6 x matmul params incl. the LM head +
+causal attention) x tokens/s / this machine's matmul peak for that dtype, measured in the same
+worker process right before training. Ratios are printed side by side; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = dict(vocab_size=8000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+             intermediate_size=1376, max_position_embeddings=512, tie_word_embeddings=False)
+SEQ, BATCH, LR = 256, 8, 3e-4
+
+
+def _tokens(n_windows: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(4, MODEL["vocab_size"], size=n_windows * SEQ + 1, dtype=np.int64)
+
+
+def _write_shards(root: Path, n_windows: int) -> Path:
+    """Random tokens in the `krllm data prepare` layout (no tokenizer: samples/eval are off)."""
+    import numpy as np
+
+    toks = _tokens(n_windows).astype(np.uint16)
+    (root / "train").mkdir(parents=True)
+    toks.tofile(root / "train" / "00000.ds")
+    np.array([len(toks)], dtype=np.uint64).tofile(root / "train" / "00000.ds.index")
+    split = lambda n, files: {"tokens": n, "documents": len(files), "files": files}  # noqa: E731
+    manifest = {"format": "krllm.token_shards", "version": 1, "dtype": "uint16",
+                "tokenizer": {"path": None, "vocab_size": MODEL["vocab_size"], "eos_id": 0},
+                "splits": {"train": split(len(toks), [{"path": "train/00000.ds", "tokens": len(toks), "documents": 1}]),
+                           "val": split(0, []), "test": split(0, [])}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _peak(dtype_name: str) -> float:
+    import torch
+
+    from krllm.train.flops import measure_matmul_peak
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    return measure_matmul_peak(dtype, "cpu", seconds=1.5)
+
+
+def worker_ours(args) -> dict:
+    import io
+
+    from rich.console import Console
+
+    from krllm.config import validate
+    from krllm.tracking import read_metrics
+    from krllm.train.pretrain import pretrain
+    from krllm.train.pretrain_config import PretrainConfig
+
+    total = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = _write_shards(Path(tmp) / "shards", BATCH * total + 1)
+        cfg = validate({
+            "data": {"shards": str(shards), "seq_len": SEQ},
+            "model": {"preset": "tiny", "overrides": dict(MODEL)},
+            "train": {"batch_size": BATCH, "max_steps": total, "lr": LR, "min_lr": LR, "warmup_steps": 0,
+                      "schedule": "constant", "weight_decay": 0.1, "grad_clip": 1.0, "dtype": args.dtype,
+                      "compile": args.compile, "seed": 0},
+            "eval": {"eval_interval": 0}, "sample": {"sample_interval": 0},
+            "checkpoint": {"save_interval": 0, "keep_last": 1},
+            "log": {"log_interval": 1, "tensorboard": False, "peak_tflops": 0},
+            "run": {"name": "bench", "out_dir": str(Path(tmp) / "runs"), "device": "cpu"},
+        }, PretrainConfig, "benchmark")
+        peak = _peak(args.dtype)
+        pretrain(cfg, console=Console(file=io.StringIO()))
+        times = [r["step_time"] for r in read_metrics(Path(tmp) / "runs" / "bench")
+                 if r["split"] == "train" and "step_time" in r][args.warmup:]
+    return {"step_s": sum(times) / len(times), "peak": peak}
+
+
+def worker_hf(args) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from krllm.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    hf_cfg = LlamaConfig(**ModelConfig(**MODEL).to_hf_dict())
+    model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32)
+    total = args.warmup + args.steps
+    toks = torch.from_numpy(_tokens(BATCH * total + 1))
+    rows = [{"input_ids": toks[i * SEQ:(i + 1) * SEQ], "labels": toks[i * SEQ:(i + 1) * SEQ]}
+            for i in range(BATCH * total)]
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=total, learning_rate=LR,
+            lr_scheduler_type="constant", weight_decay=0.1, max_grad_norm=1.0, adam_beta2=0.95,
+            bf16=args.dtype == "bf16", use_cpu=True, save_strategy="no", report_to=[], logging_steps=10_000,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        peak = _peak(args.dtype)
+        Trainer(model=model, args=targs, train_dataset=Rows(), callbacks=[Timer()]).train()
+    times = times[args.warmup:]
+    return {"step_s": sum(times) / len(times), "peak": peak}
+
+
+def run_worker(side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", side, "--dtype", args.dtype, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} worker failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="both")
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per side (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: all cores)")
+    p.add_argument("--compile", action="store_true", help="our loop with train.compile=true")
+    p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        res = (worker_ours if args.worker == "ours" else worker_hf)(args)
+        res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+
+    from krllm.model.config import ModelConfig
+    from krllm.train.flops import flops_per_token, matmul_params
+
+    cfg = ModelConfig(**MODEL)
+    fpt = flops_per_token(cfg, SEQ)
+    n_params = matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size + (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
+    print(f"model: {n_params:,} params · "
+          f"{fpt / 1e6:.1f} MFLOP/token · seq {SEQ} × batch {BATCH} · {args.threads} threads · "
+          f"{args.steps} timed steps after {args.warmup}" + (" · ours compiled" if args.compile else ""))
+    dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
+    print(f"{'dtype':6} {'side':18} {'tok/s':>9} {'step s':>8} {'peak GF/s':>10} {'MFU':>7} {'RSS MB':>8}")
+    for dt in dtypes:
+        args.dtype = dt
+        res = {side: run_worker(side, args) for side in ("ours", "hf")}
+        peak = max(r["peak"] for r in res.values())  # best matmul rate seen on this machine in this run
+        tps = {}
+        for side, name in (("ours", "krllm loop"), ("hf", "HF Trainer")):
+            r = res[side]
+            tps[side] = BATCH * SEQ / r["step_s"]
+            print(f"{dt:6} {name:18} {tps[side]:9,.0f} {r['step_s']:8.3f} {peak / 1e9:10.1f} "
+                  f"{100 * fpt * tps[side] / peak:6.1f}% {r['rss_mb']:8,.0f}")
+        print(f"{dt:6} {'ratio ours/HF':18} {tps['ours'] / tps['hf']:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
