@@ -4,6 +4,7 @@ and math exact match against the generator's own answers."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -144,3 +145,40 @@ def test_exact_match_agrees_with_the_generators_answers():
     assert not is_correct("3.5", "3") and not is_correct("", "0")
     with pytest.raises(ValueError):
         exact_match(["1"], ["1", "2"])
+
+
+def test_held_out_drops_exactly_the_prompts_seen_in_training():
+    from krllm.data.generated import math_problems
+    from krllm.data.records import load_examples
+    from krllm.eval.run import TrainingSet, _held_out
+
+    recs = load_examples("builtin:math:ko", "grpo", n=200, seed=9002)
+    train = [TrainingSet(data="builtin:math:ko", n=1000, seed=0)]
+    kept, dropped = _held_out(recs, "grpo", train, None)
+    seen = {p["question"] for p in math_problems(1000, seed=0, lang="ko")}
+    want = [r for r in recs if r["prompt"][-1]["content"] not in seen]
+    assert dropped == len(recs) - len(want) > 0 and kept == want
+    assert _held_out(recs, "grpo", [], None) == (recs, 0)
+
+
+def test_run_eval_writes_eval_json_for_both_models(tmp_path):
+    from krllm.eval.run import EvalConfig, run_eval
+
+    base = tiny_model_dir(tmp_path / "base", seed=0)
+    tuned = tiny_model_dir(tmp_path / "tuned", seed=1)
+    kw = dict(out_dir=str(tmp_path / "ev"), base=str(base), tuned=str(tuned),
+              math={"n": 4, "max_new_tokens": 6}, samples={"prompts": ["안녕?", "어디 가?"], "max_new_tokens": 5})
+    with pytest.raises(KrllmError, match="every one of the 6 eval conversations is in the training set"):
+        run_eval(EvalConfig(npc={"n": 6, "holdout_from": {"data": "builtin:npc", "n": 50, "seed": 9001}}, **kw))
+    assert not (tmp_path / "ev").exists()  # nothing half-written
+    out = run_eval(EvalConfig(npc={"n": 6, "holdout_from": [{"data": "builtin:npc", "n": 50, "seed": 0}]}, **kw))
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(out))
+    assert saved["data"]["npc"] == {"data": "builtin:npc", "n": 6, "dropped_in_training": 0}
+    for role in ("base", "tuned"):
+        assert saved["npc"][role]["examples"] == 6 and saved["npc"][role]["tokens"] > 50
+        assert saved["math"][role]["n"] == 4
+    assert saved["npc"]["base"]["loss"] != saved["npc"]["tuned"]["loss"]  # two different models
+    assert [s["prompt"] for s in saved["samples"]] == ["안녕?", "어디 가?"]
+    assert (tmp_path / "ev" / "samples.md").read_text(encoding="utf-8").count("**tuned**") == 2
+    assert (tmp_path / "ev" / "config.yaml").exists()

@@ -24,18 +24,23 @@ def test_pipeline_config_wires_and_validates(path, tmp_path):
     cfg = load_pipeline(path, [f"runs_dir={tmp_path}"])
     pipe = Pipeline(cfg, config_path=path)
     kinds = [p.kind.name for p in pipe.plans]
-    assert kinds == ["tokenizer", "data", "pretrain", "sft", "eval", "report"]
+    assert kinds == ["tokenizer", "generate", "data", "pretrain", "sft", "eval", "report"]
     run = tmp_path / cfg.name
     by = {p.name: p for p in pipe.plans}
     assert by["data"].ctx.config["tokenizer"] == str(run / "tokenizer")
+    assert by["data"].ctx.config["sources"][-1] == {"path": str(run / "texts"), "format": "jsonl"}
     assert by["pretrain"].ctx.config["data"]["shards"] == str(run / "data")
     assert by["sft"].ctx.config["base_model"] == str(run / "pretrain" / "hf")
     ev = by["eval"].ctx.config
     assert (ev["base"], ev["tuned"]) == (str(run / "pretrain" / "hf"), str(run / "sft" / "merged"))
     assert ev["perplexity"]["shards"] == str(run / "data")
-    assert ev["npc"]["holdout_from"]["data"] == "builtin:npc"  # eval NPC set is held out from SFT's
+    # eval sets are held out from what SFT and pretraining saw
+    sft_data = by["sft"].ctx.config["data"]
+    assert {"data": "builtin:npc", "n": sft_data["n"], "seed": 0} in ev["npc"]["holdout_from"]
+    texts = by["texts"].ctx.config["sets"]
+    assert [h["data"] for h in ev["math"]["holdout_from"]] == [t["data"] for t in texts if "math" in t["data"]]
     plans = pipe.run(dry_run=True)
-    assert [p.action for p in plans] == ["run"] * 6
+    assert [p.action for p in plans] == ["run"] * 7
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)

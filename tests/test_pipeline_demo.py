@@ -17,7 +17,7 @@ from krllm.pipeline.state import read_all_states
 from krllm.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["tokenizer", "data", "pretrain", "sft", "eval", "report"]
+STAGES = ["tokenizer", "texts", "data", "pretrain", "sft", "eval", "report"]
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_report_card_content(demo):
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
     for stage in STAGES[:-1]:
-        assert f"| {stage} | {stage} | done |" in md
+        assert f"| {stage} | {'generate' if stage == 'texts' else stage} | done |" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| NPC chat loss"))
     assert f"{ev['npc']['base']['loss']:.4f}" in row and "(better)" in row
     assert "| validation loss (pretraining text, nats/token) |" in md

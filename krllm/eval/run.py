@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from krllm.config import StrictModel, write_resolved
 from krllm.errors import KrllmError
@@ -26,6 +26,13 @@ class TrainingSet(StrictModel):
     data: str = Field(description="the training data spec (JSONL path or builtin:...) to hold out from")
     n: int | None = Field(None, gt=0, description="how many records it used (builtin: generated count)")
     seed: int = 0
+
+
+def _as_list(v):
+    """`holdout_from` may be one {data, n, seed} mapping, a list of them, or null."""
+    if v is None:
+        return []
+    return [v] if isinstance(v, dict) else v
 
 
 class PerplexitySection(StrictModel):
@@ -42,7 +49,9 @@ class ChatLossSection(StrictModel):
     n: int = Field(64, ge=1, description="conversations (before dropping overlap with training)")
     seed: int = Field(9001, description="generator seed for builtin data (differs from training's)")
     max_length: int = Field(1024, gt=8)
-    holdout_from: TrainingSet | None = None
+    holdout_from: list[TrainingSet] = Field(default_factory=list, description="training sets to drop overlap with")
+
+    _list = field_validator("holdout_from", mode="before")(_as_list)
 
 
 class MathSection(StrictModel):
@@ -51,7 +60,9 @@ class MathSection(StrictModel):
     n: int = Field(40, ge=1, description="problems (before dropping overlap with training)")
     seed: int = Field(9002)
     max_new_tokens: int = Field(96, ge=1, description="answer length limit (tokens)")
-    holdout_from: TrainingSet | None = None
+    holdout_from: list[TrainingSet] = Field(default_factory=list, description="training sets to drop overlap with")
+
+    _list = field_validator("holdout_from", mode="before")(_as_list)
 
 
 class SamplesSection(StrictModel):
@@ -79,17 +90,19 @@ def _prompt_key(messages: list[dict]) -> str:
     return json.dumps(upto, ensure_ascii=False, sort_keys=True)
 
 
-def _held_out(records: list[dict], kind: Literal["sft", "grpo"], train: TrainingSet | None,
+def _held_out(records: list[dict], kind: Literal["sft", "grpo"], train: list[TrainingSet],
               system: str | None) -> tuple[list[dict], int]:
-    """Drop records whose prompt is in the training set; return (kept, dropped)."""
-    if train is None:
+    """Drop records whose prompt is in any of the training sets; return (kept, dropped)."""
+    if not train:
         return records, 0
     from krllm.data.records import load_examples
 
-    seen = {_prompt_key(r["messages"] if kind == "sft" else r["prompt"])
-            for r in load_examples(train.data, kind, n=train.n, seed=train.seed, system=system)
-            if kind != "sft" or "messages" in r}
-    kept = [r for r in records if _prompt_key(r["messages"] if kind == "sft" else r["prompt"]) not in seen]
+    def prompt(r: dict):
+        return r.get("messages") if kind == "sft" else r.get("prompt")
+
+    seen = {_prompt_key(prompt(r)) for t in train
+            for r in load_examples(t.data, kind, n=t.n, seed=t.seed, system=system) if prompt(r)}
+    kept = [r for r in records if _prompt_key(prompt(r)) not in seen]
     return kept, len(records) - len(kept)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from krllm.config import validate
+from pydantic import Field
+
+from krllm.config import StrictModel, validate
 from krllm.errors import KrllmError
 from krllm.pipeline.kinds import StageContext, StageKind
 
@@ -83,6 +85,53 @@ TOKENIZER = StageKind(
     description="train a byte-level BPE tokenizer (krllm.tokenizer.train.train_tokenizer)")
 
 
+# --------------------------------------------------------------------------- generate
+
+class GeneratedSet(StrictModel):
+    data: str = Field(description="a generated set: builtin:npc, builtin:math[:ko|en|mixed], builtin:sentiment")
+    n: int = Field(1000, ge=1, description="records to generate")
+    seed: int = 0
+
+
+class GenerateConfig(StrictModel):
+    """Generated sets written as JSONL text documents, e.g. to pretrain on NPC talk next to prose."""
+
+    out_dir: str = "runs/texts"
+    sets: list[GeneratedSet] = Field(min_length=1)
+
+
+def _generate_prepare(cfg: dict, ctx: StageContext) -> dict:
+    cfg = _copy(cfg)
+    cfg["out_dir"] = ctx.stage_dir
+    return cfg
+
+
+def _generate_run(ctx: StageContext) -> dict:
+    from krllm.data.generated import generated_documents
+    from krllm.runs import atomic_dir
+
+    cfg = validate(ctx.config, GenerateConfig, f"stage {ctx.stage}")
+    docs = chars = 0
+    with atomic_dir(cfg.out_dir) as tmp:
+        for i, st in enumerate(cfg.sets):
+            name = st.data.removeprefix("builtin:").replace(":", "-")
+            try:
+                rows = list(generated_documents(st.data, st.n, st.seed))
+            except ValueError as e:
+                raise KrllmError(f"stage {ctx.stage}: sets[{i}].data: {e}") from None
+            with open(tmp / f"{i:02d}_{name}_s{st.seed}.jsonl", "w", encoding="utf-8") as f:
+                for doc_id, text in rows:
+                    f.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+                    docs, chars = docs + 1, chars + len(text)
+    return {"note": f"{docs:,} documents, {chars:,} characters"}
+
+
+GENERATE = StageKind(
+    name="generate", run=_generate_run, outputs={"texts": "."}, prepare=_generate_prepare,
+    schema="krllm.pipeline.stages:GenerateConfig", estimate_s=5.0,
+    description="write generated sets (krllm.data.generated) as JSONL documents for data prepare")
+
+
 # --------------------------------------------------------------------------- data prepare
 
 def _data_prepare(cfg: dict, ctx: StageContext) -> dict:
@@ -90,6 +139,9 @@ def _data_prepare(cfg: dict, ctx: StageContext) -> dict:
     cfg["out_dir"] = ctx.stage_dir
     if ctx.has_input("tokenizer"):
         cfg["tokenizer"] = str(ctx.input("tokenizer", "tokenizer"))
+    if ctx.has_input("texts"):  # generated documents join the configured sources
+        sources = list(cfg.get("sources") or ["builtin:ko-law"])
+        cfg["sources"] = sources + [{"path": str(ctx.input("texts", "texts")), "format": "jsonl"}]
     return cfg
 
 
@@ -112,7 +164,8 @@ def _data_run(ctx: StageContext) -> dict:
 
 
 DATA = StageKind(
-    name="data", run=_data_run, needs={"tokenizer": ("tokenizer",)}, outputs={"shards": "."},
+    name="data", run=_data_run, needs={"tokenizer": ("tokenizer",), "texts": ("generate",)}, optional=("texts",),
+    outputs={"shards": "."},
     prepare=_data_prepare, schema="krllm.data.prepare_config:PrepareConfig", estimate_s=60.0,
     command="krllm data prepare -c {config}",
     description="clean, dedupe, split and tokenize text into shards (krllm.data.prepare.prepare)")
@@ -250,7 +303,18 @@ SFT = StageKind(
 
 # --------------------------------------------------------------------------- eval
 
+def _holdout(spec: dict, cfg: dict) -> None:
+    """Add a training set {data, n, seed} to the eval section it overlaps (math or npc)."""
+    key = "math" if str(spec["data"]).startswith("builtin:math") else "npc"
+    sec = _section(cfg, key)
+    have = sec.get("holdout_from") or []
+    have = [have] if isinstance(have, dict) else list(have)
+    if spec not in have:
+        sec["holdout_from"] = have + [spec]
+
+
 def _eval_prepare(cfg: dict, ctx: StageContext) -> dict:
+    """Wire the models and shards, and hold the eval sets out from every generated set trained on."""
     cfg = _copy(cfg)
     cfg["out_dir"] = ctx.stage_dir
     if ctx.has_input("base"):
@@ -258,13 +322,11 @@ def _eval_prepare(cfg: dict, ctx: StageContext) -> dict:
     if ctx.has_input("tuned"):
         cfg["tuned"] = str(ctx.input("tuned", "model"))
         data = (ctx.upstream_config.get("tuned") or {}).get("data") or {}
-        train = data.get("train")
-        if train:  # hold the eval sets out from what the fine-tuning saw
-            spec = {"data": train, "n": data.get("n"), "seed": data.get("seed", 0)}
-            key = "math" if str(train).startswith("builtin:math") else "npc"
-            sec = _section(cfg, key)
-            if not sec.get("holdout_from"):
-                sec["holdout_from"] = spec
+        if data.get("train"):
+            _holdout({"data": data["train"], "n": data.get("n"), "seed": data.get("seed", 0)}, cfg)
+    for st in (ctx.upstream_config.get("texts") or {}).get("sets") or []:
+        if str(st.get("data", "")).startswith(("builtin:npc", "builtin:math")):
+            _holdout({"data": st["data"], "n": st.get("n", 1000), "seed": st.get("seed", 0)}, cfg)
     if ctx.has_input("data"):
         sec = _section(cfg, "perplexity")
         if not sec.get("shards"):
@@ -292,8 +354,9 @@ def _eval_estimate(cfg: dict) -> float:
 
 
 EVAL = StageKind(
-    name="eval", run=_eval_run, needs={"base": ("pretrain",), "tuned": ("sft",), "data": ("data",)},
-    optional=("tuned", "data"), outputs={"eval": "eval.json"}, prepare=_eval_prepare,
+    name="eval", run=_eval_run,
+    needs={"base": ("pretrain",), "tuned": ("sft",), "data": ("data",), "texts": ("generate",)},
+    optional=("tuned", "data", "texts"), outputs={"eval": "eval.json"}, prepare=_eval_prepare,
     schema="krllm.eval.run:EvalConfig", estimate_s=_eval_estimate, command="krllm eval -c {config}",
     description="perplexity, NPC chat loss, math exact match and sample answers, base vs fine-tuned")
 
@@ -312,4 +375,4 @@ REPORT = StageKind(
     description="report card: report.md + report.html + plots/ in the pipeline directory")
 
 
-BUILTIN_KINDS: dict[str, StageKind] = {k.name: k for k in (TOKENIZER, DATA, PRETRAIN, SFT, EVAL, REPORT)}
+BUILTIN_KINDS: dict[str, StageKind] = {k.name: k for k in (TOKENIZER, GENERATE, DATA, PRETRAIN, SFT, EVAL, REPORT)}
