@@ -86,8 +86,8 @@ def _closing_note(pipe, console) -> None:
     states = read_all_states(pipe.run_dir)
     wall = sum(s.get("wall_s") or 0 for s in states.values())
     peak = max((s.get("peak_rss_mb") or 0 for s in states.values()), default=0)
-    console.print(f"\n[bold]pipeline {pipe.cfg.name} done[/bold]: stage wall time {fmt_s(wall)} in total, "
-                  f"largest peak RSS {fmt_mb(peak)}")
+    console.print(f"\n[bold]pipeline {pipe.cfg.name} done[/bold] in {fmt_s(pipe.last_wall_s)}; recorded stage "
+                  f"wall times add up to {fmt_s(wall)}; largest stage peak RSS {fmt_mb(peak)}")
     report = pipe.run_dir / "report.md"
     if report.exists():
         console.print(f"report card: {report}" + (f"  (and {report.with_suffix('.html')})"

@@ -64,6 +64,7 @@ class Pipeline:
         self.command = command or "krllm pipeline run " + (self.config_path or "<config>")
         self.run_dir = cfg.run_dir
         self.display = display
+        self.last_wall_s: float | None = None  # wall time of the last run() (skipped stages cost ~0)
         self.plans = self._build()
 
     # ---- wiring ----------------------------------------------------------------------------
@@ -244,7 +245,8 @@ class Pipeline:
                                      + (", this one resumes" if plan.kind.resumable else ""))
         finally:
             display.stop()
-            self._record_invocation({"finished": now(), "wall_s": round(time.time() - started, 2),
+            self.last_wall_s = time.time() - started
+            self._record_invocation({"finished": now(), "wall_s": round(self.last_wall_s, 2),
                                      "stages": {p.name: {"action": p.action, "reason": p.reason} for p in todo}})
         return todo
 
