@@ -9,7 +9,8 @@ What it does, in one run:
    removal keep almost all of it; written as 8 JSONL files (a 10 MB and a 50 MB corpus);
 2. trains the project tokenizer (configs/tokenizer/ko_bpe.yaml settings, vocab 4096) on builtin:ko-law;
 3. times a bare single-process `Tokenizer.encode_batch_fast` over the 50 MB of document texts
-   (already in memory, batches of 1000: the fastest plain way to tokenize this text);
+   (already in memory, batches of 1000: the fastest plain way to tokenize this text), once before
+   and once after step 4, and uses the mean (the machine may be shared);
 4. times the whole `prepare()` (sources hashed, cleaned, filtered, exact + MinHash deduped,
    split, tokenized, manifest) on the same corpus with `--workers` workers;
 5. runs `prepare()` on the 10 MB and the 50 MB corpus in fresh processes and samples the peak
@@ -74,15 +75,21 @@ def read_texts(folder: Path) -> list[str]:
     return texts
 
 
-def bare_encode(tokenizer_json: Path, texts: list[str]) -> tuple[float, int]:
+def bare_encode(tokenizer_json: Path, texts: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, tokens, CPU seconds of this process incl. tokenizers' threads)."""
+    import resource
+
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     n = 0
     for i in range(0, len(texts), 1000):
         n += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + 1000]))
-    return time.perf_counter() - t0, n
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, n, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
 def run_prepare(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict:
@@ -109,6 +116,7 @@ def peak_rss_of_run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> d
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
     peak_total, peak_single = 0, 0
+    cpu: dict[int, float] = {}  # pid -> last seen user+system seconds
     done = threading.Event()
 
     def sample():
@@ -120,6 +128,8 @@ def peak_rss_of_run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> d
                 for p in procs:
                     try:
                         rss.append(p.memory_info().rss)
+                        t = p.cpu_times()
+                        cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
                 peak_total = max(peak_total, sum(rss))
@@ -136,7 +146,8 @@ def peak_rss_of_run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> d
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed:\n{stderr}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    return {"peak_tree_mb": peak_total / 1e6, "peak_process_mb": peak_single / 1e6, **result}
+    return {"peak_tree_mb": peak_total / 1e6, "peak_process_mb": peak_single / 1e6, "cpu_s": sum(cpu.values()),
+            **result}
 
 
 def main() -> None:
@@ -160,13 +171,20 @@ def main() -> None:
     tok = tok_dir / "tokenizer.json"
 
     texts = read_texts(work / "big")
-    bare_s, bare_tokens = bare_encode(tok, texts)
+    load_before = os.getloadavg()[0]
+    bare_s, bare_tokens, bare_cpu = bare_encode(tok, texts)
     del texts
     mb = big_bytes / 1e6
     print(f"bare tokenizers encode_batch_fast: {mb:.1f} MB in {bare_s:.1f}s = {mb / bare_s:.2f} MB/s "
-          f"({bare_tokens:,} tokens)", flush=True)
+          f"({bare_tokens:,} tokens, {bare_cpu:.1f} CPU-s = {bare_cpu / bare_s:.2f} cores busy)", flush=True)
 
     ours = run_prepare(work / "big", tok_dir, work / "out_big", args.workers)
+    texts = read_texts(work / "big")  # bare again: the machine may be shared, bracket our run
+    bare2_s, _, bare2_cpu = bare_encode(tok, texts)
+    del texts
+    load_after = os.getloadavg()[0]
+    print(f"bare again: {mb / bare2_s:.2f} MB/s", flush=True)
+    bare_s, bare_cpu = (bare_s + bare2_s) / 2, (bare_cpu + bare2_cpu) / 2
     m = ours["manifest"]
     ours_tokens = sum(s["tokens"] for s in m["splits"].values()) - m["documents"]["kept"]  # minus eos
     print(f"krllm data prepare ({args.workers} workers): {mb:.1f} MB in {ours['seconds']:.1f}s = "
@@ -181,11 +199,16 @@ def main() -> None:
     print("| measure | value |")
     print("|---|---|")
     print(f"| corpus | {mb:.1f} MB of text, {m['documents']['read']:,} documents in {FILES} JSONL files |")
-    print(f"| bare `tokenizers` encode_batch_fast, 1 process | {mb / bare_s:.2f} MB/s ({bare_s:.1f} s) |")
+    print(f"| machine load (1-min average) before / after the timed runs | {load_before:.1f} / {load_after:.1f} "
+          f"on {os.cpu_count()} cores |")
+    print(f"| bare `tokenizers` encode_batch_fast, 1 process (mean of the runs before and after) | "
+          f"{mb / bare_s:.2f} MB/s ({bare_s:.1f} s; {bare_cpu / bare_s:.2f} cores busy) |")
     print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline | {mb / ours['seconds']:.2f} MB/s "
           f"({ours['seconds']:.1f} s) |")
     print(f"| ratio prepare / bare encode (target >= 0.8) | **{ratio:.2f}x** |")
     print(f"| tokens: prepare (kept docs, without eos) / bare (all docs) | {ours_tokens:,} / {bare_tokens:,} |")
+    print(f"| CPU seconds, whole process tree (sampled every 50 ms): prepare / bare encode | {big['cpu_s']:.1f} / "
+          f"{bare_cpu:.1f} ({big['cpu_s'] / bare_cpu:.2f}x the work) |")
     print(f"| peak RSS, process tree, {small_bytes / 1e6:.0f} MB input | {small['peak_tree_mb']:.0f} MB "
           f"(largest process {small['peak_process_mb']:.0f} MB) |")
     print(f"| peak RSS, process tree, {mb:.0f} MB input | {big['peak_tree_mb']:.0f} MB "

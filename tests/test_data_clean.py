@@ -123,6 +123,12 @@ def test_signature_formula_is_datatrove_s_and_shingles_are_normalized(tmp_path):
     theirs = MinhashDedupSignature(str(tmp_path / "b"), cfg, language=KoreanWordTokenizer())
     shingles = np.random.default_rng(0).integers(0, 2**64 - 1, size=(10_000, 1), dtype=np.uint64)
     assert ours.get_signature(shingles) == theirs.get_signature(shingles)  # blocks of 4096 rows, same minima
+    # a shingle whose a*x+b wraps to 2^64-1 in some column: the Mersenne shortcut's rare correction path
+    j = next(k for k in range(ours.parameters[0].shape[1]) if int(ours.parameters[0][0, k]) % 2)
+    a, b = int(ours.parameters[0][0, j]), int(ours.parameters[1][0, j])
+    special = ((2**64 - 1 - b) * pow(a, -1, 2**64)) % 2**64
+    tricky = np.vstack([shingles[:50], np.array([[special]], dtype=np.uint64)])
+    assert ours.get_signature(tricky) == theirs.get_signature(tricky)
     a = ours.get_shingles("제1조 KOREA 헌법은 (국민의) 권리를 보장한다 — 2020년 개정.")
     b = ours.get_shingles("제2조 korea 헌법은 국민의 권리를, 보장한다 1987년 개정")
     np.testing.assert_array_equal(a, b)  # numbers -> 0, case, edge punctuation and dashes don't matter

@@ -191,15 +191,22 @@ class KoreanMinhashSignature(MinhashDedupSignature):
         return out.reshape(-1, 1)
 
     def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
-        """datatrove's formula, min over shingles of (a * x + b) mod (2^61 - 1), per bucket; the
-        modulo uses the Mersenne identity x mod (2^61-1) = (x & p) + (x >> 61) (then one subtract)."""
+        """datatrove's formula, min over shingles of (a * x + b) mod (2^61 - 1), per bucket.
+
+        The modulo uses the Mersenne identity x mod p = (x & p) + (x >> 61), which is < p except
+        with probability ~2^-58 per value; only then is the exact correction computed."""
         a, b = self.parameters
         best = None
         for i in range(0, len(shingles), _SIG_ROWS):
-            x = shingles[i:i + _SIG_ROWS] * a + b  # (rows, num_hashes), wraps like datatrove's
-            y = (x & _MERSENNE) + (x >> np.uint64(61))
-            y = np.where(y >= _MERSENNE, y - _MERSENNE, y).min(axis=0)
-            best = y if best is None else np.minimum(best, y)
+            x = np.multiply(shingles[i:i + _SIG_ROWS], a)  # (rows, num_hashes); wraps like datatrove's
+            x += b
+            y = x & _MERSENNE
+            x >>= np.uint64(61)
+            y += x
+            if y.max() >= _MERSENNE:  # practically never
+                y = np.where(y >= _MERSENNE, y - _MERSENNE, y)
+            m = y.min(axis=0)
+            best = m if best is None else np.minimum(best, m)
         return best.reshape(self.config.num_buckets, self.config.hashes_per_bucket).tolist()
 
 
