@@ -103,6 +103,15 @@ def test_grad_accum_matches_a_bigger_batch(shards, tmp_path):
     assert list(a.values()) == pytest.approx(list(b.values()), abs=2e-5)
 
 
+def test_grad_checkpointing_gives_the_same_losses(shards, tmp_path):
+    base = tiny_config(tmp_path / "a.yaml", shards, tmp_path / "runs", name="plain")
+    ckp = tiny_config(tmp_path / "b.yaml", shards, tmp_path / "runs", name="ckpt", train={"grad_checkpointing": True},
+                      sample={"sample_interval": 1})  # generation goes through the checkpointed blocks too
+    assert _run("-c", str(base)) == 0 and _run("-c", str(ckp)) == 0
+    a, b = train_losses(tmp_path / "runs" / "plain"), train_losses(tmp_path / "runs" / "ckpt")
+    assert list(a.values()) == pytest.approx(list(b.values()), abs=1e-6)
+
+
 def test_bf16_autocast_is_announced_and_close_to_fp32(shards, tmp_path, capsys):
     cfg = tiny_config(tmp_path / "c.yaml", shards, tmp_path / "runs", name="bf16", train={"dtype": "bf16"})
     assert _run("-c", str(cfg)) == 0

@@ -524,7 +524,11 @@ class Pretrainer:
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, console=None) -> dict:
     """Run (or resume) a pretraining run; the entry point of `krllm pretrain`."""
-    trainer = Pretrainer(cfg, resume=resume, console=console)
+    try:
+        trainer = Pretrainer(cfg, resume=resume, console=console)
+    except BaseException:
+        D.shutdown(D.Dist(world=int(os.environ.get("WORLD_SIZE", "1"))))  # leave no process group behind
+        raise
     try:
         return trainer.fit()
     finally:
