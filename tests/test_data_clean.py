@@ -133,3 +133,25 @@ def test_signature_formula_is_datatrove_s_and_shingles_are_normalized(tmp_path):
     b = ours.get_shingles("제2조 korea 헌법은 국민의 권리를, 보장한다 1987년 개정")
     np.testing.assert_array_equal(a, b)  # numbers -> 0, case, edge punctuation and dashes don't matter
     assert not np.array_equal(a, ours.get_shingles("제1조 KOREA 헌법은 국민의 의무를 보장한다 2020년 개정"))
+
+
+def test_clean_fast_path_equals_the_full_regex_passes():
+    """Already-clean text skips the regexes; on random messy strings both paths must agree."""
+    import random
+
+    from krllm.data import textclean as T
+
+    def full(text, norm):
+        text = T._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+        text = unicodedata.normalize(norm, text)
+        text = T._HSPACE_RUN.sub(" ", text)
+        text = T._MANY_NEWLINES.sub("\n\n", T._SPACE_AROUND_NEWLINE.sub("\n", text))
+        return text.strip()
+
+    pieces = ["가", "나", " ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u3000", "\x00", "\u200b", "a", "\n\n\n",
+              "\ufeff", "\u00ad", ".", "¨", "\u2003"]
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        for norm in ("NFC", "NFKC"):
+            assert clean_text(text, normalization=norm, strip_html_tags=False) == full(text, norm), (text, norm)
