@@ -122,6 +122,7 @@ def test_runs_then_skips_when_nothing_changed(tmp_path):
     st = read_state(pipe.run_dir, "up")
     assert st["status"] == "done" and st["upstream"] == {"src": "src"}
     assert st["wall_s"] > 0 and st["peak_rss_mb"] > 10  # a Python process is at least ~10 MB
+    assert 0 < st["cpu_s"] < st["wall_s"] * 2 + 1  # child's own user + sys time (2 cores at most)
     assert st["summary"] == {}
     assert read_state(pipe.run_dir, "src")["summary"] == {"tokens": 5, "note": "fake"}
     pipe2 = run(path)

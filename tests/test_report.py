@@ -93,7 +93,8 @@ def test_report_tables_hold_the_run(run_dir):
         st = read_state(run_dir, stage)
         row = _rows(md, stage)[0].split(" | ")
         assert row[2] == "done"
-        assert row[4] == f"{st['peak_rss_mb']:,.0f} MB"
+        assert row[5] == f"{st['peak_rss_mb']:,.0f} MB"
+        assert 0 < st["cpu_s"] < 60
     assert "| pretrain | pretrain | done |" in md and "| 60,000 | 2,500 |" in _rows(md, "pretrain")[0]
     assert not _rows(md, "report")  # the stage writing the report is not a row of it
     assert "| pretrain | params | 4,950,272 |" in md

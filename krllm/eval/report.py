@@ -135,8 +135,8 @@ def build_report(run_dir: str | Path) -> Path:
     md += [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} from `{run_dir}`.", ""]
 
     # what ran
-    md += ["## What ran", "", "| stage | kind | status | wall time | peak RSS | tokens | tokens/s | notes |",
-           "|---|---|---|---|---|---|---|---|"]
+    md += ["## What ran", "", "| stage | kind | status | wall time | CPU time | peak RSS | tokens | tokens/s | notes |",
+           "|---|---|---|---|---|---|---|---|---|"]
     total_wall, peak = 0.0, 0.0
     for s in order:
         st = states[s]
@@ -153,10 +153,14 @@ def build_report(run_dir: str | Path) -> Path:
             notes.append(str(st["error"]).splitlines()[0][:120])
         rss = st.get("peak_rss_mb")
         md.append(f"| {s} | {st.get('kind')} | {st.get('status')} | {_fmt_s(st.get('wall_s'))} | "
+                  f"{_fmt_s(st.get('cpu_s'))} | "
                   f"{f'{rss:,.0f} MB' if rss else '—'} | {_num(summ.get('tokens'))} | "
                   f"{_num(summ.get('tokens_per_s'), 1)} | {'; '.join(notes)} |")
-    md += ["", f"Total stage wall time **{_fmt_s(total_wall)}**; largest stage peak RSS **{peak:,.0f} MB** "
-           "(each stage runs in its own process; peak RSS is the kernel's high-water mark of that process tree).", ""]
+    cpu = sum(states[s].get("cpu_s") or 0 for s in order if states[s].get("kind") != "report")
+    md += ["", f"Total stage wall time **{_fmt_s(total_wall)}** (CPU time {_fmt_s(cpu)}, summed over cores and "
+           f"worker processes); largest stage peak RSS **{peak:,.0f} MB** (each stage runs in its own process; "
+           "peak RSS is the kernel's high-water mark of that process, or of its process tree sampled every 0.5 s).",
+           ""]
 
     # model
     params = [(s, k, v) for s in order for k, v in (states[s].get("summary") or {}).items()

@@ -18,7 +18,7 @@ from krllm.runs import write_json
 
 
 def peak_rss() -> dict:
-    """This process's own high-water RSS and the largest of its finished children's, in MB.
+    """This process's own high-water RSS and the largest of its finished children's, in MB; CPU seconds.
 
     Linux: VmHWM of /proc/self/status belongs to the address space made by exec, so it does not
     include the parent's memory that `ru_maxrss` inherits across fork + exec (the runner has torch
@@ -34,7 +34,9 @@ def peak_rss() -> dict:
     except OSError:  # not Linux: ru_maxrss (bytes on macOS) is the best there is
         scale = 1 << 20 if sys.platform == "darwin" else 1 << 10
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["cpu_s"] = round(me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime, 2)  # all cores, all workers
+    kids = ch.ru_maxrss
     if kids:
         out["children_peak_rss_mb"] = round(kids / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
     return out

@@ -275,12 +275,17 @@ class Pipeline:
         write_state(self.run_dir, plan.name, state)
         t0 = time.time()
 
+        self._cpu_s = None
+
         def record(outcome: str, peak_mb: float | None) -> None:
             attempts.append({"started": state["started"], "wall_s": round(time.time() - t0, 2),
-                             "peak_rss_mb": peak_mb, "mode": "resume" if resume else "fresh", "outcome": outcome})
+                             "cpu_s": self._cpu_s, "peak_rss_mb": peak_mb, "mode": "resume" if resume else "fresh",
+                             "outcome": outcome})
             peaks = [a["peak_rss_mb"] for a in attempts if a["peak_rss_mb"]]
+            cpus = [a.get("cpu_s") for a in attempts]
             state.update(attempts=attempts, finished=now(), status=outcome,
                          wall_s=round(sum(a["wall_s"] for a in attempts), 2),
+                         cpu_s=round(sum(cpus), 2) if all(c is not None for c in cpus) else None,
                          peak_rss_mb=max(peaks) if peaks else None,
                          peak_rss_scope="stage process (VmHWM) / process tree (sampled)" if self.cfg.isolation == "process"
                          else "runner process high-water mark (inline)")
@@ -350,6 +355,7 @@ class Pipeline:
             res = json.loads(result.read_text(encoding="utf-8"))
             own = [res.get("peak_rss_mb"), res.get("children_peak_rss_mb"), peak_mb]
             peak_mb = max((v for v in own if v), default=None)
+            self._cpu_s = res.get("cpu_s")
             return bool(res.get("ok")), res.get("error"), res.get("summary") or {}, peak_mb
         if status < 0:
             name = signal.Signals(-status).name if -status in signal.valid_signals() else str(-status)
