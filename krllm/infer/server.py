@@ -320,7 +320,12 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         n_prompt = sum(len(i) for i in encoded)
         if not req.stream:
             async def run_all():
-                return await asyncio.gather(*(g.run() for g in gens))
+                tasks = [asyncio.ensure_future(g.run()) for g in gens]
+                try:
+                    return await asyncio.gather(*tasks)
+                finally:  # one choice failed or the client left: stop the others too
+                    for t in tasks:
+                        t.cancel()
             texts = await _until_done_or_disconnected(request, run_all())
             return text_completion(cid, state.model_id, [e + t for e, t in zip(echoes, texts)],
                                    [g.finish_reason for g in gens], n_prompt, sum(g.n_out for g in gens))
