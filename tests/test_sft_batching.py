@@ -182,3 +182,44 @@ def test_packed_and_padded_batches_give_the_same_loss(tmp_path):
         with torch.no_grad(), one_thread():
             losses[mode] = trainer.compute_loss(trainer.model, batch).item()
     assert losses["packed"] == pytest.approx(losses["length_grouped"], rel=1e-5), losses
+
+
+@pytest.mark.parametrize("mode", ["length_grouped", "packed"])
+def test_compact_loss_equals_trl_loss_and_gradients(tmp_path, mode):
+    """CPU fast path (head on learned positions only) == TRL's own compute_loss, value and gradients."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from krllm.config import validate
+    from krllm.data.records import load_examples
+    from krllm.train import sft
+    from krllm.train.sft_config import SFTRunConfig
+    from krllm.train.sft_data import tokenize_records
+
+    tok_dir, model_dir = tiny_base()
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    rows, _ = tokenize_records(load_examples("builtin:npc", "sft", n=5), tok, 1024)
+    cfg = validate({"base_model": str(model_dir), "peft": {"r": 4, "alpha": 8, "dropout": 0.0},
+                    "train": {"batching": mode, "batch_size": 5, "dtype": "fp32"},
+                    "data": {"eval_fraction": 0, "max_length": 1024}}, SFTRunConfig)
+    prep = sft.Prepared(torch.device("cpu"), torch.float32, mode, tok, AutoModelForCausalLM.from_pretrained(model_dir),
+                        [], [], rows, [], None)
+    trainer = sft.make_trainer(cfg, prep, tmp_path)
+    with torch.no_grad():  # non-zero adapters, so their gradients are not trivially equal
+        for n, prm in trainer.model.named_parameters():
+            if "lora_B" in n:
+                prm.normal_(0, 0.1)
+    batch = next(iter(trainer.get_train_dataloader()))
+    results = {}
+    with one_thread():
+        for compact in (True, False):
+            trainer.krllm_compact_loss = compact
+            trainer.model.zero_grad()
+            loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+            loss.backward()
+            grads = {n: prm.grad.clone() for n, prm in trainer.model.named_parameters() if prm.grad is not None}
+            results[compact] = (loss.item(), grads, trainer._metrics["train"]["mean_token_accuracy"][-1])
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    assert results[True][2] == pytest.approx(results[False][2])
+    assert results[True][1].keys() == results[False][1].keys() and results[True][1]
+    for n in results[True][1]:
+        torch.testing.assert_close(results[True][1][n], results[False][1][n], rtol=1e-4, atol=1e-6)

@@ -234,12 +234,28 @@ def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.Token
     cols = ["input_ids", "labels", "length"]
     train_ds = datasets.Dataset.from_list(p.train_rows).select_columns(cols)
     eval_ds = datasets.Dataset.from_list(p.eval_rows).select_columns(cols) if has_eval else None
-    trainer = with_length_sampling(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
+    trainer = _sft_trainer_class(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=p.tokenizer, peft_config=peft_config,
                          callbacks=callbacks)
     trainer.krllm_batching, trainer.krllm_counter = p.mode, counter
     trainer.remove_callback(PrinterCallback)  # our KrllmLogCallback prints
     return trainer
+
+
+def _sft_trainer_class(base):
+    """SFTTrainer + length-aware sampling + the compact loss on CPU/MPS (see sft_loss)."""
+    from krllm.train.sft_loss import compact_nll, compact_ok
+
+    class KrllmSFT(with_length_sampling(base)):
+        krllm_compact_loss = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.krllm_compact_loss and compact_ok(self, model, return_outputs):
+                return compact_nll(self, model, inputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return KrllmSFT
 
 
 def with_length_sampling(base):
