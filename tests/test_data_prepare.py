@@ -186,6 +186,7 @@ def test_bad_json_line_names_file_and_line_and_keeps_output(existing_output, tok
 
 
 @pytest.mark.parametrize("content, message", [
+    ('[\n  {"text": "배열"}\n]\n', r":1: invalid JSON .*; this looks like a JSON array"),
     ('{"body": "본문"}\n', r":1: missing field 'text' \(keys: body\)"),
     ('{"text": 12}\n', r":1: field 'text' must be a string, got int"),
     ('["text"]\n', r":1: expected a JSON object, got list"),
@@ -260,6 +261,16 @@ def test_config_errors_are_listed_together(tokenizer_dir, tmp_path):
     with pytest.raises(DataError, match=r"x.csv: can't tell the format"):
         prepare(_cfg(tokenizer_dir, tmp_path / "o", [str(tmp_path / "x.csv")]))
     assert not (tmp_path / "o").exists()
+
+
+def test_output_inside_a_source_directory_is_not_read_back(crafted, tokenizer_dir, tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.jsonl").write_text((crafted[0] / "a.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    first = prepare(_cfg(tokenizer_dir, src / "shards", [str(src)]))
+    second = prepare(_cfg(tokenizer_dir, src / "shards", [str(src)]))  # shards/manifest.json etc. are skipped
+    assert [s["name"] for s in second["sources"]] == [str(src / "a.jsonl")]
+    assert second["splits"] == first["splits"]
 
 
 @pytest.mark.slow

@@ -79,10 +79,15 @@ def _expand(spec: str) -> list[tuple[Path, str]]:
 
 
 def resolve_sources(cfg) -> list[InputFile]:
-    """Config sources -> InputFiles (deduplicated by path, each with format and content hash)."""
+    """Config sources -> InputFiles (deduplicated by path, each with format and content hash).
+
+    Files under `cfg.out_dir` are skipped: a source directory may contain the previous output."""
     files: dict[str, InputFile] = {}
+    out_dir = Path(cfg.out_dir).resolve()
     for src in cfg.sources:
         for path, name in _expand(src.path):
+            if out_dir in path.resolve().parents:
+                continue
             fmt = src.format if src.format != "auto" else _detect_format(path)
             if fmt is None:
                 raise DataError(f"{name}: can't tell the format from the extension; set `format:` "
@@ -195,7 +200,10 @@ class InputReader(BaseReader):
                 try:
                     record = orjson.loads(raw)
                 except orjson.JSONDecodeError as e:
-                    self._bad(f"{f.name}:{line_no}: invalid JSON ({e})")
+                    hint = ""
+                    if line_no == 1 and raw.lstrip().startswith(b"["):
+                        hint = "; this looks like a JSON array: write one JSON object per line (JSON Lines)"
+                    self._bad(f"{f.name}:{line_no}: invalid JSON ({e}){hint}")
                     continue
                 if not isinstance(record, dict):
                     self._bad(f"{f.name}:{line_no}: expected a JSON object, got {type(record).__name__}")
