@@ -223,3 +223,19 @@ def test_config_errors_name_every_key(tmp_path):
     with pytest.raises(ConfigError, match="min_lr"):
         load_config(None, PretrainConfig, ["data.shards=x", "train.max_steps=3", "train.min_lr=1"])
     assert math.isclose(load_config(None, PretrainConfig, ["data.shards=x", "train.max_steps=3"]).train.lr, 3e-3)
+
+
+def test_lowp_cpu_attention_matches_sdpa():
+    """The bf16 CPU training path of the model (matmul attention) agrees with the fused kernel."""
+    import torch.nn.functional as F
+
+    from krllm.model.llama import causal_attention_lowp
+
+    q, k, v = torch.randn(2, 8, 48, 32), torch.randn(2, 4, 48, 32), torch.randn(2, 4, 48, 32)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(causal_attention_lowp(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    out = causal_attention_lowp(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    assert not torch.allclose(causal_attention_lowp(q, k, v)[:, :, :-1], F.scaled_dot_product_attention(
+        q, k, v, enable_gqa=True)[:, :, :-1], atol=1e-3)  # it is causal: differs from full attention
