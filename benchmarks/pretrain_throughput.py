@@ -1,8 +1,8 @@
 """Pretraining throughput: our loop vs transformers' Trainer on the same ~31M-parameter Llama.
 
-    python benchmarks/pretrain_throughput.py                    # fp32 and bf16, 2 x 2 worker processes
+    python benchmarks/pretrain_throughput.py                    # fp32 and bf16: ours, ours compiled, HF
     python benchmarks/pretrain_throughput.py --dtype bf16 --steps 12 --threads 2
-    python benchmarks/pretrain_throughput.py --compile          # our loop with train.compile=true
+    python benchmarks/pretrain_throughput.py --no-compile       # skip the torch.compile run (~1-2 min compile)
 
 Same model (vocab 8000, hidden 512, 8 layers, 8 heads / 4 kv heads, intermediate 1376, untied LM
 head), same random token windows (seq 256, batch 8), same optimizer (AdamW, wd 0.1, clip 1.0),
@@ -10,7 +10,8 @@ same precision (fp32, or bf16 autocast), same thread count, same number of steps
 in its own fresh process (peak RSS is that process's), the first `--warmup` steps are not timed.
 
 Ours is the real `krllm pretrain` loop (`krllm.train.pretrain.pretrain`, timing from its own
-per-step metrics); theirs is `Trainer.train()` on `LlamaForCausalLM` (sdpa attention) timed by a
+per-step metrics), eager and with `train.compile: true` (compile time is in the untimed warm-up
+steps); theirs is `Trainer.train()` on `LlamaForCausalLM` (sdpa attention) timed by a
 callback around each optimizer step. MFU = FLOPs/token (6 x matmul params incl. the LM head +
 causal attention) x tokens/s / this machine's matmul peak for that dtype, measured in the same
 worker process right before training. Ratios are printed side by side; nothing here is a test.
@@ -84,7 +85,7 @@ def worker_ours(args) -> dict:
             "model": {"preset": "tiny", "overrides": dict(MODEL)},
             "train": {"batch_size": BATCH, "max_steps": total, "lr": LR, "min_lr": LR, "warmup_steps": 0,
                       "schedule": "constant", "weight_decay": 0.1, "grad_clip": 1.0, "dtype": args.dtype,
-                      "compile": args.compile, "seed": 0},
+                      "compile": args.worker == "ours_compile", "seed": 0},
             "eval": {"eval_interval": 0}, "sample": {"sample_interval": 0},
             "checkpoint": {"save_interval": 0, "keep_last": 1},
             "log": {"log_interval": 1, "tensorboard": False, "peak_tflops": 0},
@@ -141,7 +142,7 @@ def worker_hf(args) -> dict:
 
 def run_worker(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--dtype", args.dtype, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+           "--warmup", str(args.warmup), "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -155,14 +156,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per side (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: all cores)")
-    p.add_argument("--compile", action="store_true", help="our loop with train.compile=true")
-    p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip our loop with train.compile=true (its compile takes 1-2 minutes on 2 cores)")
+    p.add_argument("--worker", choices=["ours", "ours_compile", "hf"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        res = (worker_ours if args.worker == "ours" else worker_hf)(args)
+        res = (worker_hf if args.worker == "hf" else worker_ours)(args)
         res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
@@ -175,20 +177,24 @@ def main() -> None:
     n_params = matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size + (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
     print(f"model: {n_params:,} params · "
           f"{fpt / 1e6:.1f} MFLOP/token · seq {SEQ} × batch {BATCH} · {args.threads} threads · "
-          f"{args.steps} timed steps after {args.warmup}" + (" · ours compiled" if args.compile else ""))
+          f"{args.steps} timed steps after {args.warmup}")
     dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
     print(f"{'dtype':6} {'side':18} {'tok/s':>9} {'step s':>8} {'peak GF/s':>10} {'MFU':>7} {'RSS MB':>8}")
+    sides = {"ours": "krllm loop", **({"ours_compile": "krllm loop+compile"} if args.compile else {}),
+             "hf": "HF Trainer"}
     for dt in dtypes:
         args.dtype = dt
-        res = {side: run_worker(side, args) for side in ("ours", "hf")}
+        res = {side: run_worker(side, args) for side in sides}
         peak = max(r["peak"] for r in res.values())  # best matmul rate seen on this machine in this run
         tps = {}
-        for side, name in (("ours", "krllm loop"), ("hf", "HF Trainer")):
+        for side, name in sides.items():
             r = res[side]
             tps[side] = BATCH * SEQ / r["step_s"]
             print(f"{dt:6} {name:18} {tps[side]:9,.0f} {r['step_s']:8.3f} {peak / 1e9:10.1f} "
-                  f"{100 * fpt * tps[side] / peak:6.1f}% {r['rss_mb']:8,.0f}")
-        print(f"{dt:6} {'ratio ours/HF':18} {tps['ours'] / tps['hf']:9.2f}x")
+                  f"{100 * fpt * tps[side] / peak:6.1f}% {r['rss_mb']:8,.0f}", flush=True)
+        for side, name in sides.items():
+            if side != "hf":
+                print(f"{dt:6} {'ratio ' + name.removeprefix('krllm ') + '/HF':18} {tps[side] / tps['hf']:9.2f}x")
 
 
 if __name__ == "__main__":

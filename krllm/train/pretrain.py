@@ -107,6 +107,9 @@ class Pretrainer:
         self.train_tokens = TokenShards(shards_dir, cfg.data.train_split)
         self.manifest = self.train_tokens.manifest
         self.tokenizer_dir = tokenizer_dir_of(self.manifest, shards_dir)
+        if self.tokenizer_dir is not None and not (self.tokenizer_dir / "tokenizer.json").is_file():
+            self._note(f"the shards' tokenizer {self.tokenizer_dir} is gone: no samples, and hf/ gets no tokenizer")
+            self.tokenizer_dir = None
         self.train_data = PackedWindows(self.train_tokens, cfg.data.seq_len, tc.seed, cfg.data.train_split)
         self.val_starts, self.val_tokens = self._val_subset(TokenShards, shards_dir)
 
@@ -120,7 +123,7 @@ class Pretrainer:
         self.raw = Llama.build(self.model_cfg, device=self.device)
 
         # ---- resume point (weights load before wrapping; optimizer state after)
-        self.step, self.tokens_seen, self.scaler_state = 0, 0, None
+        self.step, self.tokens_seen = 0, 0
         state = self._find_resume(resume)
         if state is not None:
             self._check_model_config(state)
@@ -319,11 +322,11 @@ class Pretrainer:
                 t0 = time.perf_counter()
                 if do_eval:
                     val_loss = self._evaluate()
-                if do_sample and self.tokenizer_dir is not None:
-                    self._sample()
                 if do_save:
                     self._save()
                     last_saved = self.step
+                if do_sample and self.tokenizer_dir is not None:
+                    self._sample()
                 paused += time.perf_counter() - t0
                 if stop and not last:
                     if self.main:
