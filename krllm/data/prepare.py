@@ -38,9 +38,9 @@ from krllm.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest
 from krllm.errors import KrllmError
 from krllm.runs import atomic_dir, hash_file
 
-# Imported into the forkserver once, so each worker starts without re-importing them.
-WORKER_PRELOAD = ["__main__", "numpy", "tokenizers", "krllm.data.steps", "krllm.data.readers",
-                  "krllm.data.finalize", "datatrove.pipeline.dedup.minhash", "datatrove.pipeline.dedup.exact_dedup"]
+# Imported into the forkserver once (steps, datatrove, numpy, tokenizers and datatrove's dependency
+# checks), so each worker forked from it starts warm.
+WORKER_PRELOAD = ["__main__", "krllm.data._forkserver_warmup"]
 
 
 @dataclass
