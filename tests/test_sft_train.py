@@ -282,8 +282,8 @@ def test_two_cpu_processes_split_the_data(tmp_path):
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "krllm", "sft", "-c", str(path)],
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "krllm", "sft", "-c", str(path)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("done:") == 1  # rank 0 reports
