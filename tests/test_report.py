@@ -100,7 +100,7 @@ def test_report_tables_hold_the_run(run_dir):
     assert "| pretrain | params | 4,950,272 |" in md
     assert "| NPC chat loss (held-out, assistant tokens) | 4 | 1.5 | -2.5 (better) |" in md
     assert "| validation loss (pretraining text, nats/token) | 3 | 3.25 | +0.25 (worse) |" in md
-    assert "| math exact match (held-out) | 0.0% (0/20) | 25.0% (5/20) | +25 pts (better) |" in md
+    assert "| math exact match (held-out) | 0.0% (0/20) | 25.0% (5/20) | +25.0 pts (better) |" in md
     assert "16 held-out examples from `builtin:npc` (2 dropped for appearing in training)" in md
     # first/last logged losses from metrics.jsonl ("eval" split of Trainer stages counts as validation)
     assert "| sft | 4.9 | 2 | 4.2 | 2.2 | 33 |" in md

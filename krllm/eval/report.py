@@ -95,7 +95,8 @@ def _metrics_table(ev: dict) -> list[str]:
             delta = vals[1] - vals[0]
             good = (delta < 0) if better == "lower" else (delta > 0)
             mark = "better" if good else ("same" if delta == 0 else "worse")
-            row += f" | {'+' if delta >= 0 else ''}{_num(100 * delta if key == 'accuracy' else delta, digits)}" \
+            shown = f"{100 * delta:.1f}" if key == "accuracy" else _num(delta, digits)
+            row += f" | {'+' if delta >= 0 else ''}{shown}" \
                    f"{' pts' if key == 'accuracy' else ''} ({mark}) |"
         else:
             row += " |"
@@ -156,8 +157,9 @@ def build_report(run_dir: str | Path) -> Path:
                   f"{_fmt_s(st.get('cpu_s'))} | "
                   f"{f'{rss:,.0f} MB' if rss else '—'} | {_num(summ.get('tokens'))} | "
                   f"{_num(summ.get('tokens_per_s'), 1)} | {'; '.join(notes)} |")
-    cpu = sum(states[s].get("cpu_s") or 0 for s in order if states[s].get("kind") != "report")
-    md += ["", f"Total stage wall time **{_fmt_s(total_wall)}** (CPU time {_fmt_s(cpu)}, summed over cores and "
+    cpus = [states[s].get("cpu_s") for s in order if states[s].get("kind") != "report"]
+    cpu = _fmt_s(sum(cpus)) if cpus and all(c is not None for c in cpus) else "not recorded"
+    md += ["", f"Total stage wall time **{_fmt_s(total_wall)}** (CPU time {cpu}, summed over cores and "
            f"worker processes); largest stage peak RSS **{peak:,.0f} MB** (each stage runs in its own process; "
            "peak RSS is the kernel's high-water mark of that process, or of its process tree sampled every 0.5 s).",
            ""]
