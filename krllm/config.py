@@ -71,6 +71,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    # Only explicit flow syntax makes a mapping/list; `?`, `!` or `a: b` stay the string typed.
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw
+    if isinstance(value, list) and not raw.lstrip().startswith("["):
+        value = raw
+    if value is None and raw.strip() not in ("null", "~", "Null", "NULL"):
+        value = raw
     # YAML reads `3e-4` as a string (no dot); users mean a number.
     if isinstance(value, str):
         try:

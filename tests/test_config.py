@@ -94,3 +94,14 @@ def test_resolved_config_roundtrips(tmp_path):
     data = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert data == {"name": "run", "train": {"lr": 1e-3, "steps": 7}, "model": {"hidden": 64, "heads": 4}}
     assert load_config(out, Cfg) == cfg
+
+
+def test_override_values_parse_like_yaml_scalars_but_keep_odd_strings():
+    from krllm.config import parse_override
+
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a={x: 1}") == (["a"], {"x": 1})
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=true") == (["a"], True)
+    for raw in ("?", "!", "k: v", "안녕하세요?"):
+        assert parse_override(f"a={raw}") == (["a"], raw)
