@@ -75,13 +75,26 @@ def read_texts(folder: Path) -> list[str]:
     return texts
 
 
-def bare_encode(tokenizer_json: Path, texts: list[str]) -> tuple[float, int, float]:
-    """(wall seconds, tokens, CPU seconds of this process incl. tokenizers' threads)."""
+def bare_encode(tokenizer_json: Path, texts: list[str], threads: bool = True) -> tuple[float, int, float]:
+    """(wall seconds, tokens, CPU seconds of this process incl. tokenizers' threads).
+
+    threads=False sets TOKENIZERS_PARALLELISM=false for the call: one thread, like a plain loop."""
     import resource
 
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
+    try:
+        return _bare_encode(Tokenizer.from_file(str(tokenizer_json)), texts, resource)
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _bare_encode(tok, texts, resource):
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     n = 0
@@ -171,44 +184,53 @@ def main() -> None:
     tok = tok_dir / "tokenizer.json"
 
     texts = read_texts(work / "big")
-    load_before = os.getloadavg()[0]
-    bare_s, bare_tokens, bare_cpu = bare_encode(tok, texts)
-    del texts
     mb = big_bytes / 1e6
-    print(f"bare tokenizers encode_batch_fast: {mb:.1f} MB in {bare_s:.1f}s = {mb / bare_s:.2f} MB/s "
-          f"({bare_tokens:,} tokens, {bare_cpu:.1f} CPU-s = {bare_cpu / bare_s:.2f} cores busy)", flush=True)
+    load_before = os.getloadavg()[0]
+    bare = {True: [], False: []}  # threads -> [(wall, cpu)], measured before and after our run
 
+    def measure_bare():
+        for threads in (True, False):
+            wall, n, cpu = bare_encode(tok, texts, threads)
+            bare[threads].append((wall, cpu))
+            print(f"bare tokenizers encode_batch_fast ({'default threads' if threads else '1 thread'}): "
+                  f"{mb / wall:.2f} MB/s ({cpu / wall:.2f} cores busy)", flush=True)
+        return n
+
+    bare_tokens = measure_bare()
     ours = run_prepare(work / "big", tok_dir, work / "out_big", args.workers)
-    texts = read_texts(work / "big")  # bare again: the machine may be shared, bracket our run
-    bare2_s, _, bare2_cpu = bare_encode(tok, texts)
-    del texts
-    load_after = os.getloadavg()[0]
-    print(f"bare again: {mb / bare2_s:.2f} MB/s", flush=True)
-    bare_s, bare_cpu = (bare_s + bare2_s) / 2, (bare_cpu + bare2_cpu) / 2
     m = ours["manifest"]
-    ours_tokens = sum(s["tokens"] for s in m["splits"].values()) - m["documents"]["kept"]  # minus eos
     print(f"krllm data prepare ({args.workers} workers): {mb:.1f} MB in {ours['seconds']:.1f}s = "
           f"{mb / ours['seconds']:.2f} MB/s; kept {m['documents']['kept']:,}/{m['documents']['read']:,} documents, "
           f"removed {m['removed']}", flush=True)
+    measure_bare()
+    del texts
+    load_after = os.getloadavg()[0]
+    ours_tokens = sum(s["tokens"] for s in m["splits"].values()) - m["documents"]["kept"]  # minus eos
 
     small = peak_rss_of_run(work / "small", tok_dir, work / "out_small", args.workers)
     big = peak_rss_of_run(work / "big", tok_dir, work / "out_big2", args.workers)
 
-    ratio = (mb / ours["seconds"]) / (mb / bare_s)
+    def mean(xs):
+        return sum(xs) / len(xs)
+
     print()
     print("| measure | value |")
     print("|---|---|")
     print(f"| corpus | {mb:.1f} MB of text, {m['documents']['read']:,} documents in {FILES} JSONL files |")
     print(f"| machine load (1-min average) before / after the timed runs | {load_before:.1f} / {load_after:.1f} "
           f"on {os.cpu_count()} cores |")
-    print(f"| bare `tokenizers` encode_batch_fast, 1 process (mean of the runs before and after) | "
-          f"{mb / bare_s:.2f} MB/s ({bare_s:.1f} s; {bare_cpu / bare_s:.2f} cores busy) |")
-    print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline | {mb / ours['seconds']:.2f} MB/s "
+    print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline | **{mb / ours['seconds']:.2f} MB/s** "
           f"({ours['seconds']:.1f} s) |")
-    print(f"| ratio prepare / bare encode (target >= 0.8) | **{ratio:.2f}x** |")
+    for threads, label in ((False, "1 thread (TOKENIZERS_PARALLELISM=false)"), (True, "default (Rust threads)")):
+        wall = mean([w for w, _ in bare[threads]])
+        cores = mean([c / w for w, c in bare[threads]])
+        print(f"| bare `tokenizers` encode_batch_fast, 1 process, {label}; mean of 2 runs | {mb / wall:.2f} MB/s "
+              f"({wall:.1f} s, {cores:.2f} cores busy) |")
+        print(f"| ratio prepare / bare {label.split(' (')[0]} (target >= 0.8) | **{wall / ours['seconds']:.2f}x** |")
+    bare_cpu = mean([c for _, c in bare[False]])
     print(f"| tokens: prepare (kept docs, without eos) / bare (all docs) | {ours_tokens:,} / {bare_tokens:,} |")
     print(f"| CPU seconds, whole process tree (sampled every 50 ms): prepare / bare encode | {big['cpu_s']:.1f} / "
-          f"{bare_cpu:.1f} ({big['cpu_s'] / bare_cpu:.2f}x the work) |")
+          f"{bare_cpu:.1f} (1 thread) = {big['cpu_s'] / bare_cpu:.2f}x the work |")
     print(f"| peak RSS, process tree, {small_bytes / 1e6:.0f} MB input | {small['peak_tree_mb']:.0f} MB "
           f"(largest process {small['peak_process_mb']:.0f} MB) |")
     print(f"| peak RSS, process tree, {mb:.0f} MB input | {big['peak_tree_mb']:.0f} MB "
