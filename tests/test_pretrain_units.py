@@ -239,3 +239,31 @@ def test_lowp_cpu_attention_matches_sdpa():
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
     assert not torch.allclose(causal_attention_lowp(q, k, v)[:, :, :-1], F.scaled_dot_product_attention(
         q, k, v, enable_gqa=True)[:, :, :-1], atol=1e-3)  # it is causal: differs from full attention
+
+
+# ---------------------------------------------------------------- oneDNN fp32 linears
+
+def test_onednn_linears_match_f_linear_in_value_and_gradient():
+    from krllm.model.config import model_config_from
+    from krllm.model.llama import Llama
+    from krllm.train.cpu_kernels import onednn_available, use_onednn_linears
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    cfg = model_config_from("tiny", ["num_hidden_layers=2", "tie_word_embeddings=false"], vocab_size=300)
+    torch.manual_seed(0)
+    ref = Llama.build(cfg)
+    ours = Llama.build(cfg)
+    ours.load_state_dict(ref.state_dict())
+    assert use_onednn_linears(ours) == 2 * 7 + 1  # q k v o gate up down per block + lm_head
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randint(0, 300, (2, 17))
+    (lr, a), (lo, b) = ref(x[:, :-1], targets=x[:, 1:]), ours(x[:, :-1], targets=x[:, 1:])
+    torch.testing.assert_close(lo, lr, atol=1e-5, rtol=1e-5)
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # under bf16 autocast the layers defer to F.linear, so autocast still casts
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x)[0].dtype == torch.bfloat16

@@ -36,6 +36,7 @@ from krllm.runs import write_lineage
 from krllm.train import checkpoint as ckpt
 from krllm.train import distributed as D
 from krllm.train.batches import PackedWindows, fixed_windows, load_windows
+from krllm.train.cpu_kernels import onednn_available, use_onednn_linears
 from krllm.train.flops import flops_per_token, measure_matmul_peak
 from krllm.train.pretrain_config import PretrainConfig
 from krllm.train.schedule import lr_at
@@ -128,6 +129,9 @@ class Pretrainer:
         if state is not None:
             self._check_model_config(state)
             self.raw.load_state_dict(state["model"], strict=True)
+        self.onednn = 0
+        if self.device.type == "cpu" and onednn_available():
+            self.onednn = use_onednn_linears(self.raw)  # fp32 GEMMs ~2x faster than MKL's on AMD
         if tc.grad_checkpointing:
             enable_grad_checkpointing(self.raw)
         self.model = D.wrap(self.raw, cfg.run.distributed, self.dist, self.device)
@@ -236,7 +240,8 @@ class Pretrainer:
         n = self.raw.num_parameters()
         p = self.console.print
         p(f"[bold]krllm pretrain[/] {self.run_dir} — {how}")
-        p(f"device {self.device} · dtype {dname[self.dtype]}{why} · {world} · {torch.get_num_threads()} threads")
+        kern = " · fp32 matmuls on oneDNN" if self.onednn and self.dtype == torch.float32 else ""
+        p(f"device {self.device} · dtype {dname[self.dtype]}{why} · {world} · {torch.get_num_threads()} threads{kern}")
         p(f"model {c.model.preset}: {n:,} parameters ({self.raw.num_parameters(True):,} without embeddings) · "
           f"L{m.num_hidden_layers} C{m.hidden_size} H{m.num_attention_heads}/{m.kv_heads} V{m.vocab_size} · "
           f"{self.flops_tok / 1e6:.1f} MFLOP/token")
