@@ -19,7 +19,6 @@ import numpy as np
 import yaml
 from datatrove.pipeline.base import PipelineStep
 
-from krllm.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION  # noqa: F401 (re-exported)
 from krllm.data.textclean import SPLITS
 from krllm.errors import DataError
 from krllm.runs import write_json
