@@ -1,6 +1,7 @@
 """SFT throughput: `krllm sft` vs a plain TRL SFTTrainer + PEFT LoRA with TRL's defaults, side by side.
 
-    python benchmarks/sft_throughput.py                       # ~6-8 min on 2 quiet cores
+    python benchmarks/sft_throughput.py                       # ~20 min on 2 quiet cores
+    python benchmarks/sft_throughput.py --examples 32 --threads 1   # what docs/finetuning.md reports
     python benchmarks/sft_throughput.py --examples 48 --repeats 1 --threads 1 --no-variants
 
 Same model (the ≈31M config: vocab 16k tied, 512 wide, 8 layers, random weights), same chat data
@@ -13,8 +14,9 @@ busy machine slows both alike; the median of --repeats is reported.
   autocast dtype auto), loss on assistant tokens.
 - TRL: `SFTConfig` defaults (random batches padded to the longest, gradient checkpointing on,
   bf16 on, full-sequence loss) — what a user gets from the TRL quick start.
-- variants (unless --no-variants): ours with `batching: packed` and `random`, and TRL with
-  `packing=True` (bfd, padding-free), to show why `auto` picks length_grouped on CPU.
+- variants (unless --no-variants): ours with gradient checkpointing (the memory/speed trade-off),
+  with `batching: packed` and `random`, and TRL with `packing=True` (bfd, padding-free), to show
+  why `auto` picks length_grouped on CPU.
 
 Real tokens/s = non-pad tokens of the epoch / `trainer.train()` runtime (data preparation excluded
 for both). The cross-document check runs one real packed batch of the 31M model and compares each
@@ -97,18 +99,19 @@ def child(kind: str, model_dir: str, data: str, out: str, threads: int) -> dict:
         from krllm.train.sft import run_sft
         from krllm.train.sft_config import SFTRunConfig
 
-        batching = kind.split(":")[1] if ":" in kind else "auto"
+        variant = kind.split(":")[1] if ":" in kind else "auto"
+        batching = "auto" if variant == "gc" else variant
         cfg = validate({
             "name": "bench", "runs_dir": out, "base_model": model_dir, "merge": False,
             "data": {"train": data, "eval_fraction": 0, "max_length": MAX_LEN},
             "peft": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": LORA["lora_dropout"],
                      "target_modules": LORA["target_modules"]},
             "train": {"batch_size": BATCH, "epochs": 1, "batching": batching, "logging_steps": 1000,
-                      "save_steps": 100000},
+                      "save_steps": 100000, "gradient_checkpointing": variant == "gc"},
             "samples": {"n": 0}, "tracking": {"tensorboard": False}}, SFTRunConfig)
         s = run_sft(cfg)
         res = {"runtime": s["train_runtime_s"], "tokens": s["data"]["tokens"], "steps": s["steps"],
-               "batching": s["batching"], "dtype": s["dtype"]}
+               "batching": s["batching"] + (" + grad ckpt" if variant == "gc" else ""), "dtype": s["dtype"]}
     else:
         import datasets
         from peft import LoraConfig
@@ -196,7 +199,7 @@ def main() -> None:
                 print(f"  {kind:<5} run {i + 1}: {results[kind][-1]['tok_per_s']:,.0f} real tok/s "
                       f"({time.time() - t:.0f}s wall)", flush=True)
         if not args.no_variants:
-            for kind in ("ours:packed", "ours:random", "trl:packing"):
+            for kind in ("ours:gc", "ours:packed", "ours:random", "trl:packing"):
                 results[kind] = [run_child(kind, model_dir, data, args.threads)]
                 print(f"  {kind:<12}: {results[kind][-1]['tok_per_s']:,.0f} real tok/s", flush=True)
         worst = cross_document_check(model_dir, data)

@@ -7,9 +7,10 @@ Why here and not in TRL: TRL has no classification trainer; transformers' Traine
 (task_type SEQ_CLS) adapts the backbone and trains the new `score` head fully (saved in the adapter).
 For a Llama the class is read from the last non-pad token, so every text ends with EOS.
 
-Run directory (`runs/<name>/`): config.yaml, lineage.json, metrics.jsonl, tb/, checkpoints/,
-adapter/ (PEFT + tokenizer + labels.json), eval.json (accuracy, macro-F1, per-class P/R/F1,
-confusion matrix, majority-class baseline), predictions.jsonl (held-out texts with label and prediction).
+One process only (refused under torchrun / accelerate launch). Run directory (`runs/<name>/`):
+config.yaml, lineage.json, metrics.jsonl, tb/, checkpoints/, adapter/ (PEFT + tokenizer +
+labels.json; hf/ for full), eval.json (accuracy, macro-F1, per-class P/R/F1, confusion matrix,
+majority-class baseline), predictions.jsonl (held-out texts with label and prediction).
 """
 
 from __future__ import annotations
@@ -156,6 +157,11 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
     from krllm.train.sft import peft_config_for, with_length_sampling
     from krllm.train.sft_outputs import CHECKPOINTS, prepare_run_dir, save_final
 
+    from krllm.train.sft_outputs import world_size
+
+    if world_size() > 1:
+        raise KrllmError("classify-train runs in one process (a classification head on a small base trains in "
+                         "minutes); start it without torchrun / accelerate launch")
     t0 = time.time()
     run_dir = Path(cfg.runs_dir) / cfg.name
     resume_from = prepare_run_dir(run_dir, resume, overwrite)

@@ -234,9 +234,9 @@ def make_trainer(cfg: SFTRunConfig, p: Prepared, run_dir: Path, counter: B.Token
     cols = ["input_ids", "labels", "length"]
     train_ds = datasets.Dataset.from_list(p.train_rows).select_columns(cols)
     eval_ds = datasets.Dataset.from_list(p.eval_rows).select_columns(cols) if has_eval else None
-    trainer = _sft_trainer_class(SFTTrainer)(model=p.model, args=args, data_collator=collator, train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=p.tokenizer, peft_config=peft_config,
-                         callbacks=callbacks)
+    trainer = _sft_trainer_class(SFTTrainer)(
+        model=p.model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=p.tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.krllm_batching, trainer.krllm_counter = p.mode, counter
     trainer.remove_callback(PrinterCallback)  # our KrllmLogCallback prints
     return trainer
@@ -263,7 +263,7 @@ def with_length_sampling(base):
     evaluation batches are sorted by length (less padding, same loss), and whose evaluation batches are
     not counted as training throughput."""
 
-    class KrllmSFTTrainer(base):
+    class LengthAware(base):
         krllm_batching: str | None = None
         krllm_counter: B.TokenCounter | None = None
 
@@ -296,7 +296,7 @@ def with_length_sampling(base):
                 return sorted(range(len(lengths)), key=lambda i: -lengths[i])
             return super()._get_eval_sampler(eval_dataset)
 
-    return KrllmSFTTrainer
+    return LengthAware
 
 
 def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:

@@ -42,7 +42,8 @@ class PeftSection(StrictModel):
     method: Literal["lora", "dora", "qlora", "full"] = "lora"
     r: int = Field(16, gt=0, description="adapter rank")
     alpha: float = Field(32.0, gt=0, description="adapter scale numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input; 0 = off (on CPU, "
+                           "0.05 costs ~20% more memory and some speed; it can help small data sets)")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]) or all-linear (every Linear "
         "except the output head)")
@@ -65,8 +66,8 @@ class TrainSection(StrictModel):
     batching: Literal["auto", "length_grouped", "packed", "padding_free", "random"] = Field(
         "auto", description="auto = padding_free on CUDA with flash-attn, else length_grouped (measured fastest on "
         "CPU); packed = per-row packing with block-diagonal attention; random = plain padded batches")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, ~25% "
-                                         "slower)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: about half the "
+                                         "peak memory for ~20% more time (measured, 31M model on CPU)")
     eval_steps: int = Field(50, gt=0, description="validate every N optimizer steps")
     save_steps: int = Field(100, gt=0, description="write a resumable checkpoint every N steps")
     save_total_limit: int = Field(2, gt=0, description="checkpoints kept on disk (oldest deleted)")
