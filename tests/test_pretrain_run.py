@@ -12,6 +12,7 @@ import torch
 from krllm.cli import main
 from krllm.tracking import read_metrics
 from krllm.train import checkpoint as ckpt
+from krllm.train.schedule import lr_at
 from pretrain_tiny import make_shards, tiny_config, train_losses
 
 # The real entry point, 3 steps of the tiny config (seed 1234, fp32, CPU). Pinned from a run; any
@@ -51,6 +52,8 @@ def test_golden_losses_and_run_directory(shards, tmp_path, capsys):
     assert list((run / "tb").iterdir()), "no TensorBoard event file"
     lineage = json.loads((run / "lineage.json").read_text())
     assert lineage["inputs"]["data"]["path"].endswith("manifest.json") and lineage["inputs"]["tokenizer"]["sha256"]
+    lrs = [r["lr"] for r in read_metrics(run) if r["split"] == "train"]
+    assert lrs == pytest.approx([lr_at(s, lr=3e-3, min_lr=3e-4, warmup=2, total=3) for s in range(3)])
     last = [r for r in read_metrics(run) if r["split"] == "train"][-1]
     assert last["tokens"] == 3 * 4 * 32 and last["lr"] > 0 and last["grad_norm"] > 0 and 0 < last["mfu"]
     state = json.loads((run / "checkpoints" / "step_3" / "trainer_state.json").read_text())
@@ -155,6 +158,13 @@ def test_corrupt_checkpoint_is_skipped_and_resume_is_exact(shards, tmp_path, cap
     out = capsys.readouterr().out
     assert "skipping checkpoint step_4" in out and "sha256" in out and "resumed from step_2" in out
     assert train_losses(run) == before  # steps 3-4 redone from step_2: identical
+
+
+def test_max_tokens_sets_the_number_of_steps(shards, tmp_path):
+    cfg = tiny_config(tmp_path / "c.yaml", shards, tmp_path / "runs", name="tok",
+                      train={"max_steps": None, "max_tokens": 300})  # 128 tokens/step -> ceil(300/128) = 3
+    assert _run("-c", str(cfg)) == 0
+    assert sorted(train_losses(tmp_path / "runs" / "tok")) == [1, 2, 3]
 
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(shards, tmp_path, capsys):
