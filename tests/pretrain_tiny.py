@@ -84,7 +84,8 @@ def tiny_config(path: Path, shards: Path, run_dir: Path, name: str = "run", **se
         "sample": {"sample_interval": 0, "prompts": ["대한민국은"], "max_new_tokens": 4},
         "checkpoint": {"save_interval": 0, "keep_last": 10},
         "log": {"log_interval": 1, "tensorboard": False, "peak_tflops": 1.0},
-        "run": {"name": name, "out_dir": str(run_dir), "device": "cpu"},
+        # one thread: same arithmetic in-process and in subprocesses, and no stalls on a busy machine
+        "run": {"name": name, "out_dir": str(run_dir), "device": "cpu", "threads": 1},
     }
     for section, values in sections.items():
         cfg[section].update(values)

@@ -94,6 +94,9 @@ class Pretrainer:
         from krllm.model.llama import Llama
 
         self.cfg, tc = cfg, cfg.train
+        self._threads_before = torch.get_num_threads()
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         self.console = console or Console(highlight=False, soft_wrap=True)
         device = pick_device(cfg.run.device)
         self.dist = D.init_distributed(device)
@@ -528,6 +531,7 @@ class Pretrainer:
 
     def close(self) -> None:
         D.shutdown(self.dist)
+        torch.set_num_threads(self._threads_before)  # run.threads is for this run only
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, console=None) -> dict:

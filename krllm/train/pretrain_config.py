@@ -93,6 +93,8 @@ class RunSection(StrictModel):
     out_dir: Path = Path("runs")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun (FSDP2 = fully_shard)")
+    threads: int | None = Field(None, ge=1, description="CPU threads per process; null = PyTorch's default "
+                                "(all cores; OMP_NUM_THREADS). Fewer can be much faster on a busy machine")
 
     @property
     def dir(self) -> Path:
