@@ -88,7 +88,8 @@ def test_finish_labels_appends_eot_when_the_conversation_lacks_it():
 
 def test_loss_on_all_and_plain_text(tok):
     ids, labels = D.tokenize_chat(tok, CONVO, loss_on="all")
-    assert labels == ids and ids[-1] in D.stop_ids(tok)
+    assert labels == ids and ids == tok.apply_chat_template(CONVO)["input_ids"]  # nothing appended: ChatML ends
+    assert ids.count(D.turn_end_id(tok)) == len(CONVO)  # every turn with its <|im_end|>
     ids, labels = D.tokenize_text(tok, "대한민국은 민주공화국이다.")
     assert labels == ids and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[:-1]) == "대한민국은 민주공화국이다."

@@ -125,10 +125,9 @@ def finish_labels(ids: list[int], mask: list[int], eot: int) -> tuple[list[int],
 
 def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "assistant") -> tuple[list[int], list[int]]:
     eot = turn_end_id(tokenizer)
-    if loss_on == "all":
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        ids = list(ids)
-        if ids[-1] != eot and ids[-1] != tokenizer.eos_token_id:
+    if loss_on == "all":  # every token, including the template's own end-of-turn tokens
+        ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        if eot not in ids:  # a template that never ends turns: end the conversation ourselves
             ids.append(eot)
         return ids, list(ids)
     if has_generation_markers(tokenizer.chat_template):
