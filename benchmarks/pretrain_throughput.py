@@ -160,7 +160,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every side this many times, alternating, and keep each side's best (shared machines)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: all cores)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads per side (default: all cores)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip our loop with train.compile=true (its compile takes 1-2 minutes on 2 cores)")
     p.add_argument("--worker", choices=["ours", "ours_compile", "hf"], help=argparse.SUPPRESS)

@@ -47,7 +47,8 @@ def test_golden_losses_and_run_directory(shards, tmp_path, capsys):
         assert f"step {s}/3 | loss {losses[s]:.4f}" in out
     assert "tok/s" in out and "MFU" in out and "ETA" in out
     # run directory layout
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "lineage.json", "metrics.jsonl", "tb", "checkpoints", "hf"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "lineage.json", "metrics.jsonl", "tb", "checkpoints",
+                                               "hf"}
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_3"]
     assert list((run / "tb").iterdir()), "no TensorBoard event file"
     lineage = json.loads((run / "lineage.json").read_text())

@@ -288,7 +288,7 @@ class Pretrainer:
     def _loop(self) -> dict:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        cfg, tc = self.cfg, self.cfg.train
+        cfg = self.cfg
         self.model.train()
         val_loss = None
         if self.step == 0 and self.val_starts is not None and cfg.eval.eval_interval:
@@ -317,7 +317,8 @@ class Pretrainer:
                 do_eval = self.val_starts is not None and (
                     (cfg.eval.eval_interval and self.step % cfg.eval.eval_interval == 0) or last)
                 do_sample = (cfg.sample.sample_interval and self.step % cfg.sample.sample_interval == 0) or last
-                do_save = (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0) or last or stop
+                every_save = cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0
+                do_save = every_save or last or stop
                 # metrics are complete up to every checkpoint, so a resumed run's metrics.jsonl has every step
                 do_log = self.step % cfg.log.log_interval == 0 or do_save
                 if do_log or do_eval or do_save or do_sample:
@@ -411,8 +412,8 @@ class Pretrainer:
         eta = step_time * (self.total - self.step)
         if not self.main:
             return
-        for (step, _, gn), l in zip(pending[:-1], losses[:-1].tolist()):
-            self.logger.log(step, "train", loss=l)  # every step's loss is kept (intervals > 1)
+        for (step, _, _), step_loss in zip(pending[:-1], losses[:-1].tolist()):
+            self.logger.log(step, "train", loss=step_loss)  # every step's loss is kept (intervals > 1)
         self.logger.log(self.step, "train", loss=float(losses[-1]), loss_avg=loss, lr=self._lr, grad_norm=gnorm,
                         tokens=self.tokens_seen, tok_per_s=tok_s, mfu=mfu, step_time=step_time)
         progress.console.print(
