@@ -136,7 +136,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|H_kv, T, D) views
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, S, D)
-        if cache is None and mask is None and T > 1 and q.device.type == "cpu" and q.dtype != torch.float32:
+        if (cache is None and mask is None and T > 1 and q.device.type == "cpu" and q.dtype != torch.float32
+                and torch.is_autocast_enabled("cpu")):  # training under autocast, as measured
             y = causal_attention_lowp(q, k, v)  # (B, H, T, D)
         else:
             y = F.scaled_dot_product_attention(
