@@ -41,16 +41,24 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if final.exists() and not overwrite:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"{final} already exists")
+    replace_dir(tmp, final)
+
+
+def replace_dir(build: Path, final: Path) -> None:
+    """Swap a finished `build` directory into place at `final`, replacing any previous one.
+
+    The old directory is first renamed aside, so at no moment does `final` hold a mix of both.
+    """
     if final.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{final} already exists")
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
-        os.replace(tmp, final)
+        os.replace(build, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        os.replace(build, final)
 
 
 def hash_file(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:

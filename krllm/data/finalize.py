@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from krllm.data.textclean import SPLITS
 from krllm.errors import DataError
-from krllm.runs import write_json
+from krllm.runs import replace_dir, write_json
 
 # removal reasons in pipeline order, with how the summary names them
 REMOVAL_LABELS = {
@@ -48,14 +47,8 @@ def read_stage_counters(stats_dir: Path) -> dict[tuple[int, str], float]:
 
 
 def publish_dir(build: Path, final: Path) -> None:
-    """Swap a finished build directory into place (the same steps as krllm.runs.atomic_dir)."""
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(build, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(build, final)
+    """Swap a finished build directory into place (krllm.runs.replace_dir)."""
+    replace_dir(build, final)
 
 
 def _number_split_files(build: Path, split: str, itemsize: int) -> list[dict]:
