@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from krllm.config import atomic_write_text
 from krllm.errors import KrllmError
+from krllm.runs import replace_dir
 from krllm.train.sft_data import stop_ids
 
 CHECKPOINTS = "checkpoints"
@@ -57,14 +57,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
 # ---------------------------------------------------------------- final directories
 
 def publish_dir(staging: Path, final: Path) -> None:
-    """Rename a complete `staging` directory to `final`, replacing an old one (readers never see a mix)."""
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    """Rename a complete `staging` directory to `final`, replacing an old one (krllm.runs.replace_dir)."""
+    replace_dir(staging, final)
 
 
 def _top_level_rope_theta(config_json: Path) -> None:
