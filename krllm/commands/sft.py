@@ -29,17 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
 
 
-def _quiet_known_warnings() -> None:
-    """TRL 1.16 still sets `gradient_checkpointing`, which transformers 5 reports as deprecated on
-    every run; the message is about TRL's code, not the user's config."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
-
-
 def run(args: argparse.Namespace) -> int:
-    _quiet_known_warnings()
     from krllm.config import load_config
+    from krllm.train.hf_callbacks import quiet_known_warnings
+
+    quiet_known_warnings()
     from krllm.train.sft import run_sft
     from krllm.train.sft_config import SFTRunConfig
 

@@ -10,8 +10,15 @@ Rank 0 only (`state.is_world_process_zero`).
 from __future__ import annotations
 
 import time
+import warnings
 
 from transformers import TrainerCallback
+
+
+def quiet_known_warnings() -> None:
+    """TRL 1.16 still sets `gradient_checkpointing`, which transformers 5 reports as deprecated on
+    every run; the message is about TRL's code, not the user's config."""
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 from krllm.tracking import MetricsLogger
 
