@@ -223,3 +223,37 @@ def test_compact_loss_equals_trl_loss_and_gradients(tmp_path, mode):
     assert results[True][1].keys() == results[False][1].keys() and results[True][1]
     for n in results[True][1]:
         torch.testing.assert_close(results[True][1][n], results[False][1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_compact_loss_keeps_mixed_precision(tmp_path):
+    """accelerate applies bf16 autocast by wrapping the model's forward; the compact path calls the
+    backbone directly and must enter it too (a regression here silently ran the matmuls in fp32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from krllm.config import validate
+    from krllm.data.records import load_examples
+    from krllm.train import sft
+    from krllm.train.sft_config import SFTRunConfig
+    from krllm.train.sft_data import tokenize_records
+
+    tok_dir, model_dir = tiny_base()
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    rows, _ = tokenize_records(load_examples("builtin:npc", "sft", n=4), tok, 1024)
+    cfg = validate({"base_model": str(model_dir), "train": {"batch_size": 4, "dtype": "bf16"},
+                    "data": {"eval_fraction": 0}}, SFTRunConfig)
+    prep = sft.Prepared(torch.device("cpu"), torch.bfloat16, "length_grouped", tok,
+                        AutoModelForCausalLM.from_pretrained(model_dir), [], [], rows, [], None)
+    trainer = sft.make_trainer(cfg, prep, tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    seen = []
+    layer = trainer.model.get_base_model().model.layers[0].mlp.down_proj
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    with one_thread():
+        compact = trainer.compute_loss(trainer.model, dict(batch)).item()  # no outer autocast: it enters its own
+        assert seen == [torch.bfloat16]
+        trainer.krllm_compact_loss = False
+        with trainer.accelerator.autocast():  # what accelerate's forward wrapper does for TRL's path in train()
+            reference = trainer.compute_loss(trainer.model, dict(batch)).item()
+    handle.remove()
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert compact == pytest.approx(reference, rel=1e-3)

@@ -53,13 +53,16 @@ def compact_nll(trainer, model, inputs: dict, num_items_in_batch=None) -> torch.
     backbone = getattr(causal, causal.base_model_prefix)
     fwd = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
     fwd["use_cache"] = False
-    hidden = backbone(**fwd).last_hidden_state[:, :-1]  # (B, T-1, C): position t predicts t+1
-    labels = inputs["labels"][:, 1:]
-    mask = labels != -100  # (B, T-1)
-    head = causal.get_output_embeddings()
-    log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
-        hidden[mask], head.weight, head.bias, labels[mask], 1.0, CHUNK, None, 1.0,
-        ("log_probs", "entropy", "is_top1"))  # each (N,) over the N learned positions
+    # accelerate applies mixed precision by wrapping the top model's forward; the backbone is called
+    # directly here, so enter the same autocast explicitly (else its matmuls silently run in fp32)
+    with trainer.accelerator.autocast():
+        hidden = backbone(**fwd).last_hidden_state[:, :-1]  # (B, T-1, C): position t predicts t+1
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100  # (B, T-1)
+        head = causal.get_output_embeddings()
+        log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
+            hidden[mask], head.weight, head.bias, labels[mask], 1.0, CHUNK, None, 1.0,
+            ("log_probs", "entropy", "is_top1"))  # each (N,) over the N learned positions
     n = mask.sum() if num_items_in_batch is None else num_items_in_batch
     loss = -log_probs.sum() / torch.as_tensor(n).clamp(min=1)
     if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
