@@ -1,6 +1,6 @@
 """SFT throughput: `krllm sft` vs a plain TRL SFTTrainer + PEFT LoRA with TRL's defaults, side by side.
 
-    python benchmarks/sft_throughput.py                       # 3 rounds x 6 runs, ~25 min on 2 cores
+    python benchmarks/sft_throughput.py                       # 3 rounds x 7 runs, ~25 min on 2 cores
     python benchmarks/sft_throughput.py --repeats 1 --no-variants   # ours vs TRL only, ~4 min
 
 Same model (the ≈31M config: vocab 16k tied, 512 wide, 8 layers, random weights), same chat data
@@ -13,9 +13,10 @@ in rotated order, so a busy machine slows all alike; medians of --repeats rounds
   autocast dtype auto), loss on assistant tokens.
 - TRL: `SFTConfig` defaults (random batches padded to the longest, gradient checkpointing on,
   bf16 on, full-sequence loss) — what a user gets from the TRL quick start.
-- variants (unless --no-variants): ours with gradient checkpointing (the memory/speed trade-off),
-  with `batching: packed` and `random`, and TRL with `packing=True` (bfd, padding-free), to show
-  why `auto` picks length_grouped on CPU.
+- variants (unless --no-variants): ours with the loss on every token like TRL's default
+  (`ours:all`: the output head then scores every real position), with gradient checkpointing (the
+  memory/speed trade-off), with `batching: packed` and `random`, and TRL with `packing=True` (bfd,
+  padding-free), to show why `auto` picks length_grouped on CPU.
 
 Real tokens/s = non-pad tokens of the epoch / `trainer.train()` time (data preparation excluded for
 both), per CPU-second (robust to other load on a shared machine; the headline) and per wall
@@ -43,6 +44,7 @@ BENCH_31M = dict(vocab_size=16000, hidden_size=512, intermediate_size=1408, num_
                  tie_word_embeddings=True)
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 BATCH, MAX_LEN = 8, 1024
+VARIANTS = ["ours:all", "ours:gc", "ours:packed", "ours:random", "trl:packing"]
 
 
 # ---------------------------------------------------------------- set-up (parent)
@@ -121,10 +123,11 @@ def child(kind: str, model_dir: str, data: str, out: str, threads: int) -> dict:
         from krllm.train.sft_config import SFTRunConfig
 
         variant = kind.split(":")[1] if ":" in kind else "auto"
-        batching = "auto" if variant == "gc" else variant
+        batching = "auto" if variant in ("gc", "all") else variant
         cfg = validate({
             "name": "bench", "runs_dir": out, "base_model": model_dir, "merge": False,
-            "data": {"train": data, "eval_fraction": 0, "max_length": MAX_LEN},
+            "data": {"train": data, "eval_fraction": 0, "max_length": MAX_LEN,
+                     "loss_on": "all" if variant == "all" else "assistant"},
             "peft": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": LORA["lora_dropout"],
                      "target_modules": LORA["target_modules"]},
             "train": {"batch_size": BATCH, "epochs": 1, "batching": batching, "logging_steps": 1000,
@@ -132,7 +135,8 @@ def child(kind: str, model_dir: str, data: str, out: str, threads: int) -> dict:
             "samples": {"n": 0}, "tracking": {"tensorboard": False}}, SFTRunConfig)
         s = run_sft(cfg)
         res = {"runtime": s["train_runtime_s"], "tokens": s["data"]["tokens"], "steps": s["steps"],
-               "batching": s["batching"] + (" + grad ckpt" if variant == "gc" else ""), "dtype": s["dtype"]}
+               "batching": s["batching"] + {"gc": " + grad ckpt", "all": ", loss on all"}.get(variant, ""),
+               "dtype": s["dtype"]}
     else:
         import datasets
         from peft import LoraConfig
@@ -210,10 +214,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: CPU time then "
                     "measures work; 2 threads on 2 shared cores spin and swing wildly)")
     ap.add_argument("--no-variants", action="store_true", help="skip packed/random/TRL-packing variants")
+    ap.add_argument("--kinds", default="", help=f"comma-separated variants to run besides ours and trl, from "
+                    f"{','.join(VARIANTS)} (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} (runs rotate, so load hits all alike)")
-    kinds = ["ours", "trl"] + ([] if args.no_variants else ["ours:gc", "ours:packed", "ours:random", "trl:packing"])
+    kinds = ["ours", "trl"] + ([] if args.no_variants else VARIANTS)
+    if args.kinds:
+        kinds = ["ours", "trl"] + [k for k in args.kinds.split(",") if k not in ("ours", "trl")]
     with tempfile.TemporaryDirectory() as root:
         model_dir, data = build_inputs(Path(root), args.examples, args.seed)
         results: dict[str, list[dict]] = {k: [] for k in kinds}
