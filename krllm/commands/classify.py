@@ -10,10 +10,17 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from krllm.commands.sft import key_help
+    from krllm.train.classify import ClassifyRunConfig
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("Data: JSONL lines {\"text\": ..., \"label\": ...} or builtin:sentiment (generated Korean reviews).\n"
                 "Outputs in <runs_dir>/<name>/: eval.json (accuracy, macro-F1, per class, confusion matrix,\n"
-                "majority baseline), predictions.jsonl, adapter/ (PEFT, with the trained head), metrics.jsonl, tb/.")
+                "majority baseline), predictions.jsonl, adapter/ (PEFT, with the trained head), metrics.jsonl, tb/.\n\n"
+                "Settings people change most (--set KEY=VALUE; defaults in parentheses):\n"
+                + key_help(ClassifyRunConfig, ("base_model", "data.train", "data.n", "data.eval_fraction",
+                                               "data.labels", "peft.method", "peft.r", "train.lr", "train.epochs",
+                                               "train.batch_size")))
     p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/classify/sentiment_lora.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")

@@ -12,13 +12,40 @@ from __future__ import annotations
 import argparse
 
 
+KEYS = ("base_model", "data.train", "data.n", "data.loss_on", "data.max_length", "peft.method", "peft.r",
+        "peft.alpha", "peft.target_modules", "peft.num_layers", "train.lr", "train.epochs", "train.max_steps",
+        "train.batch_size", "train.grad_accum", "train.batching", "train.gradient_checkpointing",
+        "train.early_stopping_patience", "train.dtype")
+
+
+def key_help(schema, keys=KEYS) -> str:
+    """`key (default): description` lines for the settings people change most, read from the schema."""
+    lines = []
+    for key in keys:
+        *path, last = key.split(".")
+        model, section = schema, None  # section: the default instance of the enclosing section
+        for part in path:
+            f = model.model_fields[part]
+            section = f.default if section is None else getattr(section, part)
+            model = f.annotation
+        field = model.model_fields[last]
+        value = getattr(section, last) if section is not None else field.default
+        default = "required" if section is None and field.is_required() else repr(value)
+        lines.append(f"  {key} ({default}): {field.description or ''}")
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from krllm.train.sft_config import SFTRunConfig
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = (
         "Outputs go to <runs_dir>/<name>/: adapter/ (PEFT), merged/ (base+adapter) or hf/ (full), config.yaml,\n"
         "metrics.jsonl, tb/ (tensorboard --logdir runs/), samples.md (answers before/after), summary.json,\n"
         "checkpoints/ (resumable). Data: a JSONL file (chat {messages}, {instruction,input,output} or {text})\n"
-        "or builtin:npc / builtin:math / builtin:sentiment. See docs/finetuning.md."
+        "or builtin:npc / builtin:math / builtin:sentiment.\n\n"
+        "Settings people change most (--set KEY=VALUE; defaults in parentheses; all in docs/finetuning.md):\n"
+        + key_help(SFTRunConfig)
     )
     p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/sft/npc_lora.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

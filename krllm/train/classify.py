@@ -38,7 +38,8 @@ from krllm.train.sft_config import PeftSection, TrackingSection, TrainSection
 class ClassifyData(StrictModel):
     train: str = Field("builtin:sentiment", description="JSONL of {text, label} or builtin:sentiment")
     eval: str | None = Field(None, description="held-out JSONL; None = hold out eval_fraction of train")
-    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of train held out for accuracy/F1 "
+                                 "when eval is None")
     n: int | None = Field(None, gt=0, description="examples to use (builtin: how many to generate, default 1000)")
     seed: int = 0
     max_length: int = Field(256, gt=1, description="tokens per text (longer texts are cut)")

@@ -39,7 +39,8 @@ class DataSection(StrictModel):
 class PeftSection(StrictModel):
     """Which parameters train. LoRA/DoRA/QLoRA train small adapters; `full` trains every weight."""
 
-    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    method: Literal["lora", "dora", "qlora", "full"] = Field(
+        "lora", description="lora | dora (LoRA + magnitude) | qlora (4-bit base: CUDA + bitsandbytes) | full")
     r: int = Field(16, gt=0, description="adapter rank")
     alpha: float = Field(32.0, gt=0, description="adapter scale numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input; 0 = off (on CPU, "
@@ -55,7 +56,8 @@ class PeftSection(StrictModel):
 
 class TrainSection(StrictModel):
     lr: float = Field(2e-4, gt=0, description="peak learning rate (LoRA: 1e-4..1e-3; full: 1e-5..5e-5)")
-    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after warmup")
     warmup: float = Field(0.03, ge=0, description="warmup: a fraction of all steps if < 1, else a step count")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
