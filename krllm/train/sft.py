@@ -59,8 +59,9 @@ def split_records(cfg: SFTRunConfig, kind: str = "sft") -> tuple[list[dict], lis
     """(train, eval) records: a separate eval file, or a seeded hold-out of `eval_fraction`."""
     d = cfg.data
     train = load_examples(d.train, kind, n=d.n, seed=d.seed, system=d.system_prompt)
-    if d.eval:
-        return train, load_examples(d.eval, kind, seed=d.seed + 1, system=d.system_prompt)
+    if d.eval:  # a built-in eval set: fresh records (seed + 1), eval_fraction of the train size
+        n_eval = max(1, math.ceil(len(train) * (d.eval_fraction or 0.05))) if d.eval.startswith("builtin:") else None
+        return train, load_examples(d.eval, kind, n=n_eval, seed=d.seed + 1, system=d.system_prompt)
     if d.eval_fraction == 0 or len(train) < 2:
         return train, []
     order = list(range(len(train)))

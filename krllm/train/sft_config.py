@@ -22,7 +22,8 @@ class DataSection(StrictModel):
 
     train: str = Field("builtin:npc", description="JSONL path or builtin:npc / builtin:math[:ko|en|mixed] / "
                        "builtin:sentiment")
-    eval: str | None = Field(None, description="JSONL path for validation; None = hold out eval_fraction of train")
+    eval: str | None = Field(None, description="JSONL path (or builtin: spec, generated with seed + 1) for "
+                             "validation; None = hold out eval_fraction of train")
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of train held out when eval is None; "
                                  "0 = no validation")
     n: int | None = Field(None, gt=0, description="examples to use (builtin: how many to generate, default 1000; "
