@@ -49,6 +49,16 @@ def _figure():
     return plt, fig, ax
 
 
+
+def _save(plt, fig, out_png: str | Path) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
 def plot_loss(records: list[dict], out_png: str | Path, title: str) -> Path | None:
     """Train (+ smoothed) and val loss vs optimizer step; None when there is no loss to plot."""
     tx, ty = _series(records, "train", "loss")
@@ -67,12 +77,7 @@ def plot_loss(records: list[dict], out_png: str | Path, title: str) -> Path | No
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)
 
 
 def plot_lr(records: list[dict], out_png: str | Path, title: str) -> Path | None:
@@ -86,9 +91,4 @@ def plot_lr(records: list[dict], out_png: str | Path, title: str) -> Path | None
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_title(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)
