@@ -208,6 +208,8 @@ def test_streaming_client_disconnect_frees_its_slot(server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "길게 말해 줘"}], "max_tokens": 300,
             "temperature": 0, "ignore_eos": True, "stream": True}
     before = sched.stats()["tokens_generated"]
+    step = sched.engine.step
+    sched.engine.step = lambda: (time.sleep(0.005), step())[1]  # >= 5 ms a token: 300 tokens take > 1.5 s
     with httpx.Client(timeout=30) as c:
         with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
             assert r.status_code == 200
@@ -219,17 +221,25 @@ def test_streaming_client_disconnect_frees_its_slot(server):
     while sched.stats()["running"] or sched.stats()["waiting"]:
         assert time.time() < deadline, "the slot was not freed after the client left"
         time.sleep(0.05)
+    sched.engine.step = step
     assert sched.stats()["tokens_generated"] - before < 250  # stopped well before max_tokens
 
 
 def test_over_capacity_gets_429(model_dir):
     sched, bg = _serve(model_dir, limits={"max_concurrent": 1})
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True, "stream": True}
+    # Hold the engine so the first request is certainly still in progress when the second arrives.
+    release, step = threading.Event(), sched.engine.step
+    sched.engine.step = lambda *a, **k: (release.wait(30), step(*a, **k))[1]
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "ignore_eos": True, "stream": True}
     with bg as url, httpx.Client(timeout=30) as c:
         with c.stream("POST", url + "/v1/chat/completions", json=body) as first:
-            next(first.iter_lines())
+            lines = first.iter_lines()
+            next(lines)
             err = _error(c.post(url + "/v1/chat/completions", json=body), 429)
-            assert err["type"] == "rate_limit_error"
+            assert err["type"] == "rate_limit_error" and "limit 1" in err["message"]
+            release.set()
+            assert sum(1 for line in lines if line.startswith("data: {")) >= 2
+        assert c.post(url + "/v1/chat/completions", json={**body, "stream": False}).status_code == 200
     sched.close()
 
 
