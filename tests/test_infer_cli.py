@@ -21,7 +21,22 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm(model_dir):
-    return load_for_inference(model_dir, device="cpu")
+    return load_for_inference(model_dir, device="cpu", dtype="auto")  # what the commands load by default
+
+
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_it_natively(model_dir, lm):
+    import torch
+
+    from krllm.device import cpu_supports_bf16
+    from krllm.errors import KrllmError
+    from krllm.infer.loader import describe
+
+    want = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    assert next(lm.model.parameters()).dtype == want
+    assert "auto" in lm.info["dtype"] and "auto" in describe(lm, make_engine(lm))
+    assert next(load_for_inference(model_dir, device="cpu").model.parameters()).dtype == torch.float32  # as saved
+    with pytest.raises(KrllmError, match="unknown dtype 'fp8'"):
+        load_for_inference(model_dir, device="cpu", dtype="fp8")
 
 
 def test_text_stream_pieces_add_up_to_the_full_decode(lm):

@@ -40,7 +40,9 @@ class EngineConfig(StrictModel):
     max_seq_len: int = Field(0, ge=0, description="prompt + output tokens per sequence; 0 = the model's "
                                                   "max_position_embeddings")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")
-    dtype: str | None = Field(None, description="None = as saved; fp32, bf16 or fp16 to cast")
+    dtype: str | None = Field("auto", description="auto = bf16 where the device multiplies it natively (CUDA, "
+                                                  "CPUs with AVX-512 BF16 / AMX), else fp32; None = as saved; "
+                                                  "fp32, bf16 or fp16 to cast")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores). On a "
                                               "machine shared with other jobs, 1 is often much faster")
 

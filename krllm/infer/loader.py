@@ -87,11 +87,31 @@ def _eos_ids(model_dir: Path, cfg, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+def _inference_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """-> (dtype to cast to, a few words on why) for `--dtype` auto / fp32 / bf16 / fp16."""
+    from krllm.device import cpu_supports_bf16, pick_dtype
+
+    try:
+        target = pick_dtype(requested, device)
+    except ValueError as e:
+        raise KrllmError(str(e)) from None
+    if requested != "auto":
+        return target, "as requested"
+    if target == torch.bfloat16 and device.type == "cpu":
+        return target, "auto: this CPU multiplies bf16 natively; --dtype fp32 for full precision"
+    if device.type == "cpu" and not cpu_supports_bf16():
+        return target, "auto: this CPU has no native bf16"
+    return target, f"auto for {device.type}"
+
+
 def load_for_inference(path: str | Path, base: str | Path | None = None, device: str = "auto",
                        dtype: str | None = None, name: str | None = None) -> LoadedModel:
     """Load weights (merging an adapter if `path` is one) and the tokenizer; errors name the path.
 
-    dtype: None keeps the dtype the weights were saved in; fp32 / bf16 / fp16 cast them.
+    dtype: None keeps the dtype the weights were saved in; fp32 / bf16 / fp16 cast them; "auto"
+    picks what this device multiplies fastest (krllm.device.pick_dtype: bf16 on CUDA and on CPUs
+    with native bf16, where decoding reads half the bytes and runs ~2x faster; fp32 elsewhere).
+    The choice is recorded in `info["dtype"]` and shown by `describe`.
     """
     from transformers import AutoTokenizer
 
@@ -119,9 +139,9 @@ def load_for_inference(path: str | Path, base: str | Path | None = None, device:
         model = load_hf(model_dir, device=str(dev), dtype=None)
         info, tok_dir, cfg_dir = {}, model_dir, model_dir
     if dtype is not None:
-        from krllm.model.hf import _parse_dtype
-
-        model = model.to(_parse_dtype(dtype))
+        target, why = _inference_dtype(dtype, dev)
+        model = model.to(target)
+        info = {**info, "dtype": why}
     if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer_config.json").is_file():
         raise KrllmError(f"{tok_dir}: no tokenizer files (tokenizer.json); save the model with its tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -149,6 +169,7 @@ def describe(lm: LoadedModel, engine) -> str:
     n = sum(t.numel() for t in {id(t): t for t in lm.model.parameters()}.values())
     kv_mb = engine.runner.cache.nbytes() / 2**20
     extra = f" + adapter {lm.adapter}" if lm.adapter else ""
-    return (f"{lm.path}{extra}: {n / 1e6:.2f}M params, {str(p.dtype).removeprefix('torch.')} on {p.device}, "
+    why = f" ({lm.info['dtype']})" if lm.info.get("dtype") else ""
+    return (f"{lm.path}{extra}: {n / 1e6:.2f}M params, {str(p.dtype).removeprefix('torch.')}{why} on {p.device}, "
             f"{engine.max_batch} slot(s) x {engine.max_seq_len} tokens (KV cache {kv_mb:.0f} MiB), "
             f"stop ids {sorted(engine.eos_ids)}")
