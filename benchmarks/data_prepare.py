@@ -1,22 +1,29 @@
 """Benchmark `krllm data prepare` against a bare `tokenizers` batch-encode of the same text.
 
-    python benchmarks/data_prepare.py                # 50 MB corpus, 2 workers (~2-4 min on 2 cores)
-    python benchmarks/data_prepare.py --mb 20 --small-mb 5 --workers 2
+    python benchmarks/data_prepare.py                # 50 MB corpus, 2 workers, 3 rounds (~4-6 min on 2 cores)
+    python benchmarks/data_prepare.py --mb 20 --small-mb 5 --rounds 1
 
 What it does, in one run:
 1. builds a corpus from the built-in law text (builtin:ko-law): its sentences are shuffled and
    recombined into documents of 5-40 sentences (paragraphs of 2-8), so exact and near-duplicate
    removal keep almost all of it; written as 8 JSONL files (a 10 MB and a 50 MB corpus);
 2. trains the project tokenizer (configs/tokenizer/ko_bpe.yaml settings, vocab 4096) on builtin:ko-law;
-3. times a bare single-process `Tokenizer.encode_batch_fast` over the 50 MB of document texts
-   (already in memory, batches of 1000: the fastest plain way to tokenize this text), once before
-   and once after step 4, and uses the mean (the machine may be shared);
-4. times the whole `prepare()` (sources hashed, cleaned, filtered, exact + MinHash deduped,
-   split, tokenized, manifest) on the same corpus with `--workers` workers;
-5. runs `prepare()` on the 10 MB and the 50 MB corpus in fresh processes and samples the peak
-   resident memory (RSS) of the whole process tree (parent + forkserver + workers) every 50 ms.
+3. `--rounds` times, alternating which side goes first (the machine may be shared):
+   - the bare side: one process, `Tokenizer.from_file(tokenizer.json).encode_batch_fast` over the
+     document texts of the 50 MB corpus, already in memory, in batches of 1000 (the fastest plain way
+     to tokenize this text), with one thread (TOKENIZERS_PARALLELISM=false: the target's baseline)
+     and with tokenizers' default Rust threads; plus, for reference, one thread with the tokenizer's
+     NFC normalizer switched off (what `prepare` does on its already-NFC cleaned text);
+   - the whole `prepare()` (sources hashed, cleaned, filtered, exact + MinHash deduped, split,
+     tokenized, manifest) on the same corpus with `--workers` workers;
+   each round gives a paired ratio prepare MB/s / bare MB/s; the table shows the median of each;
+4. runs `prepare()` on the 10 MB and the 50 MB corpus in fresh processes and samples the peak
+   resident memory (RSS) and CPU time of the whole process tree (parent + forkserver + workers)
+   every 50 ms.
 
 It prints MB/s of both, their ratio (target >= 0.8x) and peak RSS at 10 vs 50 MB (target: flat).
+The bare side encodes every input document; `prepare` tokenizes the ones dedupe kept (the token
+counts of both are printed), so if anything the comparison favours the bare side slightly.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import json
 import os
 import random
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,18 +84,23 @@ def read_texts(folder: Path) -> list[str]:
     return texts
 
 
-def bare_encode(tokenizer_json: Path, texts: list[str], threads: bool = True) -> tuple[float, int, float]:
+def bare_encode(tokenizer_json: Path, texts: list[str], threads: bool = True,
+                normalizer: bool = True) -> tuple[float, int, float]:
     """(wall seconds, tokens, CPU seconds of this process incl. tokenizers' threads).
 
-    threads=False sets TOKENIZERS_PARALLELISM=false for the call: one thread, like a plain loop."""
+    threads=False sets TOKENIZERS_PARALLELISM=false for the call: one thread, like a plain loop.
+    normalizer=False drops the tokenizer's normalizer (NFC) first, as prepare does on cleaned text."""
     import resource
 
     from tokenizers import Tokenizer
 
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    if not normalizer:
+        tok.normalizer = None
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     try:
-        return _bare_encode(Tokenizer.from_file(str(tokenizer_json)), texts, resource)
+        return _bare_encode(tok, texts, resource)
     finally:
         if saved is None:
             os.environ.pop("TOKENIZERS_PARALLELISM")
@@ -163,11 +177,20 @@ def peak_rss_of_run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> d
             **result}
 
 
+BARE = {  # label -> bare_encode keyword arguments
+    "1 thread": {"threads": False},
+    "default threads": {"threads": True},
+    "1 thread, no NFC": {"threads": False, "normalizer": False},
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=50.0, help="size of the big corpus in MB of text (default 50)")
     ap.add_argument("--small-mb", type=float, default=10.0, help="size of the small corpus for the RSS check (default 10)")
     ap.add_argument("--workers", type=int, default=2, help="prepare workers (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of bare encode + prepare, alternating "
+                    "which goes first; medians are reported (default 3)")
     ap.add_argument("--work", help="working directory (default: a temp dir, removed at the end)")
     args = ap.parse_args()
 
@@ -185,49 +208,62 @@ def main() -> None:
 
     texts = read_texts(work / "big")
     mb = big_bytes / 1e6
-    load_before = os.getloadavg()[0]
-    bare = {True: [], False: []}  # threads -> [(wall, cpu)], measured before and after our run
+    loads = [os.getloadavg()[0]]
+    bare: dict[str, list[tuple[float, float]]] = {label: [] for label in BARE}  # label -> [(wall, cpu)]
+    ours: list[float] = []
+    ratios: dict[str, list[float]] = {label: [] for label in BARE}
+    bare_tokens = 0
+    m: dict = {}
+    for r in range(args.rounds):
+        def run_bare():
+            nonlocal bare_tokens
+            for label, kw in BARE.items():
+                wall, bare_tokens, cpu = bare_encode(tok, texts, **kw)
+                bare[label].append((wall, cpu))
+                print(f"  bare tokenizers encode_batch_fast ({label}): {mb / wall:.2f} MB/s "
+                      f"({cpu / wall:.2f} cores busy)", flush=True)
 
-    def measure_bare():
-        for threads in (True, False):
-            wall, n, cpu = bare_encode(tok, texts, threads)
-            bare[threads].append((wall, cpu))
-            print(f"bare tokenizers encode_batch_fast ({'default threads' if threads else '1 thread'}): "
-                  f"{mb / wall:.2f} MB/s ({cpu / wall:.2f} cores busy)", flush=True)
-        return n
+        def run_ours():
+            nonlocal m
+            out = work / f"out_big_{r}"  # a fresh output: replacing an old one (rmtree) is not timed
+            res = run_prepare(work / "big", tok_dir, out, args.workers)
+            shutil.rmtree(out)
+            m = res["manifest"]
+            ours.append(res["seconds"])
+            print(f"  krllm data prepare ({args.workers} workers): {mb:.1f} MB in {res['seconds']:.1f}s = "
+                  f"{mb / res['seconds']:.2f} MB/s; kept {m['documents']['kept']:,}/{m['documents']['read']:,} "
+                  f"documents", flush=True)
 
-    bare_tokens = measure_bare()
-    ours = run_prepare(work / "big", tok_dir, work / "out_big", args.workers)
-    m = ours["manifest"]
-    print(f"krllm data prepare ({args.workers} workers): {mb:.1f} MB in {ours['seconds']:.1f}s = "
-          f"{mb / ours['seconds']:.2f} MB/s; kept {m['documents']['kept']:,}/{m['documents']['read']:,} documents, "
-          f"removed {m['removed']}", flush=True)
-    measure_bare()
-    del texts
-    load_after = os.getloadavg()[0]
+        print(f"round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.1f})", flush=True)
+        for side in ((run_bare, run_ours) if r % 2 == 0 else (run_ours, run_bare)):
+            side()
+        for label in BARE:
+            ratios[label].append(bare[label][-1][0] / ours[-1])
+        loads.append(os.getloadavg()[0])
+    texts.clear()  # free the memory before the RSS runs
     ours_tokens = sum(s["tokens"] for s in m["splits"].values()) - m["documents"]["kept"]  # minus eos
 
     small = peak_rss_of_run(work / "small", tok_dir, work / "out_small", args.workers)
     big = peak_rss_of_run(work / "big", tok_dir, work / "out_big2", args.workers)
-
-    def mean(xs):
-        return sum(xs) / len(xs)
-
     print()
     print("| measure | value |")
     print("|---|---|")
-    print(f"| corpus | {mb:.1f} MB of text, {m['documents']['read']:,} documents in {FILES} JSONL files |")
-    print(f"| machine load (1-min average) before / after the timed runs | {load_before:.1f} / {load_after:.1f} "
-          f"on {os.cpu_count()} cores |")
-    print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline | **{mb / ours['seconds']:.2f} MB/s** "
-          f"({ours['seconds']:.1f} s) |")
-    for threads, label in ((False, "1 thread (TOKENIZERS_PARALLELISM=false)"), (True, "default (Rust threads)")):
-        wall = mean([w for w, _ in bare[threads]])
-        cores = mean([c / w for w, c in bare[threads]])
-        print(f"| bare `tokenizers` encode_batch_fast, 1 process, {label}; mean of 2 runs | {mb / wall:.2f} MB/s "
+    print(f"| corpus | {mb:.1f} MB of text, {m['documents']['read']:,} documents in {FILES} JSONL files; "
+          f"dedupe kept {m['documents']['kept']:,} |")
+    print(f"| machine load (1-min average) at the start and after each round | "
+          f"{' / '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} cores |")
+    med = statistics.median(ours)
+    print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline; median of {args.rounds} | "
+          f"**{mb / med:.2f} MB/s** ({med:.1f} s; rounds: {', '.join(f'{x:.1f}' for x in ours)} s) |")
+    for label in BARE:
+        wall = statistics.median(w for w, _ in bare[label])
+        cores = statistics.median(c / w for w, c in bare[label])
+        note = " (target >= 0.8)" if label == "1 thread" else (" (reference)" if "NFC" in label else "")
+        print(f"| bare `tokenizers` encode_batch_fast, 1 process, {label}; median | {mb / wall:.2f} MB/s "
               f"({wall:.1f} s, {cores:.2f} cores busy) |")
-        print(f"| ratio prepare / bare {label.split(' (')[0]} (target >= 0.8) | **{wall / ours['seconds']:.2f}x** |")
-    bare_cpu = mean([c for _, c in bare[False]])
+        print(f"| ratio prepare / bare {label}{note}; median of the {args.rounds} paired rounds | "
+              f"**{statistics.median(ratios[label]):.2f}x** ({', '.join(f'{x:.2f}' for x in ratios[label])}) |")
+    bare_cpu = statistics.median(c for _, c in bare["1 thread"])
     print(f"| tokens: prepare (kept docs, without eos) / bare (all docs) | {ours_tokens:,} / {bare_tokens:,} |")
     print(f"| CPU seconds, whole process tree (sampled every 50 ms): prepare / bare encode | {big['cpu_s']:.1f} / "
           f"{bare_cpu:.1f} (1 thread) = {big['cpu_s'] / bare_cpu:.2f}x the work |")

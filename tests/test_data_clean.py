@@ -36,6 +36,33 @@ def test_unicode_normalization_nfc_and_nfkc():
     assert clean_text(decomposed, normalization="none") == decomposed
 
 
+# characters where normalization does something: conjoining jamo, combining marks of several classes,
+# compatibility forms, singletons, spaces the cleaner rewrites, plus plain Hangul and ASCII
+_TRICKY = ("한국어가abc ." + unicodedata.normalize("NFD", "한글각") + "\u1100\u1161\u11a8\u0301\u0323\u0308\u0345"
+           "\u05b0\u0e38\u302a\u3099\u309a\u2126\u212b\u00c5\u0041\u030a\u1e0b\u0307\uac00\u11a8"
+           "\u2460\uff21\ufb01\u3000\u00a0\u00ad\u200b\n\t\u0f73\u0344\U0001d15e\U0001109a\U000114bb\u0b4c")
+
+
+@pytest.mark.parametrize("normalization", ["NFC", "NFKC"])
+def test_cleaned_text_is_already_what_the_tokenizer_s_nfc_would_make(normalization):
+    """Why the tokenize step may drop a tokenizer's NFC normalizer: cleaned text is a fixed point of
+    the tokenizer's (Rust) NFC, not only of Python's unicodedata."""
+    import random
+
+    from tokenizers import normalizers
+
+    nfc = normalizers.NFC()
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(_TRICKY) for _ in range(rng.randint(1, 12)))
+        cleaned = clean_text(text, normalization=normalization)
+        assert nfc.normalize_str(cleaned) == cleaned, ascii(text)
+    for cp in range(0x110000):  # every character on its own
+        if not 0xD800 <= cp < 0xE000:
+            cleaned = unicodedata.normalize(normalization, chr(cp))
+            assert nfc.normalize_str(cleaned) == cleaned, hex(cp)
+
+
 def test_whitespace_collapsed_paragraphs_kept():
     text = "  첫\u00a0줄\t\t끝  \r\n\r\n\r\n\r\n둘째\u3000문단   \n 셋째 줄 \n\n\n"
     assert clean_text(text) == "첫 줄 끝\n\n둘째 문단\n셋째 줄"
@@ -133,6 +160,37 @@ def test_signature_formula_is_datatrove_s_and_shingles_are_normalized(tmp_path):
     b = ours.get_shingles("제2조 korea 헌법은 국민의 권리를, 보장한다 1987년 개정")
     np.testing.assert_array_equal(a, b)  # numbers -> 0, case, edge punctuation and dashes don't matter
     assert not np.array_equal(a, ours.get_shingles("제1조 KOREA 헌법은 국민의 의무를 보장한다 2020년 개정"))
+
+
+def test_minhash_signature_files_are_byte_identical_to_datatrove_s(tmp_path):
+    """Our block writer produces exactly the sorted bucket files of datatrove's per-document run()."""
+    import random
+
+    from datatrove.data import Document
+
+    from krllm.data.steps import KoreanWordTokenizer
+
+    cfg = minhash_config(ngrams=3, buckets=14, hashes_per_bucket=8, seed=1)
+    ours = KoreanMinhashSignature(str(tmp_path / "ours"), cfg)
+
+    class Theirs(MinhashDedupSignature):  # datatrove's run() over our shingles and signature formula
+        get_shingles = staticmethod(ours.get_shingles)
+        get_signature = staticmethod(ours.get_signature)
+
+    theirs = Theirs(str(tmp_path / "theirs"), cfg, language=KoreanWordTokenizer())
+    rng = random.Random(0)
+    words = "헌법 국민 권리 의무 법률 대통령 국회 정부 법원 선거 자유 평등 재산 교육 근로".split()
+    # > 2 blocks of documents; some too short for a 3-gram (no record, index skipped); some repeated
+    docs = [" ".join(rng.choice(words) for _ in range(rng.choice([1, 2, 5, 12, 40]))) for _ in range(2300)]
+    docs += docs[:50]
+    for step in (ours, theirs):
+        step.run((Document(text=t, id=str(i)) for i, t in enumerate(docs)), rank=3, world_size=4)
+    files = sorted(p.relative_to(tmp_path / "ours") for p in (tmp_path / "ours").rglob("*.sig"))
+    assert len(files) == 14
+    for rel in files:
+        data = (tmp_path / "ours" / rel).read_bytes()
+        assert data == (tmp_path / "theirs" / rel).read_bytes(), rel
+        assert len(data) // 68 == sum(len(t.split()) >= 3 for t in docs)
 
 
 def test_clean_fast_path_equals_the_full_regex_passes():

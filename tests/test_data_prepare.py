@@ -164,6 +164,29 @@ def test_output_is_reproducible_and_independent_of_task_count(crafted, tokenizer
         assert not set(docs["val"]) & set(docs["test"])
 
 
+@pytest.mark.parametrize("normalization", ["NFC", "NFKC", "none"])
+def test_token_streams_equal_the_plain_tokenizer_on_the_cleaned_text(normalization, tokenizer_dir, tmp_path):
+    """Every shard document == `Tokenizer.from_file(...).encode(clean_text(doc)).ids + [eos]`, with the
+    tokenizer as shipped (NFC normalizer included), whatever shortcuts the tokenize step takes."""
+    import unicodedata
+
+    tricky = [unicodedata.normalize("NFD", DOCS[0]),  # conjoining jamo: NFC recomposes them
+              DOCS[1].replace("제", "제\u0301", 2) + " ①②　ＡＢＣ ﬁ Å Ω",  # combining mark, compatibility forms
+              DOCS[2] + " ḍ̇ é\u0323 \u1100\u1161\u11a8"]
+    docs = tricky + DOCS[3:8]
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), encoding="utf-8")
+    out = tmp_path / "out"
+    prepare(_cfg(tokenizer_dir, out, [str(path)], clean={"normalization": normalization},
+                 dedupe={"minhash": False}, split={"val": 0.3, "test": 0.3}))
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    assert type(tok.normalizer).__name__ == "NFC"
+    expected = sorted(tok.encode(clean_text(t, normalization=normalization)).ids + [0] for t in docs)
+    got = sorted(TokenShards(out, split, allow_empty=True).document(i).tolist()
+                 for split in ("train", "val", "test") for i in range(TokenShards(out, split, allow_empty=True).num_documents))
+    assert got == expected
+
+
 @pytest.fixture()
 def existing_output(crafted, tokenizer_dir, tmp_path):
     out = tmp_path / "out"

@@ -178,7 +178,8 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
         counters["near_duplicate"] = ("tokenize", len(tokenize) - 1, "dropped")
     sp = cfg.split
     tokenize.append(steps.SplitShardWriter(str(build), tok["path"], cfg.eos_token, sp.val, sp.test, sp.seed,
-                                           cfg.tokenize_batch_size))
+                                           cfg.tokenize_batch_size, text_is_nfc=cfg.clean.normalization != "none",
+                                           rust_threads=cfg.executor.workers == 1))
     for split in ("train", "val", "test"):
         counters[f"{split}_documents"] = ("tokenize", len(tokenize) - 1, f"{split}_documents")
     plan.stages.append(Stage("tokenize", "dedupe + split + tokenize", tokenize, n_tasks, "docs", n_docs,
@@ -206,13 +207,18 @@ def _version() -> str:
     return __version__
 
 
-def run_local(plan: Plan, console=None, verbose: bool = False) -> None:
-    """Run every stage of `plan` in order with datatrove's LocalPipelineExecutor."""
+def run_local(plan: Plan, console=None, verbose: bool = False, worker_check=None) -> None:
+    """Run every stage of `plan` in order with datatrove's LocalPipelineExecutor.
+
+    worker_check: a `WorkerStartCheck` already started (by `prepare`), else the check runs here."""
     from krllm.data.progress import QuietLocalExecutor, check_worker_start, make_progress, stage_progress
 
     ex = plan.cfg.executor
     if ex.workers > 1 and any(st.tasks > 1 for st in plan.stages):
-        check_worker_start(ex.start_method, WORKER_PRELOAD)
+        if worker_check is not None:
+            worker_check.wait()
+        else:
+            check_worker_start(ex.start_method, WORKER_PRELOAD)
     progress = make_progress(console) if console is not None else None
     with progress if progress is not None else contextlib.nullcontext():
         for st in plan.stages:
@@ -230,18 +236,26 @@ def prepare(cfg: PrepareConfig, console=None, verbose: bool = False) -> dict:
 
     console: a rich Console for progress bars and the summary table (None = silent).
     """
-    from krllm.data.progress import refuse_in_worker
+    from krllm.data.progress import WorkerStartCheck, refuse_in_worker
 
     refuse_in_worker()
     out = Path(cfg.out_dir)
-    with atomic_dir(out) as build:
-        plan = build_plan(cfg, build, out)
-        if console is not None:
-            mb = sum(f.size for f in plan.sources) / 1e6
-            console.print(f"[bold]krllm data prepare[/]: {len(plan.sources)} file(s), {mb:,.1f} MB -> {out} "
-                          f"({cfg.executor.workers} worker(s), {plan.stages[0].tasks} task(s); "
-                          f"logs in {out / 'logs'})")
-        run_local(plan, console, verbose)
+    # with >1 worker a pool will almost surely start (MinHash buckets alone run several tasks):
+    # check that workers start while the plan is being built
+    ex = cfg.executor
+    worker_check = WorkerStartCheck(ex.start_method, WORKER_PRELOAD) if ex.workers > 1 else None
+    try:
+        with atomic_dir(out) as build:
+            plan = build_plan(cfg, build, out)
+            if console is not None:
+                mb = sum(f.size for f in plan.sources) / 1e6
+                console.print(f"[bold]krllm data prepare[/]: {len(plan.sources)} file(s), {mb:,.1f} MB -> {out} "
+                              f"({cfg.executor.workers} worker(s), {plan.stages[0].tasks} task(s); "
+                              f"logs in {out / 'logs'})")
+            run_local(plan, console, verbose, worker_check)
+    finally:
+        if worker_check is not None:
+            worker_check.wait(raise_error=False)  # never leave the check running behind another error
     manifest = load_manifest(out)
     if console is not None:
         console.print(summary_table(manifest))

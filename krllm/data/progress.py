@@ -228,6 +228,29 @@ def check_worker_start(start_method: str, preload: list[str]) -> None:
                          f"traceback is above). {GUARD_HELP}")
 
 
+class WorkerStartCheck:
+    """`check_worker_start` in a background thread, so the worker server imports its modules on one
+    core while the caller builds the plan (hashing sources, loading the tokenizer) on the other.
+    `wait()` joins it and raises what the check raised."""
+
+    def __init__(self, start_method: str, preload: list[str]):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._check, args=(start_method, preload), name="krllm-worker-check",
+                                        daemon=True)
+        self._thread.start()
+
+    def _check(self, start_method: str, preload: list[str]) -> None:
+        try:
+            check_worker_start(start_method, preload)
+        except BaseException as e:  # handed to the caller by wait()
+            self._error = e
+
+    def wait(self, raise_error: bool = True) -> None:
+        self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
+
+
 def refuse_in_worker() -> None:
     """Raise when called while a worker process is importing the parent's main module."""
     import multiprocessing
