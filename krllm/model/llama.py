@@ -11,6 +11,8 @@ Notable features
   `enable_gqa` (no repeated K/V copies); `is_causal=True` fast path when there is no cache or mask.
   Under CPU bf16/fp16 autocast, causal attention without a cache runs as plain matmuls + softmax
   (`causal_attention_lowp`): PyTorch's CPU flash kernel is ~2x slower there (measured, torch 2.13).
+- Training loss without logits: `forward(..., targets, return_logits=False)` runs the LM head and
+  cross-entropy in row chunks (`krllm.model.fused_loss`), never holding the (B, T, V) logits.
 - Static KV cache (`KVCache`): prefill (T > 1) and decode (T = 1), including a multi-token chunk
   after a cached prefix, with an explicit causal mask in that case.
 - Build on the meta device, materialize, then one documented `init_weights()` (`Llama.build`).
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from krllm.model.config import ModelConfig
+from krllm.model.fused_loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -265,7 +268,8 @@ class Llama(nn.Module):
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         cache=None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """input_ids (B, T) -> (logits (B, T, V), mean cross-entropy over targets != -100, or None).
 
         targets (B, T): next-token ids, already shifted; -100 = ignore.
@@ -274,6 +278,8 @@ class Llama(nn.Module):
           (B, 1, 1, S)); it is ANDed with the causal mask. S = cache.pos + T with a cache, else T.
         cache: an object with `pos`, `update(layer_idx, k, v) -> (k_all, v_all)` and `advance(n)`
           (e.g. `KVCache`); this forward writes the T new keys/values and advances it by T.
+        return_logits=False (with targets): (None, loss) through `linear_cross_entropy`, which never
+          holds the (B, T, V) logits (training: less memory, faster on CPU; same loss up to rounding).
         """
         B, T = input_ids.shape
         start = int(cache.pos) if cache is not None else 0
@@ -284,6 +290,10 @@ class Llama(nn.Module):
             x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
+        if targets is not None and not return_logits:
+            h = self.model.norm(x).view(B * T, -1)  # (B*T, C)
+            mm = getattr(self.lm_head, "mm", None)  # a faster fp32 kernel, if one was installed
+            return None, linear_cross_entropy(h, self.lm_head.weight, targets.reshape(B * T), mm=mm)
         logits = self.lm_head(self.model.norm(x))  # (B, T, V)
         loss = None
         if targets is not None:

@@ -363,7 +363,7 @@ class Pretrainer:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with D.grad_sync(self.model, micro == tc.grad_accum - 1), self.autocast:
-                _, loss = self.fwd(x, targets=y)
+                _, loss = self.fwd(x, targets=y, return_logits=False)
             loss = loss / tc.grad_accum
             if nan_fault:
                 loss = loss * float("nan")
@@ -432,7 +432,7 @@ class Pretrainer:
                 starts = self.val_starts[i:i + B]
                 x, y = load_windows(self.val_tokens, starts, self.cfg.data.seq_len)
                 with self.autocast:
-                    _, loss = self.fwd(x.to(self.device), targets=y.to(self.device))
+                    _, loss = self.fwd(x.to(self.device), targets=y.to(self.device), return_logits=False)
                 totals += torch.tensor([float(loss) * len(starts), len(starts)], dtype=torch.float64)
         finally:
             self.model.train()
