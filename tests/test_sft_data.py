@@ -4,6 +4,7 @@ for any chat template (markers or none), and agreement with TRL's own assistant-
 import pytest
 from sft_tiny import CHATML_CONTENT_ONLY, CHATML_NO_MARKERS, tiny_base
 
+from krllm.data import chat_tokens as C
 from krllm.data.records import load_examples
 from krllm.errors import DataError
 from krllm.train import sft_data as D
@@ -25,28 +26,28 @@ def tok():
 
 
 def learned_text(tok, ids, labels):
-    return tok.decode([x for x in labels if x != D.IGNORE], skip_special_tokens=False)
+    return tok.decode([x for x in labels if x != C.IGNORE], skip_special_tokens=False)
 
 
 def test_assistant_only_labels_end_with_im_end(tok):
-    ids, labels = D.tokenize_chat(tok, CONVO)
+    ids, labels = C.tokenize_chat(tok, CONVO)
     assert len(ids) == len(labels)
     assert learned_text(tok, ids, labels) == "검은 40골드라네.<|im_end|>35골드까지는 해 주지.<|im_end|>"
     # learned tokens are exactly the ids at those positions (labels are unshifted, the model shifts)
-    assert all(lab in (D.IGNORE, i) for i, lab in zip(ids, labels))
+    assert all(lab in (C.IGNORE, i) for i, lab in zip(ids, labels))
     # the rendered text is the chat template's, untouched
     assert tok.decode(ids, skip_special_tokens=False) == tok.apply_chat_template(CONVO, tokenize=False)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    assert D.turn_end_id(tok) == im_end and D.stop_ids(tok) == [im_end, tok.eos_token_id]
+    assert C.turn_end_id(tok) == im_end and C.stop_ids(tok) == [im_end, tok.eos_token_id]
 
 
 @pytest.mark.parametrize("template", [CHATML_CONTENT_ONLY, CHATML_NO_MARKERS], ids=["content-only", "no-markers"])
 def test_same_labels_for_any_template_variant(tok, template):
     """Markers around content only (EOS outside) or no markers at all: still content + <|im_end|> learned."""
-    ref = D.tokenize_chat(tok, CONVO)
+    ref = C.tokenize_chat(tok, CONVO)
     other = tok.__class__.from_pretrained(tiny_base()[0])
     other.chat_template = template
-    assert D.tokenize_chat(other, CONVO) == ref
+    assert C.tokenize_chat(other, CONVO) == ref
 
 
 def test_labels_match_trl_assistant_only_loss(tok, tmp_path):
@@ -62,7 +63,7 @@ def test_labels_match_trl_assistant_only_loss(tok, tmp_path):
     trainer = SFTTrainer(model=model, args=args, processing_class=tok,
                          train_dataset=datasets.Dataset.from_list([{"messages": m} for m in convos]))
     for row, msgs in zip(trainer.train_dataset, convos):
-        assert D.tokenize_chat(tok, msgs) == (row["input_ids"], row["labels"])
+        assert C.tokenize_chat(tok, msgs) == (row["input_ids"], row["labels"])
 
 
 def test_trl_would_not_learn_eos_with_content_only_markers_but_we_do(tok):
@@ -74,23 +75,23 @@ def test_trl_would_not_learn_eos_with_content_only_markers_but_we_do(tok):
     hf_learned = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     im_end = other.convert_tokens_to_ids("<|im_end|>")
     assert im_end not in hf_learned
-    ids, labels = D.tokenize_chat(other, CONVO)
-    assert [x for x in labels if x != D.IGNORE].count(im_end) == 2
+    ids, labels = C.tokenize_chat(other, CONVO)
+    assert [x for x in labels if x != C.IGNORE].count(im_end) == 2
 
 
 def test_finish_labels_appends_eot_when_the_conversation_lacks_it():
-    ids, labels = D.finish_labels([5, 6, 7, 8], [0, 0, 1, 1], eot=3)
+    ids, labels = C.finish_labels([5, 6, 7, 8], [0, 0, 1, 1], eot=3)
     assert ids == [5, 6, 7, 8, 3] and labels == [-100, -100, 7, 8, 3]
     # eot inside the span: learned, and nothing after it in the span
-    ids, labels = D.finish_labels([5, 7, 3, 9, 5], [0, 1, 1, 1, 0], eot=3)
+    ids, labels = C.finish_labels([5, 7, 3, 9, 5], [0, 1, 1, 1, 0], eot=3)
     assert labels == [-100, 7, 3, -100, -100]
 
 
 def test_loss_on_all_and_plain_text(tok):
-    ids, labels = D.tokenize_chat(tok, CONVO, loss_on="all")
+    ids, labels = C.tokenize_chat(tok, CONVO, loss_on="all")
     assert labels == ids and ids == tok.apply_chat_template(CONVO)["input_ids"]  # nothing appended: ChatML ends
-    assert ids.count(D.turn_end_id(tok)) == len(CONVO)  # every turn with its <|im_end|>
-    ids, labels = D.tokenize_text(tok, "대한민국은 민주공화국이다.")
+    assert ids.count(C.turn_end_id(tok)) == len(CONVO)  # every turn with its <|im_end|>
+    ids, labels = C.tokenize_text(tok, "대한민국은 민주공화국이다.")
     assert labels == ids and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[:-1]) == "대한민국은 민주공화국이다."
 

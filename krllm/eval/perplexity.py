@@ -5,7 +5,7 @@ Windows of `seq_len + 1` tokens are cut back to back from the start of the split
 a token as a target, so every target is scored once.
 
 Chat loss (`labeled_loss`) scores only labeled tokens; eval labels conversations with
-`krllm.train.sft_data.tokenize_chat`, i.e. exactly the tokens SFT learns (assistant turns and their
+`krllm.data.chat_tokens.tokenize_chat`, i.e. exactly the tokens SFT learns (assistant turns and their
 end-of-turn token), so "fine-tuned below base" means the tuning taught what it was meant to teach.
 """
 

@@ -217,7 +217,7 @@ def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: di
         tokens += r["tokens"]
         prog.step(f"{role} perplexity", f"loss {r['loss']:.4f}, ppl {r['ppl']:.2f} on {r['tokens']:,} tokens")
     if data["npc"]:
-        from krllm.train.sft_data import tokenize_chat
+        from krllm.data.chat_tokens import tokenize_chat
 
         examples = [tokenize_chat(lm.tokenizer, r["messages"]) for r in data["npc"]]
         examples = [(ids[:cfg.npc.max_length], labels[:cfg.npc.max_length]) for ids, labels in examples]

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from krllm.config import write_resolved
+from krllm.data.chat_tokens import stop_ids
 from krllm.data.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
@@ -34,7 +35,7 @@ from krllm.tracking import MetricsLogger
 from krllm.train import batching as B
 from krllm.train import sft_outputs as O
 from krllm.train.sft_config import PeftSection, SFTRunConfig
-from krllm.train.sft_data import stop_ids, tokenize_records
+from krllm.train.sft_data import tokenize_records
 
 CHECKPOINTS = O.CHECKPOINTS
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from krllm.config import atomic_write_text
+from krllm.data.chat_tokens import stop_ids
 from krllm.errors import KrllmError
 from krllm.runs import replace_dir
-from krllm.train.sft_data import stop_ids
 
 CHECKPOINTS = "checkpoints"
 STALE_FILES = ("metrics.jsonl", "summary.json", "samples.md", "samples.jsonl", "eval.json", "predictions.jsonl")
