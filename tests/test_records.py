@@ -87,6 +87,16 @@ def test_file_level_errors(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"latin\.jsonl:2: not UTF-8"):
         R.load_jsonl(tmp_path / "latin.jsonl", "sft")
+    # gzip: the same reader, the same file:line errors
+    import gzip
+
+    with gzip.open(tmp_path / "z.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write('{"text": "압축"}\n\n{"text": \n')
+    with pytest.raises(DataError, match=r"z\.jsonl\.gz:3: invalid JSON"):
+        R.load_jsonl(tmp_path / "z.jsonl.gz", "sft")
+    with gzip.open(tmp_path / "ok.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write('{"text": "압축"}\n')
+    assert R.load_jsonl(tmp_path / "ok.jsonl.gz", "sft") == [{"text": "압축"}]
 
 
 def test_classification_records(tmp_path):

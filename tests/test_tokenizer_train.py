@@ -198,8 +198,14 @@ def test_jsonl_source_with_messages_and_errors(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": "broken\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: bad JSON"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
         train_tokenizer(tmp_path / "x", sources=[str(bad)], progress=False)
+    import gzip
+
+    with gzip.open(tmp_path / "bad.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write('{"text": "ok"}\n\n{"text": "broken\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:3: invalid JSON"):
+        train_tokenizer(tmp_path / "x", sources=[str(tmp_path / "bad.jsonl.gz")], progress=False)
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"text": "ok"}\n{"body": "no text key"}\n')
     with pytest.raises(DataError, match=r"missing\.jsonl:2: missing field 'text' \(has: body\)"):

@@ -23,10 +23,10 @@ DPO -> {"prompt": messages, "chosen": messages, "rejected": messages}; GRPO -> {
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from krllm.data.jsonl import iter_jsonl
 from krllm.errors import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -47,27 +47,6 @@ class RecordError(ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
-
-
-# ---------------------------------------------------------------- reading JSONL
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed JSON) for each non-blank line; syntax errors name file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 # ---------------------------------------------------------------- field checks

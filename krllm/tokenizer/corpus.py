@@ -16,12 +16,11 @@ Malformed input raises DataError naming file:line (bad JSON, missing field, unde
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from krllm.data.jsonl import decode_line, iter_jsonl, open_binary
 from krllm.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -46,10 +45,6 @@ def _suffixes(path: Path) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
 def expand_files(spec: str) -> list[Path]:
     """A path, directory or glob -> the sorted list of readable files it names."""
     p = Path(spec)
@@ -71,12 +66,9 @@ def expand_files(spec: str) -> list[Path]:
 def _read_text_file(path: Path) -> Iterator[str]:
     block: list[str] = []
     size = 0
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+            line = decode_line(raw, path, lineno)
             block.append(line)
             size += len(line)
             if size >= BLOCK_CHARS:
@@ -99,25 +91,14 @@ def record_text(value, where: str, text_field: str) -> str:
 
 
 def _read_jsonl_file(path: Path, text_field: str) -> Iterator[str]:
-    with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            if text_field not in record:
-                raise DataError(f"{where}: missing field {text_field!r} (has: {', '.join(record) or 'nothing'}); "
-                                f"set text_field to the key that holds the text")
-            yield record_text(record[text_field], where, text_field)
+    for lineno, record in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if text_field not in record:
+            raise DataError(f"{where}: missing field {text_field!r} (has: {', '.join(record) or 'nothing'}); "
+                            f"set text_field to the key that holds the text")
+        yield record_text(record[text_field], where, text_field)
 
 
 def _read_parquet_file(path: Path, text_field: str) -> Iterator[str]:
