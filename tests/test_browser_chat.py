@@ -36,7 +36,12 @@ MAX_TOKENS = 48
 def served(tmp_path_factory):
     d = tiny_model_dir(tmp_path_factory.mktemp("browser") / "tiny-ko")
     lm = load_for_inference(d, device="cpu")
-    sched = Scheduler(make_engine(lm, max_batch=4))
+    engine = make_engine(lm, max_batch=4)
+    # Pace the tiny model like a real one on CPU (~60 tokens/s): the server sends tokens that arrive
+    # together as one chunk, and an unpaced tiny model would make the stream arrive in a few pieces.
+    step = engine.step
+    engine.step = lambda: (time.sleep(0.015), step())[1]
+    sched = Scheduler(engine)
     with BackgroundServer(create_app(lm, sched, ServeConfig())) as url:
         yield url, d
     sched.close()

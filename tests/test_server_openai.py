@@ -99,6 +99,32 @@ def test_chat_streaming_chunks_add_up(client, reference):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == n_out
 
 
+def test_tokens_that_arrive_together_go_out_as_one_chunk(model_dir, reference):
+    """A server that falls behind sends fewer, larger deltas: same text, same usage, fewer chunks."""
+    sched, bg = _serve(model_dir)
+    step = sched.engine.step
+
+    def four_steps():  # the engine hands over four tokens per request at once, as a lagging loop sees them
+        events = []
+        for _ in range(4):
+            events += step()
+        return events
+
+    sched.engine.step = four_steps
+    messages = [{"role": "user", "content": "천천히 말해 줘"}]
+    want, _, _, n_tokens = reference.chat(messages, 40)
+    assert n_tokens >= 12  # long enough for the chunk count to mean something
+    with bg as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=40, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+    sched.close()
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == want
+    assert chunks[-1].usage.completion_tokens == n_tokens
+    assert len(pieces) <= (n_tokens + 3) // 4 + 1 < n_tokens
+
+
 def test_completions_plain_streaming_and_several_prompts(client, reference):
     prompts = ["대한민국은 민주공화국이다.", "The quick brown"]
     refs = [reference.complete(p, 20) for p in prompts]

@@ -68,7 +68,12 @@ class Generation:
         self.text = ""
 
     async def deltas(self) -> AsyncIterator[str]:
-        """Yield text pieces as they become final; sets finish_reason / n_out / text when done."""
+        """Yield text pieces as they become final; sets finish_reason / n_out / text when done.
+
+        Tokens that arrived while the previous piece was being sent go out together as one piece,
+        so a server that falls behind (many streams, a slow client) sends fewer, larger chunks
+        instead of queueing one chunk per token.
+        """
         queue: asyncio.Queue = asyncio.Queue()
 
         def on_token(tok, finish, err):  # runs on the event loop (see ServerState.attach_loop)
@@ -80,32 +85,37 @@ class Generation:
         ts = TextStream(self.server.lm.tokenizer, self.stops)
         try:
             while True:
-                tok, finish, err = await queue.get()
-                if err:
-                    raise ApiError(500, err, type="server_error")
-                if tok is not None:
-                    self.n_out += 1
-                    piece = ts.push(tok)
-                    if ts.stopped:
-                        sched.cancel(handle, "stop")
-                        self.finish_reason = "stop"
-                        if piece:
-                            self.text += piece
-                            yield piece
-                        return
-                    if piece:
-                        self.text += piece
-                        yield piece
-                if finish:
-                    tail = ts.flush()
-                    self.finish_reason = "length" if finish == "length" else "stop"
-                    if tail:
-                        self.text += tail
-                        yield tail
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                piece, done = self._consume(events, ts)
+                if done and self.finish_reason == "stop" and ts.stopped:
+                    sched.cancel(handle, "stop")
+                if piece:
+                    self.text += piece
+                    yield piece
+                if done:
                     return
         finally:
             if not handle.done:
                 sched.cancel(handle)  # client gone or error: free the slot now
+
+    def _consume(self, events, ts: TextStream) -> tuple[str, bool]:
+        """Engine events (token, finish, error) -> (new final text, whether the choice is done)."""
+        text = ""
+        for tok, finish, err in events:
+            if err:
+                raise ApiError(500, err, type="server_error")
+            if tok is not None:
+                self.n_out += 1
+                text += ts.push(tok)
+                if ts.stopped:
+                    self.finish_reason = "stop"
+                    return text, True
+            if finish:
+                self.finish_reason = "length" if finish == "length" else "stop"
+                return text + ts.flush(), True
+        return text, False
 
     async def run(self) -> str:
         async for _ in self.deltas():
