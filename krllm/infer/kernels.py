@@ -9,6 +9,7 @@ Packing is tried once per matrix and checked against `F.linear`; wherever it is 
 
     mm = PackedMatmul(weight)       # weight (out, in), as in nn.Linear
     y = mm(x)                       # x (..., in) -> (..., out) == F.linear(x, weight)
+    mm = PackedMatmul(weight, norm_weight)   # == F.linear(x * norm_weight, weight)
 """
 
 from __future__ import annotations
@@ -42,17 +43,26 @@ def _pack(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 class PackedMatmul:
-    """y = x @ weight.T (no bias), through oneDNN's packed weight on CPU when it works, else F.linear."""
+    """y = (x * in_scale) @ weight.T (no bias), through oneDNN's packed weight on CPU when it works,
+    else F.linear.
 
-    def __init__(self, weight: torch.Tensor):
+    in_scale (in,) is an RMSNorm weight that precedes the matmul: packing folds it into the packed
+    copy (one multiply less per call); the plain path multiplies x by it.
+    """
+
+    def __init__(self, weight: torch.Tensor, in_scale: torch.Tensor | None = None):
         self.out_features, self.in_features = weight.shape
-        self.packed = _pack(weight)
-        self.weight = weight if self.packed is None else None  # keep only what the call reads
+        self.packed = None
+        if _onednn_ready(weight):
+            self.packed = _pack(weight if in_scale is None else (weight.float() * in_scale.float()).to(weight.dtype))
+        # keep only what the call reads
+        self.weight = weight if self.packed is None else None
+        self.in_scale = in_scale if self.packed is None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return F.linear(x, self.weight)
+        return F.linear(x if self.in_scale is None else x * self.in_scale, self.weight)
 
     def nbytes(self) -> int:
         t = self.packed if self.packed is not None else self.weight

@@ -51,14 +51,6 @@ class SlotKVCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Exactly `krllm.model.llama.RMSNorm` (fp32 normalisation, cast back, then scale)."""
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
-
-
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, H, D); cos/sin (B, T, 1, D); transformers' rotate_half pairing (i with i + D/2)."""
     half = x.shape[-1] // 2
@@ -103,30 +95,31 @@ class ModelRunner:
         and `Llama.forward` still computes the same function. On CPU, PackedMatmul adds oneDNN's
         packed copy of each matrix (the fast layout for decoding; see krllm.infer.kernels).
         """
-        def fused(*linears):  # -> PackedMatmul over the (sum of out, in) concatenation
+        def fused(*linears, scale=None):  # -> PackedMatmul over the (sum of out, in) concatenation
             if len(linears) == 1:
-                return PackedMatmul(linears[0].weight)
+                return PackedMatmul(linears[0].weight, scale)
             w = torch.cat([lin.weight for lin in linears], dim=0)
             start = 0
             for lin in linears:
                 n = lin.weight.shape[0]
                 lin.weight.data = w[start:start + n]
                 start += n
-            return PackedMatmul(w)
+            return PackedMatmul(w, scale)
 
         self.layers = []
         for block in self.model.model.layers:
             a, m = block.self_attn, block.mlp
             nq, nk, ni = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0], m.gate_proj.weight.shape[0]
             self.layers.append(dict(
-                ln1=block.input_layernorm.weight, qkv=fused(a.q_proj, a.k_proj, a.v_proj),  # -> (H + 2KV) D
-                o=fused(a.o_proj), ln2=block.post_attention_layernorm.weight,  # H D -> C
-                gate_up=fused(m.gate_proj, m.up_proj), down=fused(m.down_proj),  # C -> 2I, I -> C
+                # each RMSNorm's weight is folded into the matmul that reads its output
+                qkv=fused(a.q_proj, a.k_proj, a.v_proj, scale=block.input_layernorm.weight),  # C -> (H + 2KV) D
+                o=fused(a.o_proj),  # H D -> C
+                gate_up=fused(m.gate_proj, m.up_proj, scale=block.post_attention_layernorm.weight),  # C -> 2I
+                down=fused(m.down_proj),  # I -> C
                 nq=nq, nk=nk, ni=ni,
             ))
-        self.lm_head = fused(self.model.lm_head)  # C -> V (tied or not: whatever lm_head reads)
+        self.lm_head = fused(self.model.lm_head, scale=self.model.model.norm.weight)  # C -> V (tied or not)
         self.embed = self.model.model.embed_tokens.weight  # (V, C); rows are gathered
-        self.norm = self.model.model.norm.weight
 
     @property
     def max_seq_len(self) -> int:
@@ -140,7 +133,7 @@ class ModelRunner:
     def _layer(self, x, lw, cos, sin, attend):
         """x (B, T, C) -> (B, T, C); `attend(q, k, v, layer_idx)` stores k/v and returns (B, H, T, D)."""
         B, T, _ = x.shape
-        h = _rms_norm(x, lw["ln1"], self.eps)
+        h = self._normalize(x)
         qkv = lw["qkv"](h)  # (B, T, (H + 2 H_kv) D)
         q = qkv[..., :lw["nq"]].view(B, T, self.n_heads, self.head_dim)
         k = qkv[..., lw["nq"]:lw["nq"] + lw["nk"]].view(B, T, self.n_kv, self.head_dim)
@@ -148,18 +141,18 @@ class ModelRunner:
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, T, D)
         x = x + lw["o"](y.transpose(1, 2).reshape(B, T, -1))
-        h = _rms_norm(x, lw["ln2"], self.eps)
+        h = self._normalize(x)
         gu = lw["gate_up"](h)  # (B, T, 2 I)
         return x + lw["down"](F.silu(gu[..., :lw["ni"]]) * gu[..., lw["ni"]:])
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm; in fp32 the fused kernel gives bit-identical results with fewer ops."""
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm without its weight (folded into the next matmul), normalised in fp32 like the model."""
         if x.dtype == torch.float32:
-            return F.rms_norm(x, weight.shape, weight, self.eps)
-        return _rms_norm(x, weight, self.eps)
+            return F.rms_norm(x, (x.shape[-1],), None, self.eps)
+        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(_rms_norm(x, self.norm, self.eps)).float()
+        return self.lm_head(self._normalize(x)).float()
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
@@ -222,7 +215,7 @@ class ModelRunner:
         x = F.embedding(tokens.view(B), self.embed)  # (B, C)
         for i, lw in enumerate(self.layers):
             nq, nk = lw["nq"], lw["nk"]
-            qkv = lw["qkv"](self._norm(x, lw["ln1"]))  # (B, (H + 2 KV) D)
+            qkv = lw["qkv"](self._normalize(x))  # (B, (H + 2 KV) D)
             qk = qkv[:, :nq + nk].view(B, H + KV, D)
             qk = qk * cos + qk.roll(half, -1) * sin  # RoPE on q and k at once: rotate_half via roll
             q = qk[:, :H]  # (B, H, D)
@@ -235,12 +228,12 @@ class ModelRunner:
                 cv[i, rows, :, pos] = v
             y = self._attend_one(q, ck[i, :B, :, :S], cv[i, :B, :, :S], mask)  # (B, H, D)
             x = x + lw["o"](y.view(B, H * D))
-            gu = lw["gate_up"](self._norm(x, lw["ln2"]))  # (B, 2 I)
+            gu = lw["gate_up"](self._normalize(x))  # (B, 2 I)
             x = x + lw["down"](F.silu(gu[:, :lw["ni"]]) * gu[:, lw["ni"]:])
         for s in range(B):
             if active[s]:
                 lengths[s] += 1
-        return self.lm_head(self._norm(x, self.norm)).float()  # (B, V)
+        return self._logits(x)  # (B, V)
 
     def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
         """One query per row against its cached keys: q (B, H, D), k/v (B, KV, S, D) -> (B, H, D).
