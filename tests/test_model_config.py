@@ -99,6 +99,22 @@ def test_hf_dict_round_trip_and_transformers_accepts_it():
     assert hf.rope_parameters["rope_theta"] == 500000.0
 
 
+def test_rope_scaling_round_trips_through_the_hf_dict():
+    llama3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    cfg = model_config_from({"preset": "large", "vocab_size": 12345, "rope_scaling": llama3})
+    d = cfg.to_hf_dict()
+    assert d["rope_parameters"] == {**llama3, "rope_theta": 500000.0} and d["rope_scaling"] == llama3
+    assert ModelConfig.from_hf_dict(d) == cfg
+    hf = LlamaConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
+    assert hf.rope_parameters == {**llama3, "rope_theta": 500000.0}
+    assert "rope_scaling" not in model_config_from("tiny").to_hf_dict()  # plain RoPE: config.json as before
+    with pytest.raises(ConfigError) as e:
+        model_config_from({"preset": "tiny", "rope_scaling": {"rope_type": "linear", "factor": 2.0,
+                                                               "high_freq_factor": 4.0}})
+    assert any(p.startswith("rope_scaling.high_freq_factor: is a 'llama3' parameter") for p in e.value.problems)
+
+
 def test_from_hf_dict_rejects_what_we_do_not_implement():
     base = model_config_from("tiny").to_hf_dict()
     with pytest.raises(ConfigError) as e:

@@ -137,12 +137,99 @@ def test_non_llama_and_unsupported_features_rejected(tmp_path):
     (out / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(KrllmError, match="model_type: 'gpt2' is not a Llama-architecture model"):
         load_hf(out)
-    (out / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "llama3",
+    (out / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "yarn",
                                                  "rope_theta": 5e5, "factor": 8.0}}))
-    with pytest.raises(KrllmError, match="rope_type: 'llama3'"):
+    with pytest.raises(KrllmError, match=r"rope_parameters\.rope_type: 'yarn' RoPE scaling is not supported"):
         config_from_hf_dir(out)
     with pytest.raises(KrllmError, match="config.json not found"):
         load_hf(tmp_path)
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}
+
+
+def _random_hf_llama(rope: dict, theta: float = 5e5, **over) -> LlamaForCausalLM:
+    torch.manual_seed(5)
+    hc = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                     rope_parameters={**rope, "rope_theta": theta}, **over)
+    hf = LlamaForCausalLM(hc).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.1)
+    return hf
+
+
+@pytest.mark.parametrize("rope", [LLAMA3, {"rope_type": "linear", "factor": 4.0}], ids=["llama3", "linear"])
+def test_rope_scaling_checkpoint_loads_with_transformers_logits(tmp_path, rope):
+    """A Llama-3.2-style directory (rope_scaling llama3) and a linear-scaled one: same logits as transformers,
+    over positions beyond the original context, with and without the KV cache."""
+    hf = _random_hf_llama(rope)
+    hf.save_pretrained(tmp_path / "hf")
+    model = load_hf(tmp_path / "hf")
+    assert model.config.rope_scaling.model_dump(exclude_none=True) == rope
+    inv = model.model.rotary_emb.inv_freq()
+    torch.testing.assert_close(inv, hf.model.rotary_emb.inv_freq, rtol=0, atol=0)
+    if rope["rope_type"] == "llama3":  # the test exercises all three llama3 bands
+        plain = 1.0 / (5e5 ** (torch.arange(0, 32, 2).float() / 32))
+        ratio = (plain / inv).tolist()
+        assert min(ratio) == 1.0 and max(ratio) == 8.0 and any(1.0 < r < 8.0 for r in ratio)
+    ids = torch.randint(0, VOCAB, (2, 100))  # longer than original_max_position_embeddings=32
+    with torch.no_grad():
+        ours = model(ids)[0]
+        torch.testing.assert_close(ours, hf(ids).logits, rtol=1e-5, atol=1e-5)
+        from krllm.model.llama import KVCache
+
+        cache = KVCache(model.config, 2, 128, "cpu", torch.float32)
+        step = torch.cat([model(ids[:, :60], cache=cache)[0], model(ids[:, 60:], cache=cache)[0]], dim=1)
+        torch.testing.assert_close(step, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_transformers4_style_rope_scaling_is_read(tmp_path):
+    """Llama 3.2's own config.json layout: `rope_scaling` + top-level `rope_theta`, no rope_parameters."""
+    hf = _random_hf_llama(LLAMA3, theta=31337.0)
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["rope_parameters"]
+    config.update(rope_theta=31337.0, rope_scaling=dict(LLAMA3))
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    model = load_hf(tmp_path / "hf")
+    assert model.config.rope_theta == 31337.0 and model.config.rope_scaling.rope_type == "llama3"
+    ids = torch.randint(0, VOCAB, (1, 70))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], hf(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_save_hf_keeps_rope_scaling_for_transformers(tmp_path):
+    model = Llama(cfg(rope_scaling=LLAMA3, rope_theta=5e5, hidden_size=64, num_attention_heads=2,
+                      num_key_value_heads=1)).eval()
+    out = save_hf(model, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_parameters"] == {**LLAMA3, "rope_theta": 5e5}
+    assert config["rope_scaling"] == LLAMA3 and config["rope_theta"] == 5e5  # transformers 4 / mlx-lm readers
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert hf.config.rope_parameters == {**LLAMA3, "rope_theta": 5e5}
+    ids = torch.randint(0, VOCAB, (2, 90))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], hf(ids).logits, rtol=1e-5, atol=1e-5)
+    hf.save_pretrained(tmp_path / "again")  # and back: transformers' own file loads to the same config
+    assert load_hf(tmp_path / "again").config == model.config
+
+
+def test_unsupported_rope_scaling_names_the_key(tmp_path):
+    out = save_hf(Llama(cfg()), tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    del config["rope_parameters"]
+    cases = [({"type": "dynamic", "factor": 2.0}, r"rope_scaling\.rope_type: 'dynamic' RoPE scaling is not supported"),
+             ({**LLAMA3, "mscale": 1.0}, r"rope_scaling\.mscale: unknown key"),
+             ({"rope_type": "llama3", "factor": 8.0}, r"rope_scaling\.low_freq_factor: required for rope_type 'llama3'"),
+             ({"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5},
+              r"rope_scaling\.partial_rotary_factor: 0\.5 is not supported")]
+    for scaling, message in cases:
+        (out / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling}))
+        with pytest.raises(KrllmError, match=message):
+            load_hf(out)
 
 
 def test_transformers4_style_top_level_rope_theta_is_read(tmp_path):

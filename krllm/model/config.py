@@ -12,7 +12,7 @@ reported at once, each with its key and what to change.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -24,9 +24,55 @@ from krllm.config import ConfigError, StrictModel, apply_overrides, format_valid
 _HF_IGNORED_KEYS = {
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
     "pretraining_tp", "_name_or_path", "output_attentions", "output_hidden_states", "return_dict",
-    "rope_scaling", "rope_parameters", "hidden_act", "attention_bias", "mlp_bias",
+    "rope_parameters", "hidden_act", "attention_bias", "mlp_bias",
     "attention_dropout", "_attn_implementation", "_attn_implementation_autoset",
 }
+
+
+ROPE_TYPES = ("default", "linear", "llama3")  # what `from_hf_dict` accepts in rope_parameters / rope_scaling
+_ROPE_TYPE_KEYS = ("rope_type", "type", "rope_theta")  # in those dicts, but not scaling parameters
+
+
+class RopeScaling(StrictModel):
+    """RoPE frequency scaling of long-context checkpoints, with transformers' names and formulas
+    (`rope_parameters` / `rope_scaling` in config.json; `transformers.modeling_rope_utils`).
+
+    - "linear": every inverse frequency divided by `factor` (positions interpolated);
+    - "llama3" (Llama 3.1 / 3.2 / 3.3): wavelengths longer than `original_max_position_embeddings /
+      low_freq_factor` divided by `factor`, shorter than `... / high_freq_factor` kept, the band
+      between blended smoothly.
+    """
+
+    rope_type: Literal["linear", "llama3"] = Field(description="scaling scheme")
+    factor: float = Field(gt=0, description="how much longer than pretraining the context is (e.g. 8, 32)")
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3 only (Llama 3.x: 1)")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3 only (Llama 3.x: 4)")
+    original_max_position_embeddings: int | None = Field(
+        None, gt=0, description="llama3 only: pretraining context (Llama 3.x: 8192); None = max_position_embeddings")
+
+    @model_validator(mode="after")
+    def _check_type_parameters(self) -> "RopeScaling":
+        problems: list[tuple[str, str, Any]] = []
+        llama3_only = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if self.rope_type == "llama3":
+            for key in ("low_freq_factor", "high_freq_factor"):
+                if getattr(self, key) is None:
+                    problems.append((key, "required for rope_type 'llama3' (Llama 3.x uses low 1, high 4)", None))
+            lo, hi = self.low_freq_factor, self.high_freq_factor
+            if lo is not None and hi is not None and hi <= lo:
+                problems.append(("high_freq_factor", f"must be larger than low_freq_factor={lo}", hi))
+        else:
+            for key in llama3_only:
+                if getattr(self, key) is not None:
+                    problems.append((key, f"is a 'llama3' parameter; rope_type {self.rope_type!r} takes only "
+                                     "factor", getattr(self, key)))
+        if problems:
+            raise ValidationError.from_exception_data(
+                "RopeScaling",
+                [InitErrorDetails(type=PydanticCustomError("rope_scaling", msg), loc=(key,), input=value)
+                 for key, msg, value in problems],
+            )
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -43,6 +89,8 @@ class ModelConfig(StrictModel):
     head_dim: int | None = Field(None, gt=0, description="per-head width (D); None = hidden_size // num_attention_heads")
     max_position_embeddings: int = Field(2048, gt=0, description="longest sequence (tokens) the RoPE table covers")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base; larger = slower-rotating, longer contexts")
+    rope_scaling: RopeScaling | None = Field(
+        None, description="RoPE frequency scaling of long-context checkpoints ('llama3', 'linear'); None = plain RoPE")
     rms_norm_eps: float = Field(1e-5, gt=0, description="epsilon inside RMSNorm's rsqrt")
     tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding matrix")
     initializer_range: float = Field(0.02, gt=0, le=1.0, description="std of the normal init of weights")
@@ -117,9 +165,15 @@ class ModelConfig(StrictModel):
         """The `config.json` body transformers reads as `LlamaConfig` (and mlx-lm / llama.cpp read too).
 
         `rope_theta` is written twice on purpose: transformers 5 reads `rope_parameters`, while mlx-lm
-        (and transformers 4) read the top-level key and silently fall back to 10000 without it.
+        (and transformers 4) read the top-level key and silently fall back to 10000 without it. For the
+        same readers, RoPE scaling goes into `rope_parameters` and, identical, into `rope_scaling`.
         """
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", exclude={"rope_scaling"})
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            scaling = self.rope_scaling.model_dump(mode="json", exclude_none=True)
+            rope = {"rope_type": scaling["rope_type"], "rope_theta": self.rope_theta, **scaling}
+            d["rope_scaling"] = scaling
         d.update(
             architectures=["LlamaForCausalLM"],
             model_type="llama",
@@ -127,7 +181,7 @@ class ModelConfig(StrictModel):
             attention_bias=False,
             mlp_bias=False,
             attention_dropout=0.0,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            rope_parameters=rope,
             use_cache=True,
         )
         return d
@@ -144,17 +198,31 @@ class ModelConfig(StrictModel):
         for key in ("attention_bias", "mlp_bias"):
             if d.get(key):
                 problems.append(f"{key}: biases are not supported by krllm's Llama (must be false)")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-        if rope_type != "default":
-            problems.append(f"rope_parameters.rope_type: {rope_type!r} RoPE scaling is not supported (only 'default')")
+        # transformers 5 writes `rope_parameters`, 4 writes `rope_scaling` (+ top-level rope_theta);
+        # when both are present `rope_scaling` wins, as in transformers' LlamaConfig
+        rope_key = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
+        rope = d.get(rope_key) or {}
+        scaling = None
+        if not isinstance(rope, dict):
+            problems.append(f"{rope_key}: must be an object with 'rope_type', got {type(rope).__name__}")
+            rope = {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            problems.append(f"{rope_key}.rope_type: {rope_type!r} RoPE scaling is not supported (krllm implements "
+                            f"{', '.join(map(repr, ROPE_TYPES))})")
+        elif rope.get("partial_rotary_factor", 1.0) != 1.0:
+            problems.append(f"{rope_key}.partial_rotary_factor: {rope['partial_rotary_factor']} is not supported "
+                            "(RoPE on part of each head); krllm rotates whole heads (1.0)")
+        elif rope_type != "default":
+            scaling = {"rope_type": rope_type, **{k: v for k, v in rope.items()
+                                                  if k not in _ROPE_TYPE_KEYS and k != "partial_rotary_factor"}}
         if problems:
             raise ConfigError(source, problems)
         known = set(cls.model_fields)
         data = {k: v for k, v in d.items() if k in known}
-        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-        if theta is None:
-            theta = d.get("rope_theta", 10000.0)
+        data["rope_scaling"] = scaling
+        theta = next((r["rope_theta"] for r in (d.get("rope_scaling"), d.get("rope_parameters"))
+                      if isinstance(r, dict) and r.get("rope_theta") is not None), d.get("rope_theta", 10000.0))
         data["rope_theta"] = float(theta)
         return validate_model_config(data, source)
 

@@ -13,6 +13,8 @@ Notable features
   (`causal_attention_lowp`): PyTorch's CPU flash kernel is ~2x slower there (measured, torch 2.13).
 - Training loss without logits: `forward(..., targets, return_logits=False)` runs the LM head and
   cross-entropy in row chunks (`krllm.model.fused_loss`), never holding the (B, T, V) logits.
+- RoPE scaling of long-context checkpoints, `rope_scaling` 'llama3' (Llama 3.1-3.3) and 'linear',
+  computed as transformers computes it.
 - Static KV cache (`KVCache`): prefill (T > 1) and decode (T = 1), including a multi-token chunk
   after a cached prefix, with an explicit causal mask in that case.
 - Build on the meta device, materialize, then one documented `init_weights()` (`Llama.build`).
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krllm.model.config import ModelConfig
+from krllm.model.config import ModelConfig, RopeScaling
 from krllm.model.fused_loss import linear_cross_entropy
 
 
@@ -53,12 +55,15 @@ class RotaryEmbedding(nn.Module):
     """cos/sin tables for RoPE with base `rope_theta`; `rotate_half` pairing (dim i with i + D/2).
 
     Tables are non-persistent buffers (never saved) covering `max_position_embeddings`
-    positions; they grow on demand if a longer sequence arrives.
+    positions; they grow on demand if a longer sequence arrives. `scaling` ('linear', 'llama3')
+    rescales the frequencies as transformers does (see `inv_freq`).
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float):
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None = None):
         super().__init__()
-        self.head_dim, self.theta = head_dim, theta
+        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
+        self.original_max_positions = (scaling.original_max_position_embeddings if scaling is not None else None) \
+            or max_positions
         self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)  # (P, D)
         self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)  # (P, D)
 
@@ -69,11 +74,32 @@ class RotaryEmbedding(nn.Module):
         device = device or self.cos.device
         if device.type == "meta":
             return
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
-                                         .float() / self.head_dim))  # (D/2,)
+        inv_freq = self.inv_freq(device)  # (D/2,)
         freqs = torch.arange(n, device=device).float()[:, None] * inv_freq[None, :]  # (P, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (P, D)
         self.cos, self.sin = emb.cos(), emb.sin()
+
+    def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        """(D/2,) fp32 inverse frequencies theta^(-2i/D), then scaled, with the same operations in the
+        same order as `transformers.modeling_rope_utils` (so logits match in fp32):
+        - linear: all divided by `factor`;
+        - llama3: wavelengths 2*pi/f above original_max / low_freq_factor are divided by `factor`,
+          below original_max / high_freq_factor kept, in between blended by a smooth factor."""
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
+                                         .float() / self.head_dim))
+        s = self.scaling
+        if s is None:
+            return inv_freq
+        if s.rope_type == "linear":
+            return inv_freq / s.factor
+        old_context = self.original_max_positions
+        low_freq_wavelen, high_freq_wavelen = old_context / s.low_freq_factor, old_context / s.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+        smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        return torch.where(medium, smoothed, scaled)
 
     def forward(self, position_ids: torch.Tensor | None, start: int, length: int, dtype: torch.dtype):
         """-> cos, sin of shape (1 or B, T, 1, D) in `dtype`, for positions start..start+T or `position_ids`."""
@@ -185,7 +211,8 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(cfg.dim_per_head, cfg.max_position_embeddings, cfg.rope_theta)
+        self.rotary_emb = RotaryEmbedding(cfg.dim_per_head, cfg.max_position_embeddings, cfg.rope_theta,
+                                          cfg.rope_scaling)
 
 
 class Llama(nn.Module):
