@@ -130,3 +130,22 @@ def test_bad_prompts_are_rejected_clearly(model):
         engine.add([5] * 16)
     with pytest.raises(KrllmError, match="outside the vocabulary"):
         engine.add([5, model.config.vocab_size])
+
+
+def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir):
+    """bf16 weights (what `--dtype auto` picks on CPUs with native bf16): packed bf16 matmuls, fp32
+    cache on CPU. Batched decoding must equal one-by-one exactly, and logits stay near the model's."""
+    model = load_hf(model_dir, dtype="bf16")
+    engine = Engine(model, max_batch=4, max_seq_len=96)
+    assert engine.runner.cache.k.dtype == torch.float32  # CPU: fp32 cache whatever the weights
+    prompts = _prompts(model.config.vocab_size, [3, 11, 1, 17], seed=5)
+    alone = [engine.generate([p], GREEDY, max_new_tokens=12, stop_ids=())[0].output for p in prompts]
+    batched = [s.output for s in engine.generate(prompts, GREEDY, max_new_tokens=12, stop_ids=())]
+    assert batched == alone
+    ids = prompts[1]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]))[0][0, -1].float()
+    got = engine.runner.prefill(0, ids)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert got.argmax() == ref.argmax()
