@@ -246,7 +246,7 @@ def test_lowp_cpu_attention_matches_sdpa():
 def test_onednn_linears_match_f_linear_in_value_and_gradient():
     from krllm.model.config import model_config_from
     from krllm.model.llama import Llama
-    from krllm.train.cpu_kernels import onednn_available, use_onednn_linears
+    from krllm.train.cpu_kernels import onednn_available, use_onednn_attention, use_onednn_linears
 
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN")
@@ -256,6 +256,7 @@ def test_onednn_linears_match_f_linear_in_value_and_gradient():
     ours = Llama.build(cfg)
     ours.load_state_dict(ref.state_dict())
     assert use_onednn_linears(ours) == 2 * 7 + 1  # q k v o gate up down per block + lm_head
+    assert use_onednn_attention(ours) == 2  # one attention per block
     assert ours.state_dict().keys() == ref.state_dict().keys()
     x = torch.randint(0, 300, (2, 17))
     (lr, a), (lo, b) = ref(x[:, :-1], targets=x[:, 1:]), ours(x[:, :-1], targets=x[:, 1:])
@@ -267,3 +268,21 @@ def test_onednn_linears_match_f_linear_in_value_and_gradient():
     # under bf16 autocast the layers defer to F.linear, so autocast still casts
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x)[0].dtype == torch.bfloat16
+
+
+def test_onednn_causal_attention_matches_sdpa_in_value_and_gradient():
+    import torch.nn.functional as F
+
+    from krllm.train.cpu_kernels import causal_attention, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    q = torch.randn(2, 48, 8, 32, requires_grad=True)  # (B, T, H, D): the model passes a transposed view
+    k, v = torch.randn(2, 4, 48, 32, requires_grad=True), torch.randn(2, 4, 48, 32, requires_grad=True)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, enable_gqa=True)
+    out = causal_attention(q.transpose(1, 2), k, v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

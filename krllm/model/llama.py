@@ -141,7 +141,13 @@ def causal_attention_lowp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE and an optional KV cache."""
+    """Grouped-query self-attention with RoPE and an optional KV cache.
+
+    `causal_kernel(q, k, v)`, when set (`krllm.train.cpu_kernels.use_onednn_attention`), replaces
+    SDPA for fp32 CPU causal attention without cache or mask outside torch.compile.
+    """
+
+    causal_kernel = None
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -168,6 +174,10 @@ class Attention(nn.Module):
         if (cache is None and mask is None and T > 1 and q.device.type == "cpu" and q.dtype != torch.float32
                 and torch.is_autocast_enabled("cpu")):  # training under autocast, as measured
             y = causal_attention_lowp(q, k, v)  # (B, H, T, D)
+        elif (self.causal_kernel is not None and cache is None and mask is None and T > 1 and q.device.type == "cpu"
+              and q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+              and not torch.compiler.is_compiling()):
+            y = self.causal_kernel(q, k, v)  # (B, H, T, D)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.n_kv != self.n_heads
