@@ -186,15 +186,24 @@ def process_logits(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
 def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """Pick one token per row: logits (B, V) -> token ids (B,) int64.
 
-    Greedy rows take the argmax; the others draw from softmax(processed logits) with their own
-    generator (one small multinomial per sampled row: B is at most a few dozen here).
+    Greedy rows take the argmax; the others draw from softmax(processed logits), each with its own
+    generator, by the exponential race argmax(p / E), E ~ Exp(1) — what torch.multinomial does for
+    one sample — with the noise drawn per row and one softmax, divide and argmax for the batch.
     """
     if rows.all_greedy and rows.seen is None:
         return logits.argmax(dim=-1)
     processed = process_logits(logits, rows)
     out = processed.argmax(dim=-1)  # (B,) greedy rows keep this
-    for i, p in enumerate(rows.params):
-        if not p.greedy:
-            probs = processed[i].softmax(dim=-1)
-            out[i] = torch.multinomial(probs, 1, generator=rows.generators[i])[0]
+    sampled = [i for i, p in enumerate(rows.params) if not p.greedy]
+    if not sampled:
+        return out
+    every = len(sampled) == len(rows.params)
+    probs = (processed if every else processed[sampled]).softmax(dim=-1)  # (n, V)
+    noise = torch.empty_like(probs)
+    for j, i in enumerate(sampled):
+        noise[j].exponential_(generator=rows.generators[i])
+    drawn = (probs / noise).argmax(dim=-1)
+    if every:
+        return drawn
+    out[sampled] = drawn
     return out
