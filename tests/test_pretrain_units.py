@@ -286,3 +286,23 @@ def test_onednn_causal_attention_matches_sdpa_in_value_and_gradient():
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_grouped_causal_attention_matches_the_bf16_autocast_path():
+    from krllm.model.llama import causal_attention_lowp
+    from krllm.train.cpu_kernels import causal_attention, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    q = torch.randn(2, 48, 8, 32).bfloat16().requires_grad_()
+    k = torch.randn(2, 4, 48, 32).bfloat16().requires_grad_()
+    v = torch.randn(2, 4, 48, 32).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = causal_attention_lowp(q.transpose(1, 2), k, v)
+        out = causal_attention(q.transpose(1, 2), k, v)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.03, rtol=0.02)  # bf16 scores, fp32 softmax, as eager
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a.float(), b.float(), atol=0.05, rtol=0.02)

@@ -100,15 +100,23 @@ def use_onednn_linears(model: nn.Module) -> int:
     return n
 
 
-class CausalAttention(torch.autograd.Function):
-    """fp32 causal grouped-query attention with oneDNN matmuls, one (batch, kv head) group at a time.
+def _mm_any(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """a @ b_t.T: oneDNN for fp32, PyTorch's matmul (oneDNN already) for bf16/fp16."""
+    return _mm(a, b_t) if a.dtype == torch.float32 else a @ b_t.t()
 
-    The `rep` query heads that share a kv head are stacked into rep*T rows, so each group is two
-    GEMMs forward ((rep*T, D) @ (D, T), (rep*T, T) @ (T, D)) and four backward; the scores of a
-    group (rep*T x T fp32, 512 KB for the benchmark model) stay in L2 while softmax runs on them.
-    Saves the probabilities for backward (B*H*T*T fp32 per layer; SDPA's flash kernel saves only
-    the row log-sum-exp). Measured against SDPA's CPU flash kernel, forward + backward, 1 thread:
-    ~32 vs ~47 ms per layer of the benchmark model (B 8, H 8/4, T 256, D 64).
+
+class CausalAttention(torch.autograd.Function):
+    """Causal grouped-query attention on CPU, one (batch, kv head) group at a time.
+
+    The `rep` query heads that share a kv head are stacked into R = rep*T rows, so each group is
+    two GEMMs forward ((R, D) @ (D, T), (R, T) @ (T, D)) and four backward, with no repeated K/V
+    copies, and the scores of a group (R x T fp32: 512 KB for the benchmark model) stay in L2 while
+    the mask, softmax and casts run on them. fp32: the GEMMs run on oneDNN (`onednn_mm`). bf16/fp16
+    (autocast): transformers' eager numerics — scores in the compute dtype (q pre-scaled), softmax
+    in fp32, probabilities rounded to the compute dtype for P @ V. The fp32 probabilities are saved
+    for backward (B*H*T*T fp32 per layer, as autograd of the unfused version would). Measured per
+    layer of the benchmark model (B 8, H 8/4, T 256, D 64), forward + backward, 1 thread, CPU time:
+    fp32 ~32 ms vs ~47 ms for SDPA's flash kernel; bf16 see docs/pretraining.md.
     """
 
     @staticmethod
@@ -116,16 +124,19 @@ class CausalAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         h_kv = k.shape[1]
         G, R = B * h_kv, H // h_kv * T  # groups, rows per group
-        qs = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
-        torch.mul(q, D ** -0.5, out=qs)  # scaled, contiguous
-        qs = qs.view(G, R, D)
-        kc, vc = k.contiguous().view(G, T, D), v.contiguous().view(G, T, D)
-        mask = torch.full((T, T), float("-inf"), device=q.device).triu(1).repeat(R // T, 1)  # (R, T)
-        p = torch.empty(G, R, T, dtype=q.dtype, device=q.device)  # softmax probabilities
-        out = torch.empty(G, R, D, dtype=q.dtype, device=q.device)
-        for g in range(G):
-            torch.ops.aten._softmax.out(_mm(qs[g], kc[g]).add_(mask), -1, False, out=p[g])  # (R, T)
-            out[g] = _mm(p[g], vc[g].t())  # (R, T) @ (T, D)
+        with torch.autocast("cpu", enabled=False):
+            qs = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+            torch.mul(q, D ** -0.5, out=qs)  # scaled, contiguous
+            qs = qs.view(G, R, D)
+            kc, vc = k.contiguous().view(G, T, D), v.contiguous().view(G, T, D)
+            mask = torch.full((T, T), float("-inf"), device=q.device).triu(1).repeat(R // T, 1)  # (R, T)
+            p = torch.empty(G, R, T, dtype=torch.float32, device=q.device)  # softmax probabilities, fp32
+            out = torch.empty(G, R, D, dtype=q.dtype, device=q.device)
+            for g in range(G):
+                s = _mm_any(qs[g], kc[g])  # (R, T) scores in the compute dtype
+                s = s.add_(mask) if s.dtype == torch.float32 else s.float().add_(mask)
+                torch.ops.aten._softmax.out(s, -1, False, out=p[g])
+                out[g] = _mm_any(p[g].to(q.dtype), vc[g].t())  # (R, T) @ (T, D)
         ctx.save_for_backward(qs, kc, vc, p)
         return out.view(B, H, T, D)
 
@@ -134,13 +145,16 @@ class CausalAttention(torch.autograd.Function):
         qs, kc, vc, p = ctx.saved_tensors
         G, R, D = qs.shape
         B, H, T = d_out.shape[0], d_out.shape[1], kc.shape[1]
-        do = d_out.contiguous().view(G, R, D)
-        dq, dk, dv = torch.empty_like(qs), torch.empty_like(kc), torch.empty_like(vc)
-        for g in range(G):
-            dv[g] = _mm(do[g].t(), p[g].t()).t()  # (P^T dO)^T computed as dO^T P: (D, R) @ (R, T)
-            ds = torch.ops.aten._softmax_backward_data(_mm(do[g], vc[g]), p[g], -1, p.dtype)  # (R, T)
-            dq[g] = _mm(ds, kc[g].t())  # (R, T) @ (T, D)
-            dk[g] = _mm(qs[g].t(), ds.t()).t()  # (dS^T Qs)^T as Qs^T dS: (D, R) @ (R, T)
+        with torch.autocast("cpu", enabled=False):
+            do = d_out.to(qs.dtype).contiguous().view(G, R, D)
+            dq, dk, dv = torch.empty_like(qs), torch.empty_like(kc), torch.empty_like(vc)
+            for g in range(G):
+                pg = p[g].to(qs.dtype)  # (R, T), what the forward multiplied V with
+                dv[g] = _mm_any(do[g].t(), pg.t()).t()  # (P^T dO)^T computed as dO^T P: (D, R) @ (R, T)
+                dp = _mm_any(do[g], vc[g]).float()  # (R, T)
+                ds = torch.ops.aten._softmax_backward_data(dp, p[g], -1, torch.float32).to(qs.dtype)  # (R, T)
+                dq[g] = _mm_any(ds, kc[g].t())  # (R, T) @ (T, D)
+                dk[g] = _mm_any(qs[g].t(), ds.t()).t()  # (dS^T Qs)^T as Qs^T dS: (D, R) @ (R, T)
         return dq.mul_(D ** -0.5).view(B, H, T, D), dk.view(B, -1, T, D), dv.view(B, -1, T, D)
 
 
@@ -152,8 +166,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 def use_onednn_attention(model: nn.Module) -> int:
     """Give the model's attention modules the oneDNN fp32 causal kernel; returns how many.
 
-    The model uses it only where it applies (fp32 CPU, no autocast, no cache or mask, T > 1, not
-    under torch.compile) and SDPA everywhere else.
+    The model uses it only where it applies (CPU training attention: fp32, or bf16/fp16 under
+    autocast; no cache or mask, T > 1, not under torch.compile) and its usual path everywhere else.
     """
     n = 0
     for module in model.modules():
