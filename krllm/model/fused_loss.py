@@ -46,7 +46,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         dw_t = torch.zeros(w.shape[1], w.shape[0], dtype=torch.float32, device=w.device) if grad else None  # (C, V)
         for s in range(0, h.shape[0], chunk):
             e = min(s + chunk, h.shape[0])
-            logp = torch.log_softmax(mm(hc[s:e], wc).float(), dim=-1)  # (n, V) fp32
+            logp = torch.log_softmax(mm(hc[s:e], wc), dim=-1, dtype=torch.float32)  # (n, V) fp32, one pass
             t, ok = safe_t[s:e], valid[s:e]
             loss -= logp.gather(1, t)[:, 0].masked_fill(~ok, 0.0).sum()
             if grad:

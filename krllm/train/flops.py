@@ -39,34 +39,42 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", seconds: float = 0.5,
-                        sizes: tuple[int, ...] = (1024, 2048)) -> float:
-    """Best achieved matmul FLOP/s for `dtype` on `device` (square n x n @ n x n, a few repeats, each kernel).
+def matmul_peaks(dtype: torch.dtype, device: torch.device | str = "cpu", seconds: float = 0.5,
+                 sizes: tuple[int, ...] = (1024, 2048), clock=time.perf_counter) -> dict[str, float]:
+    """Best achieved matmul FLOP/s per kernel: {"torch": ..., "onednn": ... (CPU only)}.
 
-    On CPU with fp16/bf16 autocast, the matmuls run in that dtype, so that is what we time.
+    Square n x n @ n x n in `dtype`, a few repeats per size and kernel. `clock` measures the time
+    (`time.process_time` on a 1-thread run gives the rate while the process actually runs, robust
+    to other jobs on a shared machine). On CPU, torch.matmul is MKL for fp32 and oneDNN for bf16.
     """
     device = torch.device(device)
-    kernels = [torch.matmul]
+    kernels = {"torch": torch.matmul}
     if device.type == "cpu":  # the loop's fp32 CPU matmuls run on oneDNN (krllm.train.cpu_kernels)
         from krllm.train.cpu_kernels import onednn_available, onednn_mm
 
         if onednn_available():
-            kernels.append(onednn_mm)
-    best = 0.0
+            kernels["onednn"] = onednn_mm
+    best = dict.fromkeys(kernels, 0.0)
     budget = seconds / (len(sizes) * len(kernels))
     for n in sizes:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        for mm in kernels:
+        for name, mm in kernels.items():
             mm(a, b)  # warm-up (oneDNN / cuBLAS kernel selection)
             _sync(device)
-            t0, reps = time.perf_counter(), 0
+            t0, reps = clock(), 0
             while True:
                 mm(a, b)
                 reps += 1
                 _sync(device)
-                elapsed = time.perf_counter() - t0
+                elapsed = clock() - t0
                 if elapsed >= budget and reps >= 2:
                     break
-            best = max(best, 2.0 * n ** 3 * reps / elapsed)
+            best[name] = max(best[name], 2.0 * n ** 3 * reps / elapsed)
     return best
+
+
+def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", seconds: float = 0.5,
+                        sizes: tuple[int, ...] = (1024, 2048), clock=time.perf_counter) -> float:
+    """This machine's matmul peak for `dtype`: the best of `matmul_peaks` over the kernels."""
+    return max(matmul_peaks(dtype, device, seconds, sizes, clock).values())
