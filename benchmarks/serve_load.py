@@ -5,7 +5,8 @@ layers of the ≈31M configuration of benchmarks/decode.py, default; `tiny`: the
 vocabulary is a 400-token tokenizer trained on the spot, then for each client count runs `--requests-per-client`
 streaming chat requests per client (EOS ignored, fixed `--max-tokens`), and reports aggregate
 completion tokens/s, the ratio to one client, time-to-first-token and request latency
-p50/p99, errors, and the server's peak RSS. All traffic stays on 127.0.0.1.
+p50/p99, errors, the engine's share of wall time, tokens and milliseconds per engine step (how a
+batched step's cost grows with the batch), and the server's peak RSS. All traffic stays on 127.0.0.1.
 
     python benchmarks/serve_load.py
     python benchmarks/serve_load.py --clients 1 8 32 --max-tokens 64 --requests-per-client 2
@@ -140,18 +141,20 @@ def main() -> None:
         print(f"krllm serve on {url}: random {args.config} model, {args.max_batch} slots; "
               f"{args.requests_per_client} streaming requests per client, {args.max_tokens} tokens each")
         print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} "
-              f"{'lat p50':>8} {'lat p99':>8} {'engine':>7} {'tok/step':>7}")
+              f"{'lat p50':>8} {'lat p99':>8} {'engine':>7} {'tok/step':>7} {'ms/step':>7}")
         base = None
         for n in args.clients:
             h0 = httpx.get(url + "/health").json()
             r = asyncio.run(_load(url, n, args.requests_per_client, args.max_tokens))
             h1 = httpx.get(url + "/health").json()
-            r["busy"] = (h1["engine_busy_s"] - h0["engine_busy_s"]) / r["wall"]
+            busy_s = h1["engine_busy_s"] - h0["engine_busy_s"]
+            r["busy"] = busy_s / r["wall"]
             r["steps"] = h1["steps"] - h0["steps"]
+            r["step_ms"] = 1000 * busy_s / max(r["steps"], 1)
             base = base or r["tok_s"]
             print(f"{n:>7} {r['requests']:>8} {r['errors']:>6} {r['tok_s']:>8.1f} {r['tok_s'] / base:>5.1f}x "
                   f"{r['ttft_p50']:>8.3f}s {r['lat_p50']:>7.2f}s {r['lat_p99']:>7.2f}s {r['busy']:>7.0%} "
-                  f"{r['tokens'] / max(r['steps'], 1):>8.1f}")
+                  f"{r['tokens'] / max(r['steps'], 1):>8.1f} {r['step_ms']:>7.1f}")
         health = httpx.get(url + "/health").json()
         print(f"server peak RSS {peak['rss'] / 2**20:.0f} MiB; most sequences decoded together: "
               f"{health['peak_running']}")

@@ -149,3 +149,23 @@ def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir):
     assert got.dtype == torch.float32
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert got.argmax() == ref.argmax()
+
+
+def test_llama3_rope_scaling_model_decodes_like_transformers(tmp_path):
+    """A Llama-3.x style directory (rope_scaling llama3) past its original context: same greedy tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                         "high_freq_factor": 4.0,
+                                                         "original_max_position_embeddings": 32})
+    hf = LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    prompt = _prompts(300, [40], seed=7)[0]  # already past the original 32 positions
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=60, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[0, len(prompt):].tolist()
+    engine = Engine(load_hf(tmp_path), max_batch=2, max_seq_len=200)
+    assert engine.generate([prompt], GREEDY, max_new_tokens=60, stop_ids=())[0].output == ref
