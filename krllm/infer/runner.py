@@ -89,6 +89,7 @@ class ModelRunner:
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         self.cache = SlotKVCache(cfg.num_hidden_layers, n_slots, self.n_kv, max_seq_len, self.head_dim,
                                  self.device, self.cache_dtype)
+        self._k_layers, self._v_layers = self.cache.k.unbind(0), self.cache.v.unbind(0)  # per-layer views
         self._arange = torch.arange(max_seq_len, device=self.device)  # (S_max,)
 
     @torch.no_grad()
@@ -216,25 +217,27 @@ class ModelRunner:
             rows = torch.tensor([s if active[s] else scratch for s in range(B)], device=self.device)  # (B,)
             cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]  # (B, 1, D)
             mask = (self._arange[:S][None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
-        ck, cv = self.cache.k, self.cache.v
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         half = D // 2
+        cast = self.cache_dtype != self.dtype
 
+        # Few tensor ops per layer: at batch 1 a small model spends as much time dispatching ops as
+        # multiplying, so views are taken once and dtype casts only happen when dtypes differ.
         x = F.embedding(tokens.view(B), self.embed)  # (B, C)
-        for i, lw in enumerate(self.layers):
-            nq, nk = lw["nq"], lw["nk"]
-            qkv = lw["qkv"](self._normalize(x))  # (B, (H + 2 KV) D)
-            qk = qkv[:, :nq + nk].view(B, H + KV, D)
+        for lw, kc, vc in zip(self.layers, self._k_layers, self._v_layers):
+            qkv = lw["qkv"](self._normalize(x)).view(B, H + 2 * KV, D)
+            qk = qkv[:, :H + KV]
             qk = qk * cos + qk.roll(half, -1) * sin  # RoPE on q and k at once: rotate_half via roll
-            q = qk[:, :H]  # (B, H, D)
-            k, v = qk[:, H:].to(ck.dtype), qkv[:, nq + nk:].view(B, KV, D).to(ck.dtype)  # (B, KV, D)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV:]  # (B, H, D), (B, KV, D), (B, KV, D)
+            if cast:
+                k, v = k.to(self.cache_dtype), v.to(self.cache_dtype)
             if simple:
-                ck[i, :B, :, p0] = k
-                cv[i, :B, :, p0] = v
+                kc[:B, :, p0] = k
+                vc[:B, :, p0] = v
             else:
-                ck[i, rows, :, pos] = k
-                cv[i, rows, :, pos] = v
-            y = self._attend_one(q, ck[i, :B, :, :S], cv[i, :B, :, :S], mask)  # (B, H, D)
+                kc[rows, :, pos] = k
+                vc[rows, :, pos] = v
+            y = self._attend_one(q, kc[:B, :, :S], vc[:B, :, :S], mask)  # (B, H, D)
             x = x + lw["o"](y.view(B, H * D))
             gu = lw["gate_up"](self._normalize(x))  # (B, 2 I)
             x = x + lw["down"](F.silu(gu[:, :lw["ni"]]) * gu[:, lw["ni"]:])
@@ -253,8 +256,9 @@ class ModelRunner:
         """
         B, H, D = q.shape
         KV = k.shape[1]
-        y = F.scaled_dot_product_attention(q.to(k.dtype).view(B, KV, H // KV, D), k, v, attn_mask=mask)
-        return y.reshape(B, H, D).to(q.dtype)
+        qg = (q if q.dtype == k.dtype else q.to(k.dtype)).reshape(B, KV, H // KV, D)
+        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(B, H, D)
+        return y if y.dtype == q.dtype else y.to(q.dtype)
 
     def free(self, slot: int) -> None:
         self.cache.lengths[slot] = 0
