@@ -22,6 +22,9 @@ What it does, in one run:
    every 50 ms.
 
 It prints MB/s of both, their ratio (target >= 0.8x) and peak RSS at 10 vs 50 MB (target: flat).
+On a shared machine the ratio only means something when both cores are free: one busy core halves
+what 2 workers get but leaves the 1-thread baseline untouched. The table shows, per round, how many
+cores the bare encode with tokenizers' default threads got, as a probe of that.
 The bare side encodes every input document; `prepare` tokenizes the ones dedupe kept (the token
 counts of both are printed), so if anything the comparison favours the bare side slightly.
 """
@@ -223,7 +226,7 @@ def main() -> None:
                 print(f"  bare tokenizers encode_batch_fast ({label}): {mb / wall:.2f} MB/s "
                       f"({cpu / wall:.2f} cores busy)", flush=True)
 
-        def run_ours():
+        def run_ours(r=r):
             nonlocal m
             out = work / f"out_big_{r}"  # a fresh output: replacing an old one (rmtree) is not timed
             res = run_prepare(work / "big", tok_dir, out, args.workers)
@@ -252,6 +255,10 @@ def main() -> None:
           f"dedupe kept {m['documents']['kept']:,} |")
     print(f"| machine load (1-min average) at the start and after each round | "
           f"{' / '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} cores |")
+    free = [c / w for w, c in bare["default threads"]]
+    print(f"| cores the machine gave tokenizers' default threads, per round (2.0 = both cores free; near 1.0 = "
+          f"another job held a core, and {args.workers} workers cannot beat 1 thread) | "
+          f"{', '.join(f'{x:.2f}' for x in free)} |")
     med = statistics.median(ours)
     print(f"| `krllm data prepare`, {args.workers} workers, whole pipeline; median of {args.rounds} | "
           f"**{mb / med:.2f} MB/s** ({med:.1f} s; rounds: {', '.join(f'{x:.1f}' for x in ours)} s) |")

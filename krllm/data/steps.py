@@ -192,9 +192,10 @@ class KoreanMinhashSignature(MinhashDedupSignature):
     numbers -> 0, surrounding punctuation removed; pure-punctuation tokens dropped). datatrove
     hashes the joined text of every n-gram in Python (~4 us a shingle); here each distinct eojeol
     is normalized and hashed once (xxhash64, cached per task), an n-gram's hash is a polynomial of
-    its word hashes computed with numpy, and signatures are computed in blocks of shingles. That
-    makes this stage ~4x faster with memory bounded per document. datatrove's signature formula
-    (min of (a*x + b) mod 2^61-1), its buckets, clusters and final filter are unchanged.
+    its word hashes computed with numpy, signatures are computed in blocks of shingles and written
+    in blocks of documents. That makes this stage ~4x faster with memory bounded per document.
+    datatrove's signature formula (min of (a*x + b) mod 2^61-1), its signature files (byte for
+    byte, see `run`), buckets, clusters and final filter are unchanged.
     """
 
     def __init__(self, output_folder: str, config: MinhashConfig):
