@@ -193,7 +193,8 @@ def keep_freed_memory() -> bool:
     every page faults in again on its next use (on this project's VM ~2 us per 4 KB page: a fresh
     2.8M-element fp32 `a * b` took 2.0 ms vs 0.6 ms into a reused buffer). This disables the trim
     and serves allocations up to glibc's 32 MB maximum from the heap. The process's peak memory is
-    unchanged; its RSS simply stays at the peak between steps. Returns False where there is no glibc.
+    unchanged; its RSS simply stays at the peak between steps (for the rest of the process: glibc
+    settings are process-wide). Returns False where there is no glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
