@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32, help="server KV-cache slots")
     ap.add_argument("--threads", type=int, default=0, help="server CPU threads (0 = torch default)")
     ap.add_argument("--config", choices=["31m", "tiny"], default="31m", help="model shape (default 31m)")
+    ap.add_argument("--dtype", default="auto", help="server weights: auto (default, as `krllm serve`), fp32 or bf16")
     args = ap.parse_args()
 
     import httpx
@@ -110,7 +111,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model), "--port", str(port),
                              "--max-batch", str(args.max_batch), "--log-level", "warning",
-                             "--threads", str(args.threads),
+                             "--threads", str(args.threads), "--dtype", args.dtype,
                              "--set", f"limits.max_concurrent={max(64, max(args.clients) * 2)}"],
                             env={**os.environ, "KRLLM_API_KEY": ""})
     peak = {"rss": 0}

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import AsyncIterator
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -218,8 +219,9 @@ class ServerState:
                               repetition_penalty=req.repetition_penalty, seed=req.seed)
 
 
-def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+def _sse(obj) -> bytes:
+    """One server-sent event; orjson because every streamed token passes through here."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 async def _until_done_or_disconnected(request, coro):
@@ -304,7 +306,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
             if req.include_usage:
                 yield _sse(chat_chunk(cid, state.model_id, created, {}, usage_=usage(len(ids), gen.n_out),
                                       choices=False))
-            yield "data: [DONE]\n\n"
+            yield b"data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -367,7 +369,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
                 if req.include_usage:
                     yield _sse(text_chunk(cid, state.model_id, created, 0, "", choices=False,
                                           usage_=usage(n_prompt, sum(g.n_out for g in gens))))
-                yield "data: [DONE]\n\n"
+                yield b"data: [DONE]\n\n"
             finally:
                 for t in tasks:
                     t.cancel()
