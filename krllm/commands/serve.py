@@ -53,6 +53,8 @@ def run(args) -> int:
     cfg = load_config(args.config, ServeConfig, overrides)
     api_key = args.api_key or os.environ.get("KRLLM_API_KEY") or None
     console = Console(stderr=True)
+    sock = _bind(cfg.host, cfg.port)  # before loading the model: a busy port fails in a second, not after
+    port = sock.getsockname()[1]  # the real one when --port 0
     if cfg.engine.threads:
         import torch
 
@@ -65,13 +67,34 @@ def run(args) -> int:
     scheduler = Scheduler(engine)
     app = create_app(lm, scheduler, cfg, api_key)
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    console.print(f"serving [bold]{cfg.model_name or lm.name}[/] — chat page http://{shown}:{cfg.port}/ , "
-                  f"OpenAI API http://{shown}:{cfg.port}/v1 ({'API key required' if api_key else 'no API key'})")
+    shown = f"[{shown}]" if ":" in shown else shown
+    console.print(f"serving [bold]{cfg.model_name or lm.name}[/] — chat page http://{shown}:{port}/ , "
+                  f"OpenAI API http://{shown}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] listening on {cfg.host} without an API key: anyone who can reach "
                       "this machine can use the model")
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)
+        uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
     finally:
         scheduler.close()
     return 0
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port (0 = any free port), or a clear error when it is taken."""
+    import socket
+
+    from krllm.errors import KrllmError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise KrllmError(f"cannot listen on {host}:{port}: {e.strerror} (another server there? pick "
+                         "another --port, or 0 for any free one)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
