@@ -27,9 +27,8 @@ def _onednn_ready(weight: torch.Tensor) -> bool:
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
-    """oneDNN's blocked copy of `weight` (out, in), or None when it cannot be used or gives other results."""
-    if not _onednn_ready(weight):
-        return None
+    """oneDNN's blocked copy of `weight` (out, in) (call only when `_onednn_ready`), or None when packing
+    fails or gives other results than F.linear."""
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
         probe = torch.randn(2, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)

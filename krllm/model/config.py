@@ -33,6 +33,14 @@ ROPE_TYPES = ("default", "linear", "llama3")  # what `from_hf_dict` accepts in r
 _ROPE_TYPE_KEYS = ("rope_type", "type", "rope_theta")  # in those dicts, but not scaling parameters
 
 
+def _raise_all(title: str, error_type: str, problems: list[tuple[str, str, object]]) -> None:
+    """Report every (key, message, value) problem at once, as one pydantic ValidationError."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title, [InitErrorDetails(type=PydanticCustomError(error_type, msg), loc=(key,), input=value)
+                    for key, msg, value in problems])
+
+
 class RopeScaling(StrictModel):
     """RoPE frequency scaling of long-context checkpoints, with transformers' names and formulas
     (`rope_parameters` / `rope_scaling` in config.json; `transformers.modeling_rope_utils`).
@@ -66,12 +74,7 @@ class RopeScaling(StrictModel):
                 if getattr(self, key) is not None:
                     problems.append((key, f"is a 'llama3' parameter; rope_type {self.rope_type!r} takes only "
                                      "factor", getattr(self, key)))
-        if problems:
-            raise ValidationError.from_exception_data(
-                "RopeScaling",
-                [InitErrorDetails(type=PydanticCustomError("rope_scaling", msg), loc=(key,), input=value)
-                 for key, msg, value in problems],
-            )
+        _raise_all("RopeScaling", "rope_scaling", problems)
         return self
 
 
@@ -138,12 +141,7 @@ class ModelConfig(StrictModel):
             if not 0 <= eos < self.vocab_size:
                 problems.append(("eos_token_id", f"eos id {eos} is outside the vocabulary "
                                  f"(vocab_size={self.vocab_size})", self.eos_token_id))
-        if problems:
-            raise ValidationError.from_exception_data(
-                "ModelConfig",
-                [InitErrorDetails(type=PydanticCustomError("model_shape", msg), loc=(key,), input=value)
-                 for key, msg, value in problems],
-            )
+        _raise_all("ModelConfig", "model_shape", problems)
         return self
 
     @property
