@@ -27,8 +27,9 @@ def _prompts(vocab, lengths, seed=0):
     return [torch.randint(4, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def test_runner_logits_equal_llama_forward(model):
-    engine = Engine(model, max_batch=3, max_seq_len=64)
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_runner_logits_equal_llama_forward(model, native):
+    engine = Engine(model, max_batch=3, max_seq_len=64, native=native)
     ids = _prompts(model.config.vocab_size, [9])[0]
     ref, _ = model(torch.tensor([ids]))  # (1, T, V), no cache
     got = engine.runner.prefill(1, ids[:5])
@@ -44,11 +45,12 @@ def test_runner_logits_equal_llama_forward(model):
         engine.runner.cache.lengths[2] = 7
 
 
-def test_greedy_equals_transformers_generate(model_dir, model):
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_greedy_equals_transformers_generate(model_dir, model, native):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    engine = Engine(model, max_batch=2, max_seq_len=128)
+    engine = Engine(model, max_batch=2, max_seq_len=128, native=native)
     for prompt in _prompts(model.config.vocab_size, [1, 6, 17], seed=1):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=None,
@@ -58,9 +60,10 @@ def test_greedy_equals_transformers_generate(model_dir, model):
         assert seq.finish_reason == "length"
 
 
-def test_batched_prompts_of_different_lengths_equal_one_by_one(model):
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_batched_prompts_of_different_lengths_equal_one_by_one(model, native):
     prompts = _prompts(model.config.vocab_size, [3, 11, 1, 25, 7], seed=2)
-    engine = Engine(model, max_batch=5, max_seq_len=128)
+    engine = Engine(model, max_batch=5, max_seq_len=128, native=native)
     alone = [engine.generate([p], GREEDY, max_new_tokens=20, stop_ids=())[0].output for p in prompts]
     batched = [s.output for s in engine.generate(prompts, GREEDY, max_new_tokens=20, stop_ids=())]
     assert batched == alone
@@ -132,11 +135,12 @@ def test_bad_prompts_are_rejected_clearly(model):
         engine.add([5, model.config.vocab_size])
 
 
-def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir):
-    """bf16 weights (what `--dtype auto` picks on CPUs with native bf16): packed bf16 matmuls, fp32
-    cache on CPU. Batched decoding must equal one-by-one exactly, and logits stay near the model's."""
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir, native):
+    """bf16 weights (what `--dtype auto` picks on CPUs with native bf16): the C step or packed bf16
+    matmuls, fp32 cache on CPU. Batched decoding must equal one-by-one exactly, and logits stay near the model's."""
     model = load_hf(model_dir, dtype="bf16")
-    engine = Engine(model, max_batch=4, max_seq_len=96)
+    engine = Engine(model, max_batch=4, max_seq_len=96, native=native)
     assert engine.runner.cache.k.dtype == torch.float32  # CPU: fp32 cache whatever the weights
     prompts = _prompts(model.config.vocab_size, [3, 11, 1, 17], seed=5)
     alone = [engine.generate([p], GREEDY, max_new_tokens=12, stop_ids=())[0].output for p in prompts]
@@ -151,7 +155,8 @@ def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir):
     assert got.argmax() == ref.argmax()
 
 
-def test_llama3_rope_scaling_model_decodes_like_transformers(tmp_path):
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_llama3_rope_scaling_model_decodes_like_transformers(tmp_path, native):
     """A Llama-3.x style directory (rope_scaling llama3) past its original context: same greedy tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -167,5 +172,5 @@ def test_llama3_rope_scaling_model_decodes_like_transformers(tmp_path):
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=60, do_sample=False, eos_token_id=None,
                           pad_token_id=0)[0, len(prompt):].tolist()
-    engine = Engine(load_hf(tmp_path), max_batch=2, max_seq_len=200)
+    engine = Engine(load_hf(tmp_path), max_batch=2, max_seq_len=200, native=native)
     assert engine.generate([prompt], GREEDY, max_new_tokens=60, stop_ids=())[0].output == ref

@@ -83,7 +83,9 @@ def test_chat_completion_matches_engine(client, reference):
                                                                                         n_prompt + n_out)
 
 
-def test_chat_streaming_chunks_add_up(client, reference):
+def test_chat_streaming_chunks_add_up(client, server, reference, monkeypatch):
+    step = server[1].engine.step  # a real model's pace (the tiny one decodes in microseconds), so
+    monkeypatch.setattr(server[1].engine, "step", lambda: (time.sleep(0.005), step())[1])  # tokens come one by one
     messages = [{"role": "user", "content": "안녕하세요! 자기소개 해 주세요."}]
     text, finish, n_prompt, n_out = reference.chat(messages, 30)
     stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=30, temperature=0,

@@ -62,10 +62,11 @@ class Engine:
     one thread calls add/cancel/step (see Scheduler for the threaded server loop)."""
 
     def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
-                 eos_ids: Iterable[int] | None = None):
+                 eos_ids: Iterable[int] | None = None, native: bool = True):
+        """native=False keeps decoding on the PyTorch path even where the C step is available."""
         cfg = model.config
         max_seq_len = max_seq_len or cfg.max_position_embeddings
-        self.runner = ModelRunner(model, n_slots=max_batch, max_seq_len=max_seq_len)
+        self.runner = ModelRunner(model, n_slots=max_batch, max_seq_len=max_seq_len, use_native=native)
         self.eos_ids = frozenset(cfg.eos_ids if eos_ids is None else eos_ids)
         self.max_batch = max_batch
         self.waiting: deque[Sequence] = deque()

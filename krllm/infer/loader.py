@@ -172,4 +172,4 @@ def describe(lm: LoadedModel, engine) -> str:
     why = f" ({lm.info['dtype']})" if lm.info.get("dtype") else ""
     return (f"{lm.path}{extra}: {n / 1e6:.2f}M params, {str(p.dtype).removeprefix('torch.')}{why} on {p.device}, "
             f"{engine.max_batch} slot(s) x {engine.max_seq_len} tokens (KV cache {kv_mb:.0f} MiB), "
-            f"stop ids {sorted(engine.eos_ids)}")
+            f"decoding: {engine.runner.decode_path}, stop ids {sorted(engine.eos_ids)}")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from krllm.errors import KrllmError
+from krllm.infer import native
 from krllm.infer.kernels import PackedMatmul
 
 
@@ -61,7 +62,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class ModelRunner:
     """Prefill one slot / decode a batch of slots; knows token ids and logits, nothing else."""
 
-    def __init__(self, model, n_slots: int, max_seq_len: int):
+    def __init__(self, model, n_slots: int, max_seq_len: int, use_native: bool = True):
         cfg = model.config
         self.model = model.eval()
         self.cfg = cfg
@@ -73,7 +74,8 @@ class ModelRunner:
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dim_per_head
         self.eps = cfg.rms_norm_eps
         self.gqa = self.n_kv != self.n_heads
-        self._fuse_weights()
+        lib = native.library() if use_native and self.device.type == "cpu" and self.dtype in native.NATIVE_DTYPES else None
+        self._fuse_weights(pack=lib is None)
         rot = model.model.rotary_emb
         if rot.cos.shape[0] < max_seq_len:
             rot.reset_tables(max_seq_len)
@@ -91,26 +93,57 @@ class ModelRunner:
                                  self.device, self.cache_dtype)
         self._k_layers, self._v_layers = self.cache.k.unbind(0), self.cache.v.unbind(0)  # per-layer views
         self._arange = torch.arange(max_seq_len, device=self.device)  # (S_max,)
+        self.native = None
+        self.native = self._native_decoder(lib, rot, max_seq_len) if lib is not None else None
+        # Batches up to this many rows take the C step. Few rows are bound by reading the weights,
+        # where it is 1.3-2.5x faster; many rows are bound by arithmetic, where in fp32 it still
+        # keeps up with oneDNN's GEMM but in bf16 falls behind past ~16 rows (oneDNN multiplies bf16
+        # natively, the C step widens to fp32). Measured by benchmarks/decode_batch.py.
+        self.native_max_rows = n_slots if self.dtype == torch.float32 else 16
+        self.decode_path = ("PyTorch" if self.native is None else "C step" if self.native_max_rows >= n_slots
+                            else f"C step up to {self.native_max_rows} rows, PyTorch above")
+
+    def _native_decoder(self, lib, rot, max_seq_len: int) -> "native.NativeDecoder | None":
+        """The C decode step over this runner's weights and cache, if it computes what the PyTorch
+        path computes (checked on one token in the still-empty slot 0; a mismatch means a broken build)."""
+        dec = native.NativeDecoder(
+            lib, self.cfg, [(lw["qkv"].weight, lw["o"].weight, lw["gate_up"].weight, lw["down"].weight)
+                            for lw in self.layers],
+            self.lm_head.weight, self.embed.contiguous(), rot.cos[:max_seq_len].float().contiguous(),
+            rot.sin[:max_seq_len].float().contiguous(), self.cache.k, self.cache.v, self.cache.n_slots)
+        token = torch.tensor([min(5, self.vocab_size - 1)], device=self.device)
+        want = self.decode(token, 1).clone()  # PyTorch path
+        self.free(0)
+        got = dec.decode(token, [0], [0])
+        tol = 1e-3 if self.dtype == torch.float32 else 0.1
+        err = (got - want).abs().max().item() / (want.abs().max().item() + 1e-6)
+        if not err <= tol:
+            native.log.warning("the native decode step disagrees with PyTorch (relative error %.2g): "
+                               "decoding uses the PyTorch path", err)
+            return None
+        return dec
 
     @torch.no_grad()
-    def _fuse_weights(self) -> None:
+    def _fuse_weights(self, pack: bool = True) -> None:
         """Concatenate q/k/v and gate/up into one matrix each, and wrap every matrix in a PackedMatmul.
 
         One matmul instead of three (or two) per token saves call overhead; the model's own Linear
         weights are re-pointed at row slices of the concatenated tensors, so no memory is duplicated
         and `Llama.forward` still computes the same function. On CPU, PackedMatmul adds oneDNN's
-        packed copy of each matrix (the fast layout for decoding; see krllm.infer.kernels).
+        packed copy of each matrix (the fast layout for decoding; see krllm.infer.kernels); with
+        pack=False (the native decode step reads the weights itself) it keeps a plain copy with the
+        norm weight folded in instead.
         """
         def fused(*linears, scale=None):  # -> PackedMatmul over the (sum of out, in) concatenation
             if len(linears) == 1:
-                return PackedMatmul(linears[0].weight, scale)
+                return PackedMatmul(linears[0].weight, scale, pack)
             w = torch.cat([lin.weight for lin in linears], dim=0)
             start = 0
             for lin in linears:
                 n = lin.weight.shape[0]
                 lin.weight.data = w[start:start + n]
                 start += n
-            return PackedMatmul(w, scale)
+            return PackedMatmul(w, scale, pack)
 
         self.layers = []
         for block in self.model.model.layers:
@@ -205,6 +238,12 @@ class ModelRunner:
         for s in range(B):
             if active[s] and pos_list[s] >= self.max_seq_len:
                 raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        if self.native is not None and sum(active) <= self.native_max_rows:
+            logits = self.native.decode(tokens.view(B), pos_list, [s if active[s] else -1 for s in range(B)])
+            for s in range(B):
+                if active[s]:
+                    lengths[s] += 1
+            return logits
         p0 = pos_list[0]
         simple = all(active) and all(p == p0 for p in pos_list)  # e.g. batch 1, or equal-length prompts
         S = max(pos_list) + 1

@@ -1,0 +1,386 @@
+/* One decode step of a Llama-style model on CPU, for a batch of KV-cache slots, in one call.
+
+Why C: at batch 1 a small model spends as long dispatching ~25 tensor ops per layer from Python
+as it does reading its weights, and decoding is bound by how fast the weights stream from memory.
+This file does the whole step (embedding, RMSNorm, q/k/v, RoPE, cache write, GQA attention,
+o-proj + residual, SwiGLU MLP + residual, final norm, LM head) inside one OpenMP parallel region,
+so the only per-token costs left are the weight reads. krllm.infer.native compiles it on first
+use with the system C compiler; krllm.infer.runner falls back to the PyTorch path without one.
+
+Layout (all row-major, as PyTorch stores them; the Python side checks shapes and contiguity):
+  weights (out, in), fp32 or bf16 (raw uint16); RMSNorm weights are folded into the input
+  columns of the matmul that reads the norm's output, so the norm here has no weight;
+  qkv rows = [q heads | k heads | v heads], gate_up rows = [gate | up];
+  cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 where R = cache rows.
+Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype.
+
+Dot products keep 16 independent partial sums (what a 512-bit register holds), written with vector
+extensions rather than -ffast-math, so results do not depend on compiler flags. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define LANES 16
+#define ROWS 4 /* output rows per block: four weight rows stream together, each x row is reused */
+
+typedef struct {
+    int n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, max_seq, cache_rows;
+    int bf16; /* 1: weights are bf16 bit patterns (uint16), 0: fp32 */
+    float eps;
+    const void **qkv, **o, **gate_up, **down; /* per layer */
+    const void *lm_head;
+    const void *embed; /* (V, C) */
+    const float *cos, *sin; /* (S_max, D) */
+    float *k_cache, *v_cache;
+} Model;
+
+static inline float bf16_to_float(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* 16 floats: GCC/clang vector extensions, lowered to whatever SIMD the target has (one AVX-512
+   register, two AVX2 or four NEON ones), so the same source is fast everywhere. */
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* Pairwise (tree) sum: a chain of 16 scalar adds per dot product costs as much as the loads. */
+static inline float sum16(v16 v) {
+    v8 a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    a += b;
+    v4 c, d;
+    memcpy(&c, &a, sizeof c);
+    memcpy(&d, (const char *)&a + sizeof c, sizeof d);
+    c += d;
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* bf16 weights: 32 of them are 16 uint32 words, element 2j in the low half of word j and 2j + 1
+   in the high half. A shift and a mask turn one load into two fp32 vectors (even and odd
+   elements) with no cross-lane shuffle, against x split the same way (`split_even_odd`). */
+typedef uint32_t u16x __attribute__((vector_size(64)));
+
+static inline u16x loadu16x(const uint16_t *p) {
+    u16x v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* xs[k*32 + j] = x[k*32 + 2j], xs[k*32 + 16 + j] = x[k*32 + 2j + 1] for each whole block k of 32. */
+static void split_even_odd(const float *x, float *xs, long n) {
+    for (long k = 0; k + 2 * LANES <= n; k += 2 * LANES)
+        for (int j = 0; j < LANES; j++) {
+            xs[k + j] = x[k + 2 * j];
+            xs[k + LANES + j] = x[k + 2 * j + 1];
+        }
+}
+
+#define TILE 4 /* batch rows per tile: 4 weight rows x 4 batch rows = 16 accumulators */
+
+/* Reduce the accumulators of a tile, add the columns past the last whole vector, store. */
+static inline __attribute__((always_inline)) void tile_store(
+    int bf16, const void *wblock, long n, long i, const float *const *x, int nb, v16 acc[TILE][ROWS],
+    float *const *y, int accumulate) {
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < ROWS; r++) {
+            float s = sum16(acc[b][r]);
+            for (long t = i; t < n; t++)
+                s += (bf16 ? bf16_to_float(((const uint16_t *)wblock)[r * n + t]) : ((const float *)wblock)[r * n + t]) * x[b][t];
+            y[b][r] = accumulate ? y[b][r] + s : s;
+        }
+}
+
+/* One batch row against a block of ROWS weight rows: the decode of a single sequence, bound by
+   memory, so each weight vector is loaded once and used once. */
+static inline __attribute__((always_inline)) void tile1(
+    int bf16, const void *wblock, long n, const float *x, const float *xs, float *y, int accumulate) {
+    v16 acc[TILE][ROWS] = {{{0}}};
+    long i = 0;
+    if (bf16) {
+        const uint16_t *w = (const uint16_t *)wblock;
+        const u16x hi = (u16x){0} + 0xFFFF0000u;
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            v16 xe = load16(xs + i), xo = load16(xs + i + LANES);
+            for (int r = 0; r < ROWS; r++) {
+                u16x u = loadu16x(w + r * n + i);
+                acc[0][r] += (v16)(u << 16) * xe; /* two statements: two fused multiply-adds */
+                acc[0][r] += (v16)(u & hi) * xo;
+            }
+        }
+    } else {
+        const float *w = (const float *)wblock;
+        for (; i + LANES <= n; i += LANES) {
+            v16 xv = load16(x + i);
+            for (int r = 0; r < ROWS; r++) acc[0][r] += load16(w + r * n + i) * xv;
+        }
+    }
+    tile_store(bf16, wblock, n, i, &x, 1, acc, &y, accumulate);
+}
+
+/* Four batch rows against a block of ROWS weight rows, bound by arithmetic: 16 accumulators plus
+   the 4 x vectors in registers, one load per weight vector. Written out by name and with PIN,
+   because otherwise compilers reload both operands of every multiply-add from cache (measured:
+   half the speed, bound by loads). */
+/* PIN(v): the value is now in a register, as far as the compiler knows, so it cannot fold the
+   load into every multiply-add that uses it (GCC otherwise reloads x for each of the 16). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PIN(v) __asm__("" : "+v"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define PIN(v) __asm__("" : "+w"(v))
+#else
+#define PIN(v) ((void)0)
+#endif
+
+#define FMA4(w, r)          \
+    do {                    \
+        const v16 w_ = (w); \
+        a0##r += w_ * x0;   \
+        a1##r += w_ * x1;   \
+        a2##r += w_ * x2;   \
+        a3##r += w_ * x3;   \
+    } while (0)
+
+static inline __attribute__((always_inline)) void tile4(
+    int bf16, const void *wblock, long n, const float *const *x, const float *const *xs, float *const *y,
+    int accumulate) {
+    v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+    v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+    long i = 0;
+    if (bf16) {
+        const uint16_t *w = (const uint16_t *)wblock;
+        const u16x hi = (u16x){0} + 0xFFFF0000u;
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            u16x u0 = loadu16x(w + i), u1 = loadu16x(w + n + i), u2 = loadu16x(w + 2 * n + i),
+                 u3 = loadu16x(w + 3 * n + i);
+            v16 x0 = load16(xs[0] + i), x1 = load16(xs[1] + i), x2 = load16(xs[2] + i), x3 = load16(xs[3] + i);
+            PIN(x0); PIN(x1); PIN(x2); PIN(x3);
+            FMA4((v16)(u0 << 16), 0);
+            FMA4((v16)(u1 << 16), 1);
+            FMA4((v16)(u2 << 16), 2);
+            FMA4((v16)(u3 << 16), 3);
+            x0 = load16(xs[0] + i + LANES), x1 = load16(xs[1] + i + LANES);
+            x2 = load16(xs[2] + i + LANES), x3 = load16(xs[3] + i + LANES);
+            PIN(x0); PIN(x1); PIN(x2); PIN(x3);
+            FMA4((v16)(u0 & hi), 0);
+            FMA4((v16)(u1 & hi), 1);
+            FMA4((v16)(u2 & hi), 2);
+            FMA4((v16)(u3 & hi), 3);
+        }
+    } else {
+        const float *w = (const float *)wblock;
+        for (; i + LANES <= n; i += LANES) {
+            v16 x0 = load16(x[0] + i), x1 = load16(x[1] + i), x2 = load16(x[2] + i), x3 = load16(x[3] + i);
+            PIN(x0); PIN(x1); PIN(x2); PIN(x3);
+            FMA4(load16(w + i), 0);
+            FMA4(load16(w + n + i), 1);
+            FMA4(load16(w + 2 * n + i), 2);
+            FMA4(load16(w + 3 * n + i), 3);
+        }
+    }
+    v16 acc[TILE][ROWS] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    tile_store(bf16, wblock, n, i, x, TILE, acc, y, accumulate);
+}
+#undef FMA4
+
+static float dot1(int bf16, const void *w, long row, long n, const float *x) {
+    float s = 0.f;
+    for (long t = 0; t < n; t++)
+        s += (bf16 ? bf16_to_float(((const uint16_t *)w)[row * n + t]) : ((const float *)w)[row * n + t]) * x[t];
+    return s;
+}
+
+/* Y[b] (+)= W @ X[b] for the n_live batch rows listed in `idx`; W (n_out, n_in). Called inside a
+   parallel region: blocks of ROWS output rows are shared out among the threads, and each block of
+   weights is read from memory once for all rows of the batch. */
+static void matmul(const Model *m, const void *w, const float *X, float *Xs, float *Y, const int *idx, int n_live,
+                   long n_out, long n_in, int accumulate) {
+    const int bf16 = m->bf16;
+    const long esize = bf16 ? 2 : 4, n_blocks = n_out / ROWS;
+    if (bf16) {
+#pragma omp for schedule(static)
+        for (int k = 0; k < n_live; k++) split_even_odd(X + idx[k] * n_in, Xs + idx[k] * n_in, n_in);
+    }
+#pragma omp for schedule(static)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        const long o = blk * ROWS;
+        const void *wb = (const char *)w + o * n_in * esize;
+        int k = 0;
+        for (; k + TILE <= n_live; k += TILE) {
+            const float *x[TILE], *xs[TILE];
+            float *y[TILE];
+            for (int b = 0; b < TILE; b++) {
+                x[b] = X + idx[k + b] * n_in, xs[b] = Xs + idx[k + b] * n_in, y[b] = Y + idx[k + b] * n_out + o;
+            }
+            if (bf16) tile4(1, wb, n_in, x, xs, y, accumulate);
+            else tile4(0, wb, n_in, x, xs, y, accumulate);
+        }
+        for (; k < n_live; k++) {
+            const float *x = X + idx[k] * n_in, *xs = Xs + idx[k] * n_in;
+            float *y = Y + idx[k] * n_out + o;
+            if (bf16) tile1(1, wb, n_in, x, xs, y, accumulate);
+            else tile1(0, wb, n_in, x, xs, y, accumulate);
+        }
+    }
+    if (n_blocks * ROWS == n_out) return; /* the omp for above ended in a barrier */
+#pragma omp single
+    for (long o = n_blocks * ROWS; o < n_out; o++)
+        for (int k = 0; k < n_live; k++) {
+            float v = dot1(bf16, w, o, n_in, X + idx[k] * n_in), *y = Y + idx[k] * n_out + o;
+            *y = accumulate ? *y + v : v;
+        }
+    /* the omp single ends in a barrier too: Y is complete for every thread */
+}
+
+/* h[b] = x[b] / sqrt(mean(x[b]^2) + eps) for the listed rows; the norm's weight is folded into the
+   next matmul. */
+static void rms_norm_rows(const float *x, float *h, const int *idx, int n_live, int C, float eps) {
+#pragma omp for schedule(static)
+    for (int k = 0; k < n_live; k++) {
+        const float *xb = x + (long)idx[k] * C;
+        float *hb = h + (long)idx[k] * C;
+        float ss = 0.f;
+        for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
+        float s = 1.f / sqrtf(ss / C + eps);
+        for (int i = 0; i < C; i++) hb[i] = xb[i] * s;
+    }
+}
+
+/* transformers' rotate_half pairing: element i turns with element i + D/2. */
+static void rope(float *v, const float *cos, const float *sin, int D) {
+    int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float a = v[i], c = v[i + half];
+        v[i] = a * cos[i] - c * sin[i];
+        v[i + half] = c * cos[i + half] + a * sin[i + half];
+    }
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    v16 acc = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) acc += load16(a + i) * load16(b + i);
+    float s = sum16(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Causal attention of one row's G query heads (sharing one KV head) over its n_pos cached positions. */
+static void attend_group(const float *q, const float *k, const float *v, int G, int D, int n_pos,
+                         float *scores, float *y) {
+    float scale = 1.f / sqrtf((float)D);
+    for (int h = 0; h < G; h++) {
+        const float *qh = q + (long)h * D;
+        float mx = -INFINITY;
+        for (int t = 0; t < n_pos; t++) {
+            scores[t] = dot(qh, k + (long)t * D, D) * scale;
+            if (scores[t] > mx) mx = scores[t];
+        }
+        float sum = 0.f;
+        for (int t = 0; t < n_pos; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        float *yh = y + (long)h * D;
+        for (int i = 0; i < D; i++) yh[i] = 0.f;
+        for (int t = 0; t < n_pos; t++) {
+            const float p = scores[t] / sum, *vt = v + (long)t * D;
+            for (int i = 0; i < D; i++) yh[i] += p * vt[i];
+        }
+    }
+}
+
+/* One token for each of B rows. tokens[b]: input id; pos[b]: its position (= tokens cached so far
+   in that slot); rows[b]: its cache row, or -1 for a row that computes nothing (its logits are 0).
+   work: floats for the activations (size: krllm.infer.native.NativeDecoder); logits (B, V).
+   Returns 0, or -1 if a position, row or token is out of range. */
+int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, const int *rows,
+                 float *work, float *logits, int n_threads) {
+    const int C = m->hidden, H = m->n_heads, KV = m->n_kv, D = m->head_dim, I = m->inter, V = m->vocab;
+    const int G = H / KV, QKV = (H + 2 * KV) * D, S = m->max_seq, R = m->cache_rows;
+    int idx[B > 0 ? B : 1], n_live = 0; /* the rows that compute */
+    for (int b = 0; b < B; b++) {
+        if (rows[b] < 0) {
+            memset(logits + (long)b * V, 0, sizeof(float) * V);
+            continue;
+        }
+        if (pos[b] < 0 || pos[b] >= S || rows[b] >= R || tokens[b] < 0 || tokens[b] >= V) return -1;
+        idx[n_live++] = b;
+    }
+    const int widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
+    float *x = work, *h = x + (long)B * C, *qkv = h + (long)B * C, *y = qkv + (long)B * QKV;
+    float *gu = y + (long)B * H * D, *act = gu + (long)B * 2 * I, *xs = act + (long)B * I;
+    float *scores = xs + (long)B * widest;
+
+    for (int k = 0; k < n_live; k++) {
+        const int b = idx[k];
+        if (m->bf16) {
+            const uint16_t *e = (const uint16_t *)m->embed + tokens[b] * (long)C;
+            for (int i = 0; i < C; i++) x[(long)b * C + i] = bf16_to_float(e[i]);
+        } else {
+            memcpy(x + (long)b * C, (const float *)m->embed + tokens[b] * (long)C, sizeof(float) * C);
+        }
+    }
+
+#pragma omp parallel num_threads(n_threads)
+    {
+#ifdef _OPENMP
+        float *my_scores = scores + (long)omp_get_thread_num() * S;
+#else
+        float *my_scores = scores;
+#endif
+        for (int l = 0; l < m->n_layers; l++) {
+            const long layer_base = (long)l * R * KV * S * D;
+            rms_norm_rows(x, h, idx, n_live, C, m->eps);
+            matmul(m, m->qkv[l], h, xs, qkv, idx, n_live, QKV, C, 0);
+#pragma omp for schedule(static)
+            for (int k = 0; k < n_live; k++) { /* RoPE on q and k, then k and v into the cache */
+                const int b = idx[k];
+                float *qb = qkv + (long)b * QKV;
+                const float *cs = m->cos + (long)pos[b] * D, *sn = m->sin + (long)pos[b] * D;
+                for (int hh = 0; hh < H + KV; hh++) rope(qb + (long)hh * D, cs, sn, D);
+                for (int g = 0; g < KV; g++) {
+                    const long at = layer_base + (((long)rows[b] * KV + g) * S + pos[b]) * D;
+                    memcpy(m->k_cache + at, qb + (long)(H + g) * D, sizeof(float) * D);
+                    memcpy(m->v_cache + at, qb + (long)(H + KV + g) * D, sizeof(float) * D);
+                }
+            }
+#pragma omp for schedule(static) collapse(2)
+            for (int k = 0; k < n_live; k++)
+                for (int g = 0; g < KV; g++) {
+                    const int b = idx[k];
+                    const long base = layer_base + ((long)rows[b] * KV + g) * S * D;
+                    attend_group(qkv + (long)b * QKV + (long)g * G * D, m->k_cache + base, m->v_cache + base,
+                                 G, D, pos[b] + 1, my_scores, y + (long)b * H * D + (long)g * G * D);
+                }
+            matmul(m, m->o[l], y, xs, x, idx, n_live, C, (long)H * D, 1);
+            rms_norm_rows(x, h, idx, n_live, C, m->eps);
+            matmul(m, m->gate_up[l], h, xs, gu, idx, n_live, 2L * I, C, 0);
+#pragma omp for schedule(static)
+            for (int k = 0; k < n_live; k++) { /* SwiGLU: silu(gate) * up */
+                const float *gate = gu + (long)idx[k] * 2 * I, *up = gate + I;
+                float *a = act + (long)idx[k] * I;
+                for (int i = 0; i < I; i++) a[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
+            }
+            matmul(m, m->down[l], act, xs, x, idx, n_live, C, I, 1);
+        }
+        rms_norm_rows(x, h, idx, n_live, C, m->eps);
+        matmul(m, m->lm_head, h, xs, logits, idx, n_live, V, C, 0);
+    }
+    return 0;
+}

@@ -1,0 +1,174 @@
+"""The C decode step (csrc/decode_cpu.c): compiled on first use, called through ctypes.
+
+Decoding a small model on CPU is bound by reading the weights, but from Python every layer costs
+~25 tensor-op dispatches on top; the C step does a whole token for a batch of slots in one call
+and one OpenMP region (measured on the ~31M benchmark model, 2 cores: see docs/serving.md).
+
+The library is built with the system C compiler (`$CC`, else cc/gcc/clang) for this CPU
+(-march=native) and cached under ~/.cache/krllm/native (or $KRLLM_CACHE_DIR/native), keyed by the
+source, the compiler and the CPU, so it is built once per machine (about a second). Without a
+compiler, or with KRLLM_NATIVE=0, `library()` returns None and the runner keeps its PyTorch path.
+
+    lib = library()                          # ctypes.CDLL or None
+    dec = NativeDecoder(runner_weights...)   # see ModelRunner; dec.decode(tokens, pos, rows) -> logits
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("krllm.infer")
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_cpu.c"
+_FLAG_SETS = (  # tried in order: OpenMP threads if the compiler has them, else one thread
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3"],
+)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("KRLLM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "krllm")
+    return Path(root) / "native"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and feature flags (Linux), else the platform."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return "\n".join(sorted({ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.platform() + platform.processor()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(cc: str, out: Path) -> list[str] | None:
+    """Compile SOURCE into `out` (atomically) with the first flag set that works -> the flags, or None."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for flags in _FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        cmd = [cc, *flags, "-std=gnu11", "-fPIC", "-shared", str(SOURCE), "-o", tmp, "-lm"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            done = None
+        if done is not None and done.returncode == 0:
+            os.replace(tmp, out)
+            return flags
+        os.unlink(tmp)
+    return None
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled decode step, building it if needed; None when disabled or no compiler works."""
+    if os.environ.get("KRLLM_NATIVE", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    cc = _compiler()
+    if cc is None:
+        log.info("no C compiler found: decoding uses the PyTorch path")
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + cc.encode() + _cpu_identity().encode()).hexdigest()[:16]
+    path = _cache_dir() / f"decode_cpu-{key}.so"
+    try:
+        if not path.exists() and _build(cc, path) is None:
+            log.warning("could not compile %s with %s: decoding uses the PyTorch path", SOURCE.name, cc)
+            return None
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        log.warning("could not load the native decode step (%s): decoding uses the PyTorch path", e)
+        return None
+    lib.krllm_decode.restype = ctypes.c_int
+    lib.krllm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+class _Model(ctypes.Structure):
+    """Mirrors `Model` in decode_cpu.c."""
+
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "n_layers", "hidden", "n_heads", "n_kv", "head_dim", "inter", "vocab", "max_seq", "cache_rows", "bf16")] + [
+        ("eps", ctypes.c_float),
+        ("qkv", ctypes.POINTER(ctypes.c_void_p)), ("o", ctypes.POINTER(ctypes.c_void_p)),
+        ("gate_up", ctypes.POINTER(ctypes.c_void_p)), ("down", ctypes.POINTER(ctypes.c_void_p)),
+        ("lm_head", ctypes.c_void_p), ("embed", ctypes.c_void_p),
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+        ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+    ]
+
+
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class NativeDecoder:
+    """Decode steps through the C library over tensors the runner owns (kept alive here).
+
+    layers: per layer (qkv, o, gate_up, down) weights (out, in), contiguous, norm weights folded in;
+    cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, cfg, layers: list[tuple[torch.Tensor, ...]], lm_head: torch.Tensor,
+                 embed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, max_batch: int):
+        dtype = embed.dtype
+        tensors = [w for ws in layers for w in ws] + [lm_head, embed]
+        if any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
+            raise ValueError("native decode needs contiguous CPU weights of one dtype")
+        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
+            raise ValueError("native decode needs contiguous fp32 rope tables and caches")
+        self.lib = lib
+        self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache)
+        n_layers, R, KV, S, D = k_cache.shape
+        H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+        V = lm_head.shape[0]
+
+        def ptrs(i):
+            return (ctypes.c_void_p * n_layers)(*[ws[i].data_ptr() for ws in layers])
+
+        self._ptrs = [ptrs(i) for i in range(4)]
+        self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(dtype == torch.bfloat16), cfg.rms_norm_eps,
+                            *self._ptrs, lm_head.data_ptr(), embed.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                            k_cache.data_ptr(), v_cache.data_ptr())
+        self.vocab_size = V
+        threads = max(torch.get_num_threads(), os.cpu_count() or 1)
+        work = max_batch * (2 * C + (H + 2 * KV) * D + H * D + 3 * I + max(C, H * D, I)) + threads * S
+        self._work = torch.empty(work, dtype=torch.float32)
+        self._logits = torch.empty(max_batch, V, dtype=torch.float32)
+        self._pos = (ctypes.c_int * max_batch)()
+        self._rows = (ctypes.c_int * max_batch)()
+        self.max_batch, self.max_threads = max_batch, threads
+
+    def decode(self, tokens: torch.Tensor, pos: list[int], rows: list[int]) -> torch.Tensor:
+        """tokens (B,) int64, positions and cache rows per row (row -1: skip) -> logits (B, V) fp32.
+
+        The logits live in a buffer the next call overwrites.
+        """
+        B = len(pos)
+        if B > self.max_batch or tokens.dtype != torch.int64 or not tokens.is_contiguous():
+            raise ValueError(f"native decode takes up to {self.max_batch} contiguous int64 tokens")
+        for b in range(B):
+            self._pos[b], self._rows[b] = pos[b], rows[b]
+        threads = min(torch.get_num_threads(), self.max_threads)
+        rc = self.lib.krllm_decode(ctypes.byref(self.model), B, tokens.data_ptr(), self._pos, self._rows,
+                                   self._work.data_ptr(), self._logits.data_ptr(), threads)
+        if rc != 0:
+            raise ValueError(f"native decode rejected positions {pos[:B]} / rows {rows[:B]} / tokens {tokens.tolist()}")
+        return self._logits[:B]

@@ -1,0 +1,145 @@
+"""The C decode step (krllm/infer/csrc/decode_cpu.c) computes what the PyTorch path computes:
+same logits for batches of slots at different positions, in fp32 and with bf16 weights, on
+shapes that hit every tail of its loops; it falls back cleanly when disabled or uncompilable."""
+
+import copy
+import logging
+import shutil
+
+import pytest
+import torch
+
+from krllm.infer import native
+from krllm.infer.runner import ModelRunner
+from krllm.infer.testing import tiny_model_config
+from krllm.model.llama import Llama
+
+# head_dim 10 and intermediate 51 are not multiples of the 16/32-wide loops, 2 * 51 and 301 rows are
+# not multiples of the 4-row blocks: every remainder path runs.
+ODD = dict(vocab_size=301, hidden_size=40, intermediate_size=51, num_attention_heads=4, num_key_value_heads=2,
+           num_hidden_layers=2)
+EVEN = dict(vocab_size=400, hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2)
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
+
+
+def _model(shape, seed=0):
+    torch.manual_seed(seed)
+    return Llama(tiny_model_config(**shape)).eval()
+
+
+def test_the_native_step_builds_wherever_a_c_compiler_exists():
+    """CI has gcc: a silent fallback there would leave the C step untested."""
+    if shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"):
+        assert native.library() is not None
+
+
+def _feed(runner, streams, steps, active_pattern):
+    """Decode `steps` tokens into slots 0..n-1 from empty, some rows idle on some steps -> logits per step."""
+    n = len(streams)
+    out = []
+    for t in range(steps):
+        active = [active_pattern(t, s) for s in range(n)]
+        tokens = torch.tensor([streams[s][runner.cache.lengths[s]] for s in range(n)])
+        out.append((active, runner.decode(tokens, n, active).clone()))
+    return out
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [ODD, EVEN], ids=["odd-shapes", "even-shapes"])
+def test_fp32_decode_equals_the_pytorch_path_with_rows_at_different_positions(shape):
+    model = _model(shape)
+    ours = ModelRunner(model, n_slots=6, max_seq_len=48)
+    ref = ModelRunner(copy.deepcopy(model), n_slots=6, max_seq_len=48, use_native=False)
+    assert ours.native is not None and ref.native is None
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(2, shape["vocab_size"], (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 2)]
+    for slot, p in enumerate(prompts):  # shared prefill code, different lengths per slot
+        ours.prefill(slot, p)
+        ref.prefill(slot, p)
+    streams = [torch.randint(2, shape["vocab_size"], (40,), generator=g).tolist() for _ in prompts]
+    streams = [p + s for p, s in zip(prompts, streams)]
+    pattern = lambda t, s: (t + s) % 3 != 0  # noqa: E731  rows sit out in turn
+    for (active, got), (_, want) in zip(_feed(ours, streams, 10, pattern), _feed(ref, streams, 10, pattern)):
+        rows = [s for s, a in enumerate(active) if a]
+        torch.testing.assert_close(got[rows], want[rows], rtol=1e-4, atol=1e-4)
+        assert not got[[s for s, a in enumerate(active) if not a]].any()  # idle rows: zeros, no work
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [ODD, EVEN], ids=["odd-shapes", "even-shapes"])
+def test_bf16_weights_decode_like_fp32_activations_on_the_same_weights(shape):
+    """The C step keeps activations in fp32 and widens bf16 weights exactly, so it must match the
+    PyTorch path run in fp32 on the bf16-rounded weights (RMSNorm weights are 1 at init, so folding
+    them into the matrices rounds nothing)."""
+    model = _model(shape).to(torch.bfloat16)
+    ours = ModelRunner(model, n_slots=5, max_seq_len=40)
+    ref = ModelRunner(copy.deepcopy(model).float(), n_slots=5, max_seq_len=40, use_native=False)
+    assert ours.native is not None and ours.native.model.bf16 == 1
+    g = torch.Generator().manual_seed(2)
+    streams = [torch.randint(2, shape["vocab_size"], (30,), generator=g).tolist() for _ in range(5)]
+    pattern = lambda t, s: t >= s  # noqa: E731  slots start one step apart: all positions differ
+    for (active, got), (_, want) in zip(_feed(ours, streams, 14, pattern), _feed(ref, streams, 14, pattern)):
+        rows = [s for s, a in enumerate(active) if a]
+        torch.testing.assert_close(got[rows], want[rows], rtol=2e-4, atol=2e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_gets_bit_identical_logits_alone_and_in_batches_of_any_size(dtype):
+    """Tiles of 4 rows and single rows do the same arithmetic per row: batching changes nothing."""
+    model = _model(ODD).to(dtype)
+    runner = ModelRunner(model, n_slots=9, max_seq_len=16)
+    tokens = torch.randint(2, ODD["vocab_size"], (9,), generator=torch.Generator().manual_seed(3))
+    batched = runner.native.decode(tokens, [0] * 9, list(range(9))).clone()
+    for s in range(9):
+        alone = runner.native.decode(tokens[s:s + 1], [0], [s])
+        assert torch.equal(alone[0], batched[s])
+
+
+@needs_native
+def test_out_of_range_input_is_an_error_not_a_wild_write():
+    runner = ModelRunner(_model(EVEN), n_slots=2, max_seq_len=8)
+    with pytest.raises(ValueError, match="rejected"):
+        runner.native.decode(torch.tensor([EVEN["vocab_size"]]), [0], [0])  # token id past the vocabulary
+    with pytest.raises(ValueError, match="rejected"):
+        runner.native.decode(torch.tensor([5]), [8], [0])  # position past the cache
+    with pytest.raises(ValueError, match="rejected"):
+        runner.native.decode(torch.tensor([5]), [0], [3])  # cache row 3 of 0..2
+
+
+@pytest.fixture()
+def fresh_library():
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def test_krllm_native_0_keeps_the_pytorch_path(monkeypatch, fresh_library):
+    monkeypatch.setenv("KRLLM_NATIVE", "0")
+    runner = ModelRunner(_model(EVEN), n_slots=1, max_seq_len=8)
+    assert native.library() is None and runner.native is None and runner.decode_path == "PyTorch"
+    runner.prefill(0, [5, 6])
+    assert runner.decode(torch.tensor([7]), 1).shape == (1, EVEN["vocab_size"])
+
+
+def test_a_compiler_that_fails_means_a_warning_and_the_pytorch_path(monkeypatch, tmp_path, fresh_library, caplog):
+    monkeypatch.setenv("KRLLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
+    with caplog.at_level(logging.WARNING, logger="krllm.infer"):
+        assert native.library() is None
+    assert "could not compile decode_cpu.c" in caplog.text
+    assert not list((tmp_path / "native").glob("*.so"))  # no half-written library left behind
+    assert ModelRunner(_model(EVEN), n_slots=1, max_seq_len=8).native is None
+
+
+@needs_native
+def test_the_library_is_built_once_into_the_cache_dir(monkeypatch, tmp_path, fresh_library):
+    monkeypatch.setenv("KRLLM_CACHE_DIR", str(tmp_path))
+    assert native.library() is not None
+    built = list((tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    mtime = built[0].stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
