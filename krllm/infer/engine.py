@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -75,6 +75,10 @@ class Engine:
         self._rows: SamplingRows | None = None  # per-row sampling state, rebuilt when the batch changes
         self._rows_key: tuple | None = None
         self._tokens = torch.zeros(max_batch, dtype=torch.long, device=self.runner.device)  # (N,) last tokens
+        # Called right before each forward pass (prefill or decode), which mostly runs without the
+        # GIL (the C step, torch ops): the server hands over the previous step's tokens here, so its
+        # event loop streams them while the forward runs instead of afterwards, competing for the GIL.
+        self.before_forward: Callable[[], None] | None = None
 
     @property
     def max_seq_len(self) -> int:
@@ -138,6 +142,8 @@ class Engine:
             slot = self.slots.index(None)  # lowest free slot keeps the decoded rows contiguous
             seq.slot = slot
             self.slots[slot] = seq
+            if self.before_forward is not None:
+                self.before_forward()
             logits = self.runner.prefill(slot, seq.prompt)  # (V,)
             rows = SamplingRows.build([seq.sampling], self.vocab_size, self.runner.device, [seq.generator])
             if seq.seen is not None:
@@ -153,6 +159,8 @@ class Engine:
         for s in seqs:
             active[s.slot] = True
             self._tokens[s.slot] = s.output[-1] if s.output else s.prompt[-1]
+        if self.before_forward is not None:
+            self.before_forward()
         logits = self.runner.decode(self._tokens[:n_rows], n_rows, active)  # (n_rows, V)
         rows = self._sampling_rows(n_rows)
         next_ids = sample(logits, rows).tolist()

@@ -95,10 +95,20 @@ def library() -> ctypes.CDLL | None:
     except OSError as e:
         log.warning("could not load the native decode step (%s): decoding uses the PyTorch path", e)
         return None
+    lib.krllm_features.restype = ctypes.c_int
+    lib.krllm_work_floats.restype = ctypes.c_long
+    lib.krllm_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.krllm_decode.restype = ctypes.c_int
     lib.krllm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     return lib
+
+
+def features() -> dict[str, bool]:
+    """What the compiled step uses here: OpenMP threads, AVX-512 BF16 dot products for bf16 weights."""
+    lib = library()
+    bits = lib.krllm_features() if lib is not None else 0
+    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2)}
 
 
 class _Model(ctypes.Structure):
@@ -137,7 +147,7 @@ class NativeDecoder:
         self.lib = lib
         self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache)
         n_layers, R, KV, S, D = k_cache.shape
-        H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+        H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size  # noqa: E741
         V = lm_head.shape[0]
 
         def ptrs(i):
@@ -149,8 +159,8 @@ class NativeDecoder:
                             k_cache.data_ptr(), v_cache.data_ptr())
         self.vocab_size = V
         threads = max(torch.get_num_threads(), os.cpu_count() or 1)
-        work = max_batch * (2 * C + (H + 2 * KV) * D + H * D + 3 * I + max(C, H * D, I)) + threads * S
-        self._work = torch.empty(work, dtype=torch.float32)
+        self._work = torch.empty(lib.krllm_work_floats(ctypes.byref(self.model), max_batch, threads),
+                                 dtype=torch.float32)
         self._logits = torch.empty(max_batch, V, dtype=torch.float32)
         self._pos = (ctypes.c_int * max_batch)()
         self._rows = (ctypes.c_int * max_batch)()

@@ -96,10 +96,11 @@ class ModelRunner:
         self.native = None
         self.native = self._native_decoder(lib, rot, max_seq_len) if lib is not None else None
         # Batches up to this many rows take the C step. Few rows are bound by reading the weights,
-        # where it is 1.3-2.5x faster; many rows are bound by arithmetic, where in fp32 it still
-        # keeps up with oneDNN's GEMM but in bf16 falls behind past ~16 rows (oneDNN multiplies bf16
-        # natively, the C step widens to fp32). Measured by benchmarks/decode_batch.py.
-        self.native_max_rows = n_slots if self.dtype == torch.float32 else 16
+        # where it is 1.3-2.6x faster than PyTorch; many rows are bound by arithmetic, where it still
+        # wins in fp32 and, with AVX-512 BF16, in bf16, but without that it widens bf16 weights to
+        # fp32 and falls behind oneDNN past ~16 rows. Measured by benchmarks/decode_batch.py.
+        self.native_max_rows = (n_slots if self.dtype == torch.float32 or native.features()["avx512_bf16"]
+                                else 16)
         self.decode_path = ("PyTorch" if self.native is None else "C step" if self.native_max_rows >= n_slots
                             else f"C step up to {self.native_max_rows} rows, PyTorch above")
 

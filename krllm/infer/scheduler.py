@@ -61,6 +61,7 @@ class Scheduler:
         # uses it to wake its event loop once per step instead of once per token per request.
         self.dispatch: Callable[[list], None] | None = None
         self._out: list = []
+        engine.before_forward = self._flush  # tokens of step N go out while step N + 1 computes
         self._thread = threading.Thread(target=self._loop, name="krllm-engine", daemon=True)
         self._thread.start()
 
@@ -171,7 +172,8 @@ class Scheduler:
                     self._finish(h, ev.token, ev.seq.finish_reason)
                 else:
                     self._emit(h, ev.token, None, None)
-            self._flush()
+            if not engine.has_work():  # else the next step flushes before its forward (Engine.before_forward)
+                self._flush()
         # closing: tell everyone still waiting
         for h in list(by_seq.values()):
             self._finish(h, None, None, "server is shutting down")
