@@ -179,6 +179,8 @@ class NativeDecoder:
         threads = min(torch.get_num_threads(), self.max_threads)
         rc = self.lib.krllm_decode(ctypes.byref(self.model), B, tokens.data_ptr(), self._pos, self._rows,
                                    self._work.data_ptr(), self._logits.data_ptr(), threads)
+        if rc == -2:
+            raise MemoryError("native decode: out of memory for its work counters")
         if rc != 0:
             raise ValueError(f"native decode rejected positions {pos[:B]} / rows {rows[:B]} / tokens {tokens.tolist()}")
         return self._logits[:B]
