@@ -17,7 +17,6 @@ import os
 import time
 
 import torch
-
 from decode import BENCH_31M
 
 

@@ -59,7 +59,7 @@ def test_fp32_decode_equals_the_pytorch_path_with_rows_at_different_positions(sh
         ref.prefill(slot, p)
     streams = [torch.randint(2, shape["vocab_size"], (40,), generator=g).tolist() for _ in prompts]
     streams = [p + s for p, s in zip(prompts, streams)]
-    pattern = lambda t, s: (t + s) % 3 != 0  # noqa: E731  rows sit out in turn
+    pattern = lambda t, s: (t + s) % 3 != 0  # rows sit out in turn
     for (active, got), (_, want) in zip(_feed(ours, streams, 10, pattern), _feed(ref, streams, 10, pattern)):
         rows = [s for s, a in enumerate(active) if a]
         torch.testing.assert_close(got[rows], want[rows], rtol=1e-4, atol=1e-4)
@@ -80,7 +80,7 @@ def test_bf16_weights_decode_like_fp32_activations_on_the_same_weights(shape):
     assert ours.native is not None and ours.native.model.bf16 == 1
     g = torch.Generator().manual_seed(2)
     streams = [torch.randint(2, shape["vocab_size"], (30,), generator=g).tolist() for _ in range(5)]
-    pattern = lambda t, s: t >= s  # noqa: E731  slots start one step apart: all positions differ
+    pattern = lambda t, s: t >= s  # slots start one step apart: all positions differ
     for (active, got), (_, want) in zip(_feed(ours, streams, 14, pattern), _feed(ref, streams, 14, pattern)):
         rows = [s for s, a in enumerate(active) if a]
         scale = want[rows].abs().max().item()
