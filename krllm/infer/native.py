@@ -58,10 +58,10 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _build(cc: str, out: Path) -> list[str] | None:
+def _build(cc: str, out: Path, flag_sets=_FLAG_SETS) -> list[str] | None:
     """Compile SOURCE into `out` (atomically) with the first flag set that works -> the flags, or None."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    for flags in _FLAG_SETS:
+    for flags in flag_sets:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         cmd = [cc, *flags, "-std=gnu11", "-fPIC", "-shared", str(SOURCE), "-o", tmp, "-lm"]
@@ -91,10 +91,20 @@ def library() -> ctypes.CDLL | None:
         if not path.exists() and _build(cc, path) is None:
             log.warning("could not compile %s with %s: decoding uses the PyTorch path", SOURCE.name, cc)
             return None
-        lib = ctypes.CDLL(str(path))
+        return open_library(path)
     except OSError as e:
         log.warning("could not load the native decode step (%s): decoding uses the PyTorch path", e)
         return None
+
+
+def build_library(out: Path, flags: list[str]) -> ctypes.CDLL | None:
+    """A build with these flags (e.g. without -march=native: the portable code paths), for tests."""
+    cc = _compiler()
+    return open_library(out) if cc is not None and _build(cc, out, [flags]) is not None else None
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
     lib.krllm_features.restype = ctypes.c_int
     lib.krllm_work_floats.restype = ctypes.c_long
     lib.krllm_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]

@@ -98,9 +98,9 @@ class ModelRunner:
         # Batches up to this many rows take the C step. Few rows are bound by reading the weights,
         # where it is 1.3-2.6x faster than PyTorch; many rows are bound by arithmetic, where it still
         # wins in fp32 and, with AVX-512 BF16, in bf16, but without that it widens bf16 weights to
-        # fp32 and falls behind oneDNN past ~16 rows. Measured by benchmarks/decode_batch.py.
+        # fp32 and is even with oneDNN at ~8 rows. Measured by benchmarks/decode_batch.py.
         self.native_max_rows = (n_slots if self.dtype == torch.float32 or native.features()["avx512_bf16"]
-                                else 16)
+                                else 8)
         self.decode_path = ("PyTorch" if self.native is None else "C step" if self.native_max_rows >= n_slots
                             else f"C step up to {self.native_max_rows} rows, PyTorch above")
 

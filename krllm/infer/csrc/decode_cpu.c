@@ -14,8 +14,8 @@ Layout (all row-major, as PyTorch stores them; the Python side checks shapes and
   cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 where R = cache rows.
 Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype.
 
-Dot products keep 16 independent partial sums (what a 512-bit register holds), written with vector
-extensions rather than -ffast-math, so results do not depend on compiler flags. */
+Dot products keep LANES independent partial sums (a vector register's worth), written with vector
+extensions rather than -ffast-math, so results do not depend on optimisation flags. */
 
 #include <math.h>
 #include <sched.h>
@@ -36,7 +36,13 @@ extensions rather than -ffast-math, so results do not depend on compiler flags. 
 #define DPBF16 0
 #endif
 
+/* Floats per vector: one AVX-512 register; elsewhere (AVX2, NEON, SSE) 8, so that the 16
+   accumulators of a 4x4 tile stay in registers. */
+#if defined(__AVX512F__)
 #define LANES 16
+#else
+#define LANES 8
+#endif
 #define ROWS 4 /* output rows per block: four weight rows stream together, each x row is reused */
 
 typedef struct {
@@ -57,12 +63,11 @@ static inline float bf16_to_float(uint16_t b) {
     return f;
 }
 
-/* 16 floats: GCC/clang vector extensions, lowered to whatever SIMD the target has (one AVX-512
-   register, two AVX2 or four NEON ones), so the same source is fast everywhere. */
-typedef float v16 __attribute__((vector_size(64)));
-
-static inline v16 load16(const float *p) {
-    v16 v;
+/* LANES floats: GCC/clang vector extensions, lowered to whatever SIMD the target has (an AVX-512
+   or AVX2 register, two NEON or SSE ones), so the same source is fast everywhere. */
+typedef float vf __attribute__((vector_size(4 * LANES)));
+static inline vf loadf(const float *p) {
+    vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
@@ -70,40 +75,42 @@ static inline v16 load16(const float *p) {
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 
-/* Pairwise (tree) sum: a chain of 16 scalar adds per dot product costs as much as the loads.
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* Pairwise (tree) sum: a chain of scalar adds per dot product costs as much as the loads.
    Shuffles rather than memcpy through memory: an accumulator whose address is taken lives on the
    stack inside the hot loop (measured: 40% slower). */
-static inline float sum16(v16 v) {
+static inline float hsum(vf v) {
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if LANES == 16
     v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
 #else
-    v8 a, b;
-    memcpy(&a, &v, sizeof a);
-    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
-    a += b;
-    v4 c, d;
-    memcpy(&c, &a, sizeof c);
-    memcpy(&d, (const char *)&a + sizeof c, sizeof d);
-    c += d;
+    v8 a = v;
 #endif
+    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
     return (c[0] + c[2]) + (c[1] + c[3]);
+#else
+    float s = 0.f;
+    for (int j = 0; j < LANES; j++) s += v[j];
+    return s;
+#endif
 }
 
-/* bf16 weights: 32 of them are 16 uint32 words, element 2j in the low half of word j and 2j + 1
-   in the high half. A shift and a mask turn one load into two fp32 vectors (even and odd
+/* bf16 weights: 2 * LANES of them are LANES uint32 words, element 2j in the low half of word j and
+   2j + 1 in the high half. A shift and a mask turn one load into two fp32 vectors (even and odd
    elements) with no cross-lane shuffle, against x split the same way (`prepare_x_bf16`). */
-typedef uint32_t u16x __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
 
-static inline u16x loadu16x(const uint16_t *p) {
-    u16x v;
+static inline vu loadu(const uint16_t *p) {
+    vu v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-/* x in the form the bf16 kernels read, for each whole block of 32 columns (the rest stay in x):
+/* x in the form the bf16 kernels read, for each whole block of 2 * LANES columns (the rest stay in x):
    with DPBF16, x rounded to bf16 (in xs's memory, as uint16); else split into even and odd
-   elements, xs[k*32 + j] = x[k*32 + 2j], xs[k*32 + 16 + j] = x[k*32 + 2j + 1]. */
+   elements, xs[k + j] = x[k + 2j], xs[k + LANES + j] = x[k + 2j + 1] for the block at k. */
 static void prepare_x_bf16(const float *x, float *xs, long n) {
 #if DPBF16
     for (long k = 0; k + 2 * LANES <= n; k += 2 * LANES)
@@ -123,8 +130,8 @@ static void prepare_x_bf16(const float *x, float *xs, long n) {
 /* One output: the accumulator's lanes summed, plus the columns i..n-1 past the last whole vector.
    Tiles of every size finish through here, so a row's result does not depend on its batch. */
 static inline __attribute__((always_inline)) float finish_dot(int bf16, const void *wblock, long n, long i, int r,
-                                                              const float *x, v16 acc) {
-    float s = sum16(acc);
+                                                              const float *x, vf acc) {
+    float s = hsum(acc);
     for (long t = i; t < n; t++)
         s += (bf16 ? bf16_to_float(((const uint16_t *)wblock)[r * n + t]) : ((const float *)wblock)[r * n + t]) * x[t];
     return s;
@@ -132,7 +139,7 @@ static inline __attribute__((always_inline)) float finish_dot(int bf16, const vo
 
 /* Reduce the accumulators of a tile and store. */
 static inline __attribute__((always_inline)) void tile_store(
-    int bf16, const void *wblock, long n, long i, const float *const *x, int nb, v16 (*acc)[ROWS],
+    int bf16, const void *wblock, long n, long i, const float *const *x, int nb, vf (*acc)[ROWS],
     float *const *y, int accumulate) {
     for (int b = 0; b < nb; b++)
         for (int r = 0; r < ROWS; r++) {
@@ -145,42 +152,42 @@ static inline __attribute__((always_inline)) void tile_store(
    memory, so each weight vector is loaded once and used once. */
 static inline __attribute__((always_inline)) void tile1(
     int bf16, const void *wblock, long n, const float *x, const float *xs, float *y, int accumulate) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     long i = 0;
     if (bf16) {
         const uint16_t *w = (const uint16_t *)wblock;
 #if DPBF16
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
             const __m512bh xv = (__m512bh)_mm512_loadu_si512((const uint16_t *)xs + i);
-            a0 = (v16)_mm512_dpbf16_ps((__m512)a0, (__m512bh)_mm512_loadu_si512(w + i), xv);
-            a1 = (v16)_mm512_dpbf16_ps((__m512)a1, (__m512bh)_mm512_loadu_si512(w + n + i), xv);
-            a2 = (v16)_mm512_dpbf16_ps((__m512)a2, (__m512bh)_mm512_loadu_si512(w + 2 * n + i), xv);
-            a3 = (v16)_mm512_dpbf16_ps((__m512)a3, (__m512bh)_mm512_loadu_si512(w + 3 * n + i), xv);
+            a0 = (vf)_mm512_dpbf16_ps((__m512)a0, (__m512bh)_mm512_loadu_si512(w + i), xv);
+            a1 = (vf)_mm512_dpbf16_ps((__m512)a1, (__m512bh)_mm512_loadu_si512(w + n + i), xv);
+            a2 = (vf)_mm512_dpbf16_ps((__m512)a2, (__m512bh)_mm512_loadu_si512(w + 2 * n + i), xv);
+            a3 = (vf)_mm512_dpbf16_ps((__m512)a3, (__m512bh)_mm512_loadu_si512(w + 3 * n + i), xv);
         }
 #else
-        const u16x hi = (u16x){0} + 0xFFFF0000u;
+        const vu hi = (vu){0} + 0xFFFF0000u;
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            const v16 xe = load16(xs + i), xo = load16(xs + i + LANES);
-            u16x u0 = loadu16x(w + i), u1 = loadu16x(w + n + i), u2 = loadu16x(w + 2 * n + i),
-                 u3 = loadu16x(w + 3 * n + i);
-            a0 += (v16)(u0 << 16) * xe; /* separate statements: separate fused multiply-adds */
-            a0 += (v16)(u0 & hi) * xo;
-            a1 += (v16)(u1 << 16) * xe;
-            a1 += (v16)(u1 & hi) * xo;
-            a2 += (v16)(u2 << 16) * xe;
-            a2 += (v16)(u2 & hi) * xo;
-            a3 += (v16)(u3 << 16) * xe;
-            a3 += (v16)(u3 & hi) * xo;
+            const vf xe = loadf(xs + i), xo = loadf(xs + i + LANES);
+            vu u0 = loadu(w + i), u1 = loadu(w + n + i), u2 = loadu(w + 2 * n + i),
+                 u3 = loadu(w + 3 * n + i);
+            a0 += (vf)(u0 << 16) * xe; /* separate statements: separate fused multiply-adds */
+            a0 += (vf)(u0 & hi) * xo;
+            a1 += (vf)(u1 << 16) * xe;
+            a1 += (vf)(u1 & hi) * xo;
+            a2 += (vf)(u2 << 16) * xe;
+            a2 += (vf)(u2 & hi) * xo;
+            a3 += (vf)(u3 << 16) * xe;
+            a3 += (vf)(u3 & hi) * xo;
         }
 #endif
     } else {
         const float *w = (const float *)wblock;
         for (; i + LANES <= n; i += LANES) {
-            const v16 xv = load16(x + i);
-            a0 += load16(w + i) * xv;
-            a1 += load16(w + n + i) * xv;
-            a2 += load16(w + 2 * n + i) * xv;
-            a3 += load16(w + 3 * n + i) * xv;
+            const vf xv = loadf(x + i);
+            a0 += loadf(w + i) * xv;
+            a1 += loadf(w + n + i) * xv;
+            a2 += loadf(w + 2 * n + i) * xv;
+            a3 += loadf(w + 3 * n + i) * xv;
         }
     }
     const float s0 = finish_dot(bf16, wblock, n, i, 0, x, a0), s1 = finish_dot(bf16, wblock, n, i, 1, x, a1);
@@ -197,17 +204,17 @@ static inline __attribute__((always_inline)) void tile1(
    half the speed, bound by loads). */
 /* PIN(v): the value is now in a register, as far as the compiler knows, so it cannot fold the
    load into every multiply-add that uses it (GCC otherwise reloads x for each of the 16). */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && defined(__AVX512F__)
 #define PIN(v) __asm__("" : "+v"(v))
-#elif defined(__GNUC__) && defined(__aarch64__)
-#define PIN(v) __asm__("" : "+w"(v))
+#elif defined(__GNUC__) && defined(__AVX__) /* LANES = 8 floats: one ymm register */
+#define PIN(v) __asm__("" : "+x"(v))
 #else
 #define PIN(v) ((void)0)
 #endif
 
 #define FMA4(w, r)          \
     do {                    \
-        const v16 w_ = (w); \
+        const vf w_ = (w); \
         a0##r += w_ * x0;   \
         a1##r += w_ * x1;   \
         a2##r += w_ * x2;   \
@@ -217,8 +224,8 @@ static inline __attribute__((always_inline)) void tile1(
 static inline __attribute__((always_inline)) void tile4(
     int bf16, const void *wblock, long n, const float *const *x, const float *const *xs, float *const *y,
     int accumulate) {
-    v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
-    v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+    vf a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+    vf a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
     long i = 0;
     if (bf16) {
         const uint16_t *w = (const uint16_t *)wblock;
@@ -226,10 +233,10 @@ static inline __attribute__((always_inline)) void tile4(
 #define DP4(wp, r)                                                                   \
     do {                                                                             \
         const __m512bh w_ = (__m512bh)_mm512_loadu_si512(wp);                        \
-        a0##r = (v16)_mm512_dpbf16_ps((__m512)a0##r, w_, x0);                        \
-        a1##r = (v16)_mm512_dpbf16_ps((__m512)a1##r, w_, x1);                        \
-        a2##r = (v16)_mm512_dpbf16_ps((__m512)a2##r, w_, x2);                        \
-        a3##r = (v16)_mm512_dpbf16_ps((__m512)a3##r, w_, x3);                        \
+        a0##r = (vf)_mm512_dpbf16_ps((__m512)a0##r, w_, x0);                        \
+        a1##r = (vf)_mm512_dpbf16_ps((__m512)a1##r, w_, x1);                        \
+        a2##r = (vf)_mm512_dpbf16_ps((__m512)a2##r, w_, x2);                        \
+        a3##r = (vf)_mm512_dpbf16_ps((__m512)a3##r, w_, x3);                        \
     } while (0)
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
             const uint16_t *const *xb = (const uint16_t *const *)xs;
@@ -243,37 +250,37 @@ static inline __attribute__((always_inline)) void tile4(
         }
 #undef DP4
 #else
-        const u16x hi = (u16x){0} + 0xFFFF0000u;
+        const vu hi = (vu){0} + 0xFFFF0000u;
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            u16x u0 = loadu16x(w + i), u1 = loadu16x(w + n + i), u2 = loadu16x(w + 2 * n + i),
-                 u3 = loadu16x(w + 3 * n + i);
-            v16 x0 = load16(xs[0] + i), x1 = load16(xs[1] + i), x2 = load16(xs[2] + i), x3 = load16(xs[3] + i);
+            vu u0 = loadu(w + i), u1 = loadu(w + n + i), u2 = loadu(w + 2 * n + i),
+                 u3 = loadu(w + 3 * n + i);
+            vf x0 = loadf(xs[0] + i), x1 = loadf(xs[1] + i), x2 = loadf(xs[2] + i), x3 = loadf(xs[3] + i);
             PIN(x0); PIN(x1); PIN(x2); PIN(x3);
-            FMA4((v16)(u0 << 16), 0);
-            FMA4((v16)(u1 << 16), 1);
-            FMA4((v16)(u2 << 16), 2);
-            FMA4((v16)(u3 << 16), 3);
-            x0 = load16(xs[0] + i + LANES), x1 = load16(xs[1] + i + LANES);
-            x2 = load16(xs[2] + i + LANES), x3 = load16(xs[3] + i + LANES);
+            FMA4((vf)(u0 << 16), 0);
+            FMA4((vf)(u1 << 16), 1);
+            FMA4((vf)(u2 << 16), 2);
+            FMA4((vf)(u3 << 16), 3);
+            x0 = loadf(xs[0] + i + LANES), x1 = loadf(xs[1] + i + LANES);
+            x2 = loadf(xs[2] + i + LANES), x3 = loadf(xs[3] + i + LANES);
             PIN(x0); PIN(x1); PIN(x2); PIN(x3);
-            FMA4((v16)(u0 & hi), 0);
-            FMA4((v16)(u1 & hi), 1);
-            FMA4((v16)(u2 & hi), 2);
-            FMA4((v16)(u3 & hi), 3);
+            FMA4((vf)(u0 & hi), 0);
+            FMA4((vf)(u1 & hi), 1);
+            FMA4((vf)(u2 & hi), 2);
+            FMA4((vf)(u3 & hi), 3);
         }
 #endif
     } else {
         const float *w = (const float *)wblock;
         for (; i + LANES <= n; i += LANES) {
-            v16 x0 = load16(x[0] + i), x1 = load16(x[1] + i), x2 = load16(x[2] + i), x3 = load16(x[3] + i);
+            vf x0 = loadf(x[0] + i), x1 = loadf(x[1] + i), x2 = loadf(x[2] + i), x3 = loadf(x[3] + i);
             PIN(x0); PIN(x1); PIN(x2); PIN(x3);
-            FMA4(load16(w + i), 0);
-            FMA4(load16(w + n + i), 1);
-            FMA4(load16(w + 2 * n + i), 2);
-            FMA4(load16(w + 3 * n + i), 3);
+            FMA4(loadf(w + i), 0);
+            FMA4(loadf(w + n + i), 1);
+            FMA4(loadf(w + 2 * n + i), 2);
+            FMA4(loadf(w + 3 * n + i), 3);
         }
     }
-    v16 acc[TILE][ROWS] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    vf acc[TILE][ROWS] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
     tile_store(bf16, wblock, n, i, x, TILE, acc, y, accumulate);
 }
 #undef FMA4
@@ -435,10 +442,10 @@ static void rope(float *v, const float *cos, const float *sin, int D) {
 }
 
 static inline float dot(const float *a, const float *b, int n) {
-    v16 acc = {0};
+    vf acc = {0};
     int i = 0;
-    for (; i + LANES <= n; i += LANES) acc += load16(a + i) * load16(b + i);
-    float s = sum16(acc);
+    for (; i + LANES <= n; i += LANES) acc += loadf(a + i) * loadf(b + i);
+    float s = hsum(acc);
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
