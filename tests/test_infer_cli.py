@@ -40,6 +40,21 @@ def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_it_natively(model_d
         load_for_inference(model_dir, device="cpu", dtype="fp8")
 
 
+def test_the_start_up_line_says_which_decode_path_runs(lm, monkeypatch):
+    from krllm.infer import native
+    from krllm.infer.loader import describe
+
+    expected = "decoding: C step" if native.library() is not None else "decoding: PyTorch"
+    assert expected in describe(lm, make_engine(lm, max_batch=2))
+    monkeypatch.setenv("KRLLM_NATIVE", "0")
+    native.library.cache_clear()
+    try:
+        assert "decoding: PyTorch" in describe(lm, make_engine(lm, max_batch=2))
+    finally:
+        monkeypatch.delenv("KRLLM_NATIVE")
+        native.library.cache_clear()
+
+
 def test_text_stream_pieces_add_up_to_the_full_decode(lm):
     text = "대한민국은 민주공화국이다. 모험가여, 환영하네! Hello 😀 끝"
     ids = lm.encode(text)
