@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from krllm.infer import native
-from krllm.infer.runner import ModelRunner
+from krllm.infer.runner import PREFILL_ROWS, ModelRunner
 from krllm.infer.testing import tiny_model_config
 from krllm.model.llama import Llama
 
@@ -197,3 +197,21 @@ def test_builds_for_cpus_without_avx512_compute_the_same(tmp_path, dtype, flags)
     for (active, got), (_, want) in zip(_feed(ours, streams, 9, pattern), _feed(ref, streams, 9, pattern)):
         rows = [s for s, a in enumerate(active) if a]
         torch.testing.assert_close(got[rows], want[rows], rtol=2e-4, atol=2e-4 * want[rows].abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("length", [1, 17, PREFILL_ROWS, 2 * PREFILL_ROWS + 9])
+def test_prompts_prefill_through_the_c_step_like_the_pytorch_path(length):
+    """A prompt is rows of one slot at consecutive positions, in chunks of PREFILL_ROWS, each row
+    attending to the keys of the rows before it, logits for the last only."""
+    model = _model(EVEN)
+    ours = ModelRunner(model, n_slots=2, max_seq_len=256)
+    ref = ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=256, use_native=False)
+    prompt = torch.randint(2, EVEN["vocab_size"], (length,), generator=torch.Generator().manual_seed(7)).tolist()
+    ours.prefill(0, [5, 6, 7])  # a neighbour in the other slot must not be disturbed
+    ref.prefill(0, [5, 6, 7])
+    torch.testing.assert_close(ours.prefill(1, prompt), ref.prefill(1, prompt), rtol=1e-4, atol=1e-4)
+    assert ours.cache.lengths[1] == length
+    for t in (9, 4):  # the cache it left behind decodes like the reference's
+        tokens = torch.tensor([t, t + 1])
+        torch.testing.assert_close(ours.decode(tokens, 2), ref.decode(tokens, 2), rtol=1e-4, atol=1e-4)

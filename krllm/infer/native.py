@@ -110,7 +110,7 @@ def open_library(path: Path) -> ctypes.CDLL:
     lib.krllm_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.krllm_decode.restype = ctypes.c_int
     lib.krllm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
@@ -147,7 +147,7 @@ class NativeDecoder:
 
     def __init__(self, lib: ctypes.CDLL, cfg, layers: list[tuple[torch.Tensor, ...]], lm_head: torch.Tensor,
                  embed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, max_batch: int):
+                 v_cache: torch.Tensor, max_rows: int):
         dtype = embed.dtype
         tensors = [w for ws in layers for w in ws] + [lm_head, embed]
         if any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
@@ -169,26 +169,34 @@ class NativeDecoder:
                             k_cache.data_ptr(), v_cache.data_ptr())
         self.vocab_size = V
         threads = max(torch.get_num_threads(), os.cpu_count() or 1)
-        self._work = torch.empty(lib.krllm_work_floats(ctypes.byref(self.model), max_batch, threads),
+        self._work = torch.empty(lib.krllm_work_floats(ctypes.byref(self.model), max_rows, threads),
                                  dtype=torch.float32)
-        self._logits = torch.empty(max_batch, V, dtype=torch.float32)
-        self._pos = (ctypes.c_int * max_batch)()
-        self._rows = (ctypes.c_int * max_batch)()
-        self.max_batch, self.max_threads = max_batch, threads
+        self._logits = torch.empty(max_rows, V, dtype=torch.float32)
+        self._pos = (ctypes.c_int * max_rows)()
+        self._rows = (ctypes.c_int * max_rows)()
+        self._want = (ctypes.c_int * max_rows)()
+        self.max_rows, self.max_threads = max_rows, threads
 
-    def decode(self, tokens: torch.Tensor, pos: list[int], rows: list[int]) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, pos: list[int], rows: list[int],
+               want: list[bool] | None = None) -> torch.Tensor:
         """tokens (B,) int64, positions and cache rows per row (row -1: skip) -> logits (B, V) fp32.
 
+        Rows may share a cache row at consecutive positions (a prompt): each sees the ones before.
+        want: which rows' logits to compute (default all; the others are left as they were).
         The logits live in a buffer the next call overwrites.
         """
         B = len(pos)
-        if B > self.max_batch or tokens.dtype != torch.int64 or not tokens.is_contiguous():
-            raise ValueError(f"native decode takes up to {self.max_batch} contiguous int64 tokens")
+        if B > self.max_rows or tokens.dtype != torch.int64 or not tokens.is_contiguous():
+            raise ValueError(f"native decode takes up to {self.max_rows} contiguous int64 tokens")
         for b in range(B):
             self._pos[b], self._rows[b] = pos[b], rows[b]
+        if want is not None:
+            for b in range(B):
+                self._want[b] = int(want[b])
         threads = min(torch.get_num_threads(), self.max_threads)
         rc = self.lib.krllm_decode(ctypes.byref(self.model), B, tokens.data_ptr(), self._pos, self._rows,
-                                   self._work.data_ptr(), self._logits.data_ptr(), threads)
+                                   None if want is None else self._want, self._work.data_ptr(),
+                                   self._logits.data_ptr(), threads)
         if rc == -2:
             raise MemoryError("native decode: out of memory for its work counters")
         if rc != 0:

@@ -31,6 +31,11 @@ from krllm.infer import native
 from krllm.infer.kernels import PackedMatmul
 
 
+# Prompt tokens per C-step call at prefill: each call reads the weights once for all its rows, and
+# its buffers grow with it (64 rows of a 128k vocabulary's logits are 32 MB).
+PREFILL_ROWS = 64
+
+
 class SlotKVCache:
     """Static keys/values for `n_slots` independent sequences; `lengths[s]` = tokens cached in slot s."""
 
@@ -111,7 +116,8 @@ class ModelRunner:
             lib, self.cfg, [(lw["qkv"].weight, lw["o"].weight, lw["gate_up"].weight, lw["down"].weight)
                             for lw in self.layers],
             self.lm_head.weight, self.embed.contiguous(), rot.cos[:max_seq_len].float().contiguous(),
-            rot.sin[:max_seq_len].float().contiguous(), self.cache.k, self.cache.v, self.cache.n_slots)
+            rot.sin[:max_seq_len].float().contiguous(), self.cache.k, self.cache.v,
+            max(self.cache.n_slots, PREFILL_ROWS))
         token = torch.tensor([min(5, self.vocab_size - 1)], device=self.device)
         want = self.decode(token, 1).clone()  # PyTorch path
         self.free(0)
@@ -204,6 +210,8 @@ class ModelRunner:
             raise KrllmError("empty prompt: give at least one token")
         if T > self.max_seq_len:
             raise KrllmError(f"prompt of {T} tokens does not fit max_seq_len={self.max_seq_len}")
+        if self.native is not None:
+            return self._prefill_native(slot, ids[0])
         cos, sin = self.cos[:T][None, :, None], self.sin[:T][None, :, None]  # (1, T, 1, D)
         ck, cv = self.cache.k, self.cache.v
 
@@ -219,6 +227,18 @@ class ModelRunner:
             x = self._layer(x, lw, cos, sin, attend)
         self.cache.lengths[slot] = T
         return self._logits(x[:, -1])[0]  # (V,)
+
+    def _prefill_native(self, slot: int, ids: torch.Tensor) -> torch.Tensor:
+        """The prompt through the C step in chunks of up to PREFILL_ROWS tokens (rows of one slot at
+        consecutive positions), logits for the last token only."""
+        T = ids.shape[0]
+        for start in range(0, T, PREFILL_ROWS):
+            chunk = ids[start:start + PREFILL_ROWS].contiguous()
+            n = chunk.shape[0]
+            logits = self.native.decode(chunk, list(range(start, start + n)), [slot] * n,
+                                        want=[False] * (n - 1) + [start + n == T])
+        self.cache.lengths[slot] = T
+        return logits[n - 1].clone()
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, n_rows: int, active: list[bool] | None = None) -> torch.Tensor:

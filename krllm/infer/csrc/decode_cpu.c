@@ -484,7 +484,7 @@ int krllm_features(void) {
     return f;
 }
 
-#define PHASES_PER_LAYER 5
+#define PHASES_PER_LAYER 6
 
 /* Floats of `work` that krllm_decode needs for B rows and T threads (krllm.infer.native sizes it). */
 long krllm_work_floats(const Model *m, int B, int T) {
@@ -498,20 +498,25 @@ long krllm_work_floats(const Model *m, int B, int T) {
 
 /* One token for each of B rows. tokens[b]: input id; pos[b]: its position (= tokens cached so far
    in that slot); rows[b]: its cache row, or -1 for a row that computes nothing (its logits are 0).
-   work: krllm_work_floats(m, B, n_threads) floats; logits (B, V).
+   Several rows may share a slot at consecutive positions (a prompt, or a chunk of one): each
+   attends to the keys of the rows before it. want[b]: whether row b's logits are computed (NULL:
+   all); other rows of `logits` are left as they were. work: krllm_work_floats(m, B, n_threads)
+   floats; logits (B, V).
    Returns 0, -1 if a position, row or token is out of range, -2 if out of memory. */
-int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, const int *rows,
+int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, const int *rows, const int *want,
                  float *work, float *logits, int n_threads) {
     const int C = m->hidden, H = m->n_heads, KV = m->n_kv, D = m->head_dim, I = m->inter, V = m->vocab;
     const int G = H / KV, QKV = (H + 2 * KV) * D, S = m->max_seq, R = m->cache_rows, L = m->n_layers;
     int idx[B > 0 ? B : 1], n_live = 0; /* the rows that compute */
+    int out[B > 0 ? B : 1], n_out = 0;  /* the rows whose logits are wanted */
     for (int b = 0; b < B; b++) {
         if (rows[b] < 0) {
-            memset(logits + (long)b * V, 0, sizeof(float) * V);
+            if (want == NULL || want[b]) memset(logits + (long)b * V, 0, sizeof(float) * V);
             continue;
         }
         if (pos[b] < 0 || pos[b] >= S || rows[b] >= R || tokens[b] < 0 || tokens[b] >= V) return -1;
         idx[n_live++] = b;
+        if (want == NULL || want[b]) out[n_out++] = b;
     }
     const long widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
     float *x = work, *qkv = x + (long)B * C, *y = qkv + (long)B * QKV, *act = y + (long)B * H * D;
@@ -553,26 +558,32 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
             const long layer_base = (long)l * R * KV * S * D;
             rms_norm_rows(m, x, h, xs, idx, n_live);
             matmul_phase(&ph[0], m, m->qkv[l], C, h, xs, idx, n_live, QKV, qkv, 0);
-            /* attention, one (row, KV head) per item: RoPE on that group's q heads and its k head,
-               k and v into the cache, then the group's heads attend */
+            /* one (row, KV head) per item: RoPE on that group's q heads and its k head, k and v into
+               the cache; all of them before any attention, since rows of one slot (a prompt) attend
+               to each other's keys */
             for (int c; (c = claim(&ph[1], attn_items)) >= 0; finish(&ph[1])) {
                 const int b = idx[c / KV], g = c % KV;
                 float *qb = qkv + (long)b * QKV;
                 const float *cs = m->cos + (long)pos[b] * D, *sn = m->sin + (long)pos[b] * D;
                 for (int hh = g * G; hh < (g + 1) * G; hh++) rope(qb + (long)hh * D, cs, sn, D);
                 rope(qb + (long)(H + g) * D, cs, sn, D);
-                const long base = layer_base + ((long)rows[b] * KV + g) * S * D;
-                memcpy(m->k_cache + base + (long)pos[b] * D, qb + (long)(H + g) * D, sizeof(float) * D);
-                memcpy(m->v_cache + base + (long)pos[b] * D, qb + (long)(H + KV + g) * D, sizeof(float) * D);
-                attend_group(qb + (long)g * G * D, m->k_cache + base, m->v_cache + base, G, D, pos[b] + 1, scores,
-                             y + (long)b * H * D + (long)g * G * D);
+                const long at = layer_base + (((long)rows[b] * KV + g) * S + pos[b]) * D;
+                memcpy(m->k_cache + at, qb + (long)(H + g) * D, sizeof(float) * D);
+                memcpy(m->v_cache + at, qb + (long)(H + KV + g) * D, sizeof(float) * D);
             }
             wait_done(&ph[1], attn_items);
+            for (int c; (c = claim(&ph[2], attn_items)) >= 0; finish(&ph[2])) { /* the group's heads attend */
+                const int b = idx[c / KV], g = c % KV;
+                const long base = layer_base + ((long)rows[b] * KV + g) * S * D;
+                attend_group(qkv + (long)b * QKV + (long)g * G * D, m->k_cache + base, m->v_cache + base, G, D,
+                             pos[b] + 1, scores, y + (long)b * H * D + (long)g * G * D);
+            }
+            wait_done(&ph[2], attn_items);
             prepare_rows(m, y, xs, (long)H * D, idx, n_live);
-            matmul_phase(&ph[2], m, m->o[l], (long)H * D, y, xs, idx, n_live, C, x, 1);
+            matmul_phase(&ph[3], m, m->o[l], (long)H * D, y, xs, idx, n_live, C, x, 1);
             rms_norm_rows(m, x, h, xs, idx, n_live);
             /* gate and up rows of the same intermediate units in one item, so it can finish SwiGLU */
-            for (int c; (c = claim(&ph[3], gu_items)) >= 0; finish(&ph[3])) {
+            for (int c; (c = claim(&ph[4], gu_items)) >= 0; finish(&ph[4])) {
                 const long j0 = c * gu_rows, j1 = j0 + gu_rows < I ? j0 + gu_rows : I, n = j1 - j0;
                 matmul_rows(m, m->gate_up[l], C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0);
                 matmul_rows(m, m->gate_up[l], C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows,
@@ -583,13 +594,13 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                     for (long i = 0; i < n; i++) a[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
                 }
             }
-            wait_done(&ph[3], gu_items);
+            wait_done(&ph[4], gu_items);
             prepare_rows(m, act, xs, I, idx, n_live);
-            matmul_phase(&ph[4], m, m->down[l], I, act, xs, idx, n_live, C, x, 1);
+            matmul_phase(&ph[5], m, m->down[l], I, act, xs, idx, n_live, C, x, 1);
         }
-        rms_norm_rows(m, x, h, xs, idx, n_live);
+        rms_norm_rows(m, x, h, xs, out, n_out);
         Phase last = phase_at(counters, L * PHASES_PER_LAYER, team, me);
-        matmul_phase(&last, m, m->lm_head, C, h, xs, idx, n_live, V, logits, 0);
+        matmul_phase(&last, m, m->lm_head, C, h, xs, out, n_out, V, logits, 0);
     }
     free(counters);
     return 0;
