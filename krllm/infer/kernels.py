@@ -6,8 +6,9 @@ than the plain row-major matrix that `F.linear` or `x @ W_t` use (measured on th
 7.5 vs 10.8 ms per token for all matrices of the ~31M benchmark model; bf16 packed: 3.2-4.2 ms).
 Packing is tried once per matrix and checked against `F.linear`; wherever it is unavailable
 (GPU, MPS, a torch build without oneDNN, a dtype it does not pack) the plain weight is used.
-When the C decode step (krllm.infer.native) reads the weights itself, the matrix stays plain and
-only prefill goes through oneDNN.
+When the C step (krllm.infer.native) reads the weights itself, the matrix stays plain and oneDNN
+multiplies it only where the PyTorch path still runs (the C step's start-up check, large bf16
+batches on CPUs without AVX-512 BF16).
 
     mm = PackedMatmul(weight)       # weight (out, in), as in nn.Linear
     y = mm(x)                       # x (..., in) -> (..., out) == F.linear(x, weight)
@@ -64,7 +65,7 @@ class PackedMatmul:
 
     pack=False keeps a plain row-major `weight` (with in_scale folded in) for callers that read it
     themselves (krllm.infer.native) and still multiplies through oneDNN, which on the plain matrix
-    is 2-2.5x faster than F.linear for a few dozen rows (prefill), without a second copy.
+    is 2-2.5x faster than F.linear for a few dozen rows, without a second copy.
     """
 
     def __init__(self, weight: torch.Tensor, in_scale: torch.Tensor | None = None, pack: bool = True):

@@ -7,10 +7,12 @@ batch but wrong for rows of different lengths. This runner computes exactly the 
 (same weights, same RMSNorm / RoPE / GQA attention / SwiGLU math; a test checks its logits
 against `Llama.forward` and transformers) with per-row positions, and does less work per token:
 
+- on CPU, prefill and decode go through the C step (krllm.infer.native: a whole forward for all
+  rows in one call) when a C compiler is there; otherwise, and on GPU/MPS, through PyTorch below;
 - q/k/v and gate/up fused into one matmul each (the model's own Linear weights become row views
-  of the fused tensors, so `Llama.forward` still works); on CPU every matrix is also kept in
-  oneDNN's packed layout, the fastest to read at decode (krllm.infer.kernels). Packing copies
-  the weights once, at construction: build a new runner after changing them;
+  of the fused tensors, so `Llama.forward` still works); on CPU the matrices are copied once, at
+  construction (RMSNorm weights folded in, for the C step or in oneDNN's packed layout): build a
+  new runner after changing the weights;
 - static cache `(L, slots, H_kv, S_max, D)`, written in place, read as views;
 - prefill computes logits for the last position only;
 - decode attention without a mask when every row is at the same position (e.g. batch 1); on
@@ -98,7 +100,7 @@ class ModelRunner:
                                  self.device, self.cache_dtype)
         self._k_layers, self._v_layers = self.cache.k.unbind(0), self.cache.v.unbind(0)  # per-layer views
         self._arange = torch.arange(max_seq_len, device=self.device)  # (S_max,)
-        self.native = None
+        self.native = None  # the PyTorch path, until the C step has matched it on one token
         self.native = self._native_decoder(lib, rot, max_seq_len) if lib is not None else None
         # Batches up to this many rows take the C step. Few rows are bound by reading the weights,
         # where it is 1.3-2.6x faster than PyTorch; many rows are bound by arithmetic, where it still

@@ -1,4 +1,5 @@
-/* One decode step of a Llama-style model on CPU, for a batch of KV-cache slots, in one call.
+/* One forward step of a Llama-style model on CPU, in one call: a token for each of a batch of
+   KV-cache slots (decode), or the tokens of a prompt in one slot (prefill), or both.
 
 Why C: at batch 1 a small model spends as long dispatching ~25 tensor ops per layer from Python
 as it does reading its weights, and decoding is bound by how fast the weights stream from memory.
@@ -12,7 +13,8 @@ Layout (all row-major, as PyTorch stores them; the Python side checks shapes and
   columns of the matmul that reads the norm's output, so the norm here has no weight;
   qkv rows = [q heads | k heads | v heads], gate_up rows = [gate | up];
   cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 where R = cache rows.
-Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype.
+Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype (with
+AVX-512 BF16, bf16 weights multiply inputs rounded to bf16, as PyTorch's bf16 matmuls do).
 
 Dot products keep LANES independent partial sums (a vector register's worth), written with vector
 extensions rather than -ffast-math, so results do not depend on optimisation flags. */
