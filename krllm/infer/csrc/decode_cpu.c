@@ -77,9 +77,6 @@ static inline vf loadf(const float *p) {
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
 /* Pairwise (tree) sum: a chain of scalar adds per dot product costs as much as the loads.
    Shuffles rather than memcpy through memory: an accumulator whose address is taken lives on the
    stack inside the hot loop (measured: 40% slower). */
