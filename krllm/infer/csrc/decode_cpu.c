@@ -65,6 +65,11 @@ static inline float bf16_to_float(uint16_t b) {
     return f;
 }
 
+/* Element i of a weight matrix in either dtype (for the scalar remainders of the vector loops). */
+static inline float weight_at(int bf16, const void *w, long i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
 /* LANES floats: GCC/clang vector extensions, lowered to whatever SIMD the target has (an AVX-512
    or AVX2 register, two NEON or SSE ones), so the same source is fast everywhere. */
 typedef float vf __attribute__((vector_size(4 * LANES)));
@@ -132,7 +137,7 @@ static inline __attribute__((always_inline)) float finish_dot(int bf16, const vo
                                                               const float *x, vf acc) {
     float s = hsum(acc);
     for (long t = i; t < n; t++)
-        s += (bf16 ? bf16_to_float(((const uint16_t *)wblock)[r * n + t]) : ((const float *)wblock)[r * n + t]) * x[t];
+        s += weight_at(bf16, wblock, r * n + t) * x[t];
     return s;
 }
 
@@ -303,7 +308,7 @@ static inline __attribute__((always_inline)) void tile4(
 static float dot1(int bf16, const void *w, long row, long n, const float *x) {
     float s = 0.f;
     for (long t = 0; t < n; t++)
-        s += (bf16 ? bf16_to_float(((const uint16_t *)w)[row * n + t]) : ((const float *)w)[row * n + t]) * x[t];
+        s += weight_at(bf16, w, row * n + t) * x[t];
     return s;
 }
 
