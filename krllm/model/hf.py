@@ -208,3 +208,20 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: str | t
     model.model.rotary_emb.to_empty(device=device)
     model.model.rotary_emb.reset_tables(cfg.max_position_embeddings, torch.device(device))
     return model
+
+
+def load_transformers(path: str | Path, device: str | torch.device = "cpu",
+                      dtype: str | torch.dtype | None = None):
+    """Any local causal LM through transformers' AutoModelForCausalLM (the registry's catch-all family).
+
+    dtype: None keeps the stored dtype (transformers' "auto"); errors name the directory.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    dtype = parse_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise KrllmError(f"{path}: transformers cannot load this model ({e})") from None
+    return model.to(device).eval()
