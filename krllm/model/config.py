@@ -224,6 +224,72 @@ class ModelConfig(StrictModel):
         data["rope_theta"] = float(theta)
         return validate_model_config(data, source)
 
+    # ------------------------------------------------------------------ the guides' Python API
+    # The setup guide our users follow writes `TransformerConfig.from_yaml(path)`, `.medium()`,
+    # `config.num_parameters`, `config.to_dict()`, `config.save_yaml(path)` and `config.num_layers = 20`;
+    # these are thin spellings of what `model_config_from`, PRESETS and `krllm.model.sizing` already do.
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> "ModelConfig":
+        """A model YAML (`preset:` allowed, `key=value` overrides) -> config; every problem reported at once."""
+        return model_config_from(Path(path), overrides)
+
+    @classmethod
+    def preset(cls, name: str, **fields: Any) -> "ModelConfig":
+        """A named preset (tiny, small, medium, large) with fields overridden, e.g. vocab_size=16000."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset {name}", [f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}"])
+        return validate_model_config({**PRESETS[name], **fields}, f"preset {name}")
+
+    @classmethod
+    def tiny(cls, **fields: Any) -> "ModelConfig":
+        return cls.preset("tiny", **fields)
+
+    @classmethod
+    def small(cls, **fields: Any) -> "ModelConfig":
+        return cls.preset("small", **fields)
+
+    @classmethod
+    def medium(cls, **fields: Any) -> "ModelConfig":
+        return cls.preset("medium", **fields)
+
+    @classmethod
+    def large(cls, **fields: Any) -> "ModelConfig":
+        return cls.preset("large", **fields)
+
+    @property
+    def num_parameters(self) -> int:
+        """Exact parameter count (a tied lm_head counted once), computed without building the model."""
+        from krllm.model.sizing import count_parameters
+
+        return count_parameters(self).total
+
+    @property
+    def num_layers(self) -> int:
+        """The guide's name for `num_hidden_layers` (assignable)."""
+        return self.num_hidden_layers
+
+    @num_layers.setter
+    def num_layers(self, value: int) -> None:
+        self.num_hidden_layers = value
+
+    def to_dict(self) -> dict:
+        """The fields as plain JSON-able values: what `save_yaml` writes and `from_yaml` reads back."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def save_yaml(self, path: str | Path) -> Path:
+        """Write the config as a model YAML (atomically); `ModelConfig.from_yaml(path)` gives it back equal."""
+        import yaml
+
+        from krllm.config import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        return Path(path)
+
+
+# The setup guide's name for the model config.
+TransformerConfig = ModelConfig
+
 
 def validate_model_config(data: dict, source: str = "<model config>") -> ModelConfig:
     try:
