@@ -5,7 +5,8 @@ base model, reported as accuracy and macro-F1 on a held-out split.
 
 Why here and not in TRL: TRL has no classification trainer; transformers' Trainer does the loop, PEFT
 (task_type SEQ_CLS) adapts the backbone and trains the new `score` head fully (saved in the adapter).
-For a Llama the class is read from the last non-pad token, so every text ends with EOS.
+For a Llama the class is read from the last non-pad token, so every text ends with EOS. Loading,
+PEFT config, trainer arguments, logging and outputs are the shared krllm.train.hf plumbing.
 
 One process only (refused under torchrun / accelerate launch). Run directory (`runs/<name>/`):
 config.yaml, lineage.json, metrics.jsonl, tb/, checkpoints/, adapter/ (PEFT + tokenizer +
@@ -20,7 +21,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from pydantic import Field
