@@ -180,7 +180,7 @@ def cross_document_check(model_dir: Path, data: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from krllm.data.records import load_jsonl
-    from krllm.train.batching import PackedCollator, pack_rows
+    from krllm.train.hf.batching import PackedCollator, pack_rows
     from krllm.train.sft_data import tokenize_records
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config
-    from krllm.train.hf_callbacks import quiet_known_warnings
+    from krllm.train.hf.callbacks import quiet_known_warnings
 
     quiet_known_warnings()
     from krllm.train.classify import ClassifyRunConfig, run_classify

@@ -58,13 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config
-    from krllm.train.hf_callbacks import quiet_known_warnings
+    from krllm.train.hf.callbacks import quiet_known_warnings
 
     quiet_known_warnings()
+    from krllm.train.hf.outputs import rank
     from krllm.train.sft import run_sft
     from krllm.train.sft_config import SFTRunConfig
-
-    from krllm.train.sft_outputs import rank
 
     cfg = load_config(args.config, SFTRunConfig, args.overrides)
     summary = run_sft(cfg, resume=args.resume, overwrite=args.overwrite)

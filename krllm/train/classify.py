@@ -5,7 +5,8 @@ base model, reported as accuracy and macro-F1 on a held-out split.
 
 Why here and not in TRL: TRL has no classification trainer; transformers' Trainer does the loop, PEFT
 (task_type SEQ_CLS) adapts the backbone and trains the new `score` head fully (saved in the adapter).
-For a Llama the class is read from the last non-pad token, so every text ends with EOS.
+For a Llama the class is read from the last non-pad token, so every text ends with EOS. Loading,
+PEFT config, trainer arguments, logging and outputs are the shared krllm.train.hf plumbing.
 
 One process only (refused under torchrun / accelerate launch). Run directory (`runs/<name>/`):
 config.yaml, lineage.json, metrics.jsonl, tb/, checkpoints/, adapter/ (PEFT + tokenizer +
@@ -20,19 +21,17 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from pydantic import Field
 
-from krllm.config import StrictModel, atomic_write_text, write_resolved
+from krllm.config import StrictModel, atomic_write_text
 from krllm.data.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import DataError, KrllmError
 from krllm.runs import write_json, write_lineage
-from krllm.tracking import MetricsLogger
-from krllm.train import batching as B
-from krllm.train.sft_config import PeftSection, TrackingSection, TrainSection
+from krllm.train.hf import batching as B
+from krllm.train.hf.config import PeftSection, TrackingSection, TrainSection
 
 
 class ClassifyData(StrictModel):
@@ -151,23 +150,18 @@ def _compute_metrics(names):
 
 def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool = False) -> dict:
     import datasets
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, EarlyStoppingCallback,
-                              PrinterCallback, Trainer, TrainingArguments)
+    from transformers import Trainer, TrainingArguments
 
-    from krllm.train.hf_callbacks import KrllmLogCallback
-    from krllm.train.sft import peft_config_for, with_length_sampling
-    from krllm.train.sft_outputs import CHECKPOINTS, prepare_run_dir, save_final
-
-    from krllm.train.sft_outputs import world_size
+    from krllm.train.hf.callbacks import KrllmLogCallback, open_logger
+    from krllm.train.hf.model import freeze_below, load_base_model, load_tokenizer, parameter_counts, peft_config_for
+    from krllm.train.hf.outputs import save_final, start_run, world_size
+    from krllm.train.hf.trainer import early_stopping, trainer_arguments, use_krllm_logging, with_length_sampling
 
     if world_size() > 1:
         raise KrllmError("classify-train runs in one process (a classification head on a small base trains in "
                          "minutes); start it without torchrun / accelerate launch")
     t0 = time.time()
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, run_dir / "config.yaml")
+    run_dir, resume_from = start_run(cfg, resume, overwrite)
     if cfg.peft.method == "qlora":
         raise KrllmError("classification supports peft.method lora, dora or full (qlora: use krllm sft on CUDA)")
     if cfg.train.batching in ("packed", "padding_free"):
@@ -176,24 +170,20 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
     dtype = pick_dtype(cfg.train.dtype, device)
     mode = "length_grouped" if cfg.train.batching == "auto" else cfg.train.batching
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
     train_recs, eval_recs = split(cfg)
     names = label_names(cfg, train_recs, eval_recs)
     train_rows = encode(train_recs, tokenizer, names, cfg.data.max_length)
     eval_rows = encode(eval_recs, tokenizer, names, cfg.data.max_length)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.base_model, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, pad_token_id=tokenizer.pad_token_id, dtype=torch.float32)
+    model = load_base_model(
+        cfg.base_model, "seq_cls", num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, pad_token_id=tokenizer.pad_token_id)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.peft.method != "full":
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config_for(cfg.peft, model, task_type="SEQ_CLS"))
     elif cfg.peft.num_layers is not None:
-        from krllm.train.sft import freeze_below
-
         freeze_below(model, cfg.peft.num_layers)
         for name, p in model.named_parameters():  # the new head always trains
             p.requires_grad |= name.startswith("score")
@@ -201,35 +191,18 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
           f"{str(dtype).removeprefix('torch.')} | labels {names} | {len(train_rows)} train / {len(eval_rows)} "
           "held-out examples")
 
-    t = cfg.train
-    early = bool(t.early_stopping_patience)
-    args = TrainingArguments(
-        output_dir=str(run_dir / CHECKPOINTS), seed=t.seed, data_seed=t.seed, learning_rate=t.lr,
-        lr_scheduler_type=t.schedule, warmup_steps=t.warmup, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, gradient_checkpointing=t.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
-        remove_unused_columns=False, eval_strategy="steps", eval_steps=t.eval_steps,
-        save_strategy="steps", save_steps=t.eval_steps if early else t.save_steps,
-        save_total_limit=t.save_total_limit, load_best_model_at_end=early,
-        metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=t.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
-    )
+    args = TrainingArguments(**trainer_arguments(cfg.train, run_dir, device, dtype, has_eval=True))
     counter = B.TokenCounter()
     cols = ["input_ids", "label", "length"]
     trainer = with_length_sampling(Trainer)(
         model=model, args=args, data_collator=ClassifyCollator(tokenizer.pad_token_id, counter),
         train_dataset=datasets.Dataset.from_list(train_rows).select_columns(cols),
         eval_dataset=datasets.Dataset.from_list(eval_rows).select_columns(cols),
-        compute_metrics=_compute_metrics(names),
-        callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_min_delta)] if early else [])
-    trainer.krllm_batching, trainer.krllm_counter = mode, counter
-    trainer.remove_callback(PrinterCallback)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        compute_metrics=_compute_metrics(names), callbacks=early_stopping(cfg.train, has_eval=True))
+    use_krllm_logging(trainer, mode, counter)
+    n_train, _ = parameter_counts(model)
 
-    with MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
-                       run_name=cfg.name) as logger:
+    with open_logger(cfg, run_dir) as logger:
         trainer.add_callback(KrllmLogCallback(logger, counter, label=f"classify {cfg.name}"))
         write_lineage(run_dir, {"base_model": cfg.base_model, "tokenizer": cfg.tokenizer or cfg.base_model,
                                 **({"data": cfg.data.train} if not cfg.data.train.startswith("builtin:") else {})},

@@ -1,4 +1,5 @@
-"""How SFT examples become batches: padded (length-grouped or random) or packed rows.
+"""How tokenized examples become batches: padded (length-grouped or random) or packed rows. Shared by
+the TRL/PEFT methods (sft; classify uses the sampler and TokenCounter with its own label collator).
 
 Why several strategies, chosen per device (`train.batching: auto`):
 - CPU / MPS: `length_grouped` — examples of similar length share a batch (`LengthGroupedSampler`),
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from krllm.train.sft_data import IGNORE
+from krllm.data.chat_tokens import IGNORE
 
 
 def resolve_batching(requested: str, device: torch.device) -> str:

@@ -8,7 +8,7 @@ import torch
 from sft_tiny import one_thread, tiny_base
 
 from krllm.errors import KrllmError
-from krllm.train import batching as B
+from krllm.train.hf import batching as B
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""What a fine-tuning run leaves behind, written so a crash or a second process never leaves a half file:
-run-directory checks (resume / overwrite), final adapter / HF directories (atomic, multi-process safe),
-and before/after sample answers.
+"""What a training run leaves behind, written so a crash or a second process never leaves a half file:
+run-directory checks (resume / overwrite), final adapter / HF directories (atomic, multi-process safe).
+Shared by every TRL/PEFT method (sft, classify, ...).
 
 Multi-process (accelerate launch, FSDP, DeepSpeed): `trainer.save_model` is a collective (it gathers
 sharded weights) that writes on rank 0; every other write here happens on rank 0 only.
@@ -13,10 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
-from krllm.config import atomic_write_text
-from krllm.data.chat_tokens import stop_ids
+from krllm.config import write_resolved
 from krllm.errors import KrllmError
 from krllm.runs import replace_dir
 
@@ -52,6 +49,17 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             for name in STALE_FILES:
                 (run_dir / name).unlink(missing_ok=True)
     return None
+
+
+def start_run(cfg, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from): checks the directory, then (rank 0) creates it and
+    writes the resolved config.yaml. `cfg` is a method's run config (it has `runs_dir` and `name`)."""
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    resume_from = prepare_run_dir(run_dir, resume, overwrite)
+    if rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, run_dir / "config.yaml")
+    return run_dir, resume_from
 
 
 # ---------------------------------------------------------------- final directories
@@ -102,48 +110,3 @@ def save_merged(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(staging)
     _top_level_rope_theta(staging / "config.json")
     publish_dir(staging, out)
-
-
-# ---------------------------------------------------------------- samples
-
-def prompt_of(record: dict) -> list[dict] | None:
-    """Chat turns up to (not including) the last assistant turn."""
-    msgs = record.get("messages")
-    if not msgs:
-        return None
-    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    return msgs[:last]
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[dict]:
-    """Greedy answers; `stopped` = the model ended its turn itself (emitted an end-of-turn token)."""
-    stops = stop_ids(tokenizer)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for msgs in prompts:
-        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            return_tensors="pt")["input_ids"].to(device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        new = gen[0, ids.shape[1]:].tolist()
-        stopped = bool(new) and new[-1] in stops
-        text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=False)
-        out.append({"answer": text, "stopped": stopped, "tokens": len(new)})
-    model.train(was_training)
-    return out
-
-
-def write_samples(run_dir: Path, prompts, before, after, references) -> None:
-    """samples.jsonl (machine-readable) + samples.md (for people): prompt, answers before/after, reference."""
-    rows, md = [], ["# Samples (greedy decoding)\n"]
-    for p, b, a, ref in zip(prompts, before, after, references):
-        rows.append({"prompt": p, "before": b, "after": a, "reference": ref})
-        md.append(f"## {p[-1]['content']}\n")
-        md.append(f"- **before**: {b['answer']!r}{'' if b['stopped'] else ' (did not stop)'}")
-        md.append(f"- **after**: {a['answer']!r}{'' if a['stopped'] else ' (did not stop)'}")
-        md.append(f"- **reference**: {ref!r}\n")
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_text(run_dir / "samples.md", "\n".join(md) + "\n")

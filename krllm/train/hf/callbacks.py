@@ -1,4 +1,4 @@
-"""transformers.Trainer callbacks shared by the PEFT/TRL stages (sft, classify; later dpo, grpo).
+"""Logging for the transformers/TRL trainers shared by every PEFT/TRL method (sft, classify; later dpo, grpo).
 
 - `KrllmLogCallback`: every Trainer log -> `metrics.jsonl` + TensorBoard via krllm.tracking, with
   real (non-pad) tokens/s (over time spent in optimizer steps, so evaluation and checkpointing do not
@@ -14,13 +14,20 @@ import warnings
 
 from transformers import TrainerCallback
 
+from krllm.tracking import MetricsLogger
+
 
 def quiet_known_warnings() -> None:
     """TRL 1.16 still sets `gradient_checkpointing`, which transformers 5 reports as deprecated on
     every run; the message is about TRL's code, not the user's config."""
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
-from krllm.tracking import MetricsLogger
+
+def open_logger(cfg, run_dir) -> MetricsLogger:
+    """metrics.jsonl (+ TensorBoard / W&B per the run config's `tracking` section) in `run_dir`."""
+    return MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
+                         run_name=cfg.name)
+
 
 # Trainer log keys -> our names (others pass through; eval_* go to split "eval")
 _RENAME = {"learning_rate": "lr", "train_loss": "final_loss"}
