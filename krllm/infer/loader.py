@@ -21,6 +21,7 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.infer.adapters import is_adapter_dir, merge_adapter, read_adapter_config
+from krllm.infer.hf_runner import config_eos_ids
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _eos_ids(model_dir: Path, cfg, tokenizer) -> list[int]:
     if gen.is_file():
         eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
         ids.extend([eos] if isinstance(eos, int) else (eos or []))
-    ids.extend(cfg.eos_ids)
+    ids.extend(config_eos_ids(cfg))
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -116,7 +117,10 @@ def load_for_inference(path: str | Path, base: str | Path | None = None, device:
     from transformers import AutoTokenizer
 
     from krllm.device import pick_device
-    from krllm.model.hf import load_hf
+    from krllm.model.registry import family_for, model_type_of
+
+    def load_hf(d: Path, device: str, dtype):  # krllm's Llama, or transformers for other families
+        return family_for(model_type_of(d)).load_model(d, device=device, dtype=dtype)
 
     model_dir = resolve_model_dir(path)
     dev = pick_device(device)
