@@ -1,7 +1,8 @@
 """Open a model directory for inference: weights (+ a PEFT adapter merged in) and its tokenizer.
 
 Accepts what krllm writes and what people download:
-- an HF Llama directory (`runs/x/hf`, a merged model, any local Llama-family checkpoint);
+- an HF model directory (`runs/x/hf`, a merged model, any local checkpoint): loaded by the family
+  its config.json's model_type names (krllm.model.registry: krllm's Llama, else transformers);
 - a PEFT adapter directory (`runs/x/adapter`, or a fine-tuning run dir containing `adapter/`):
   the base comes from `--base` or the adapter's `base_model_name_or_path`;
 - a run directory containing `hf/`.
