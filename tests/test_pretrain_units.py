@@ -225,6 +225,29 @@ def test_config_errors_name_every_key(tmp_path):
     assert math.isclose(load_config(None, PretrainConfig, ["data.shards=x", "train.max_steps=3"]).train.lr, 3e-3)
 
 
+def test_model_type_defaults_to_llama_and_must_be_pretrainable(tmp_path):
+    from krllm.model.registry import pretrainable
+
+    base = ["data.shards=x", "train.max_steps=3"]
+    assert load_config(None, PretrainConfig, base).model.type == "llama"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, PretrainConfig, base + ["model.type=transformers", "train.lr=-1"])
+    text = str(e.value)  # reported with the other problems, the choices listed
+    assert "model.type: 'transformers' cannot be built from scratch; pretrainable families: " \
+        + ", ".join(pretrainable()) in text and "train.lr" in text
+
+
+def test_blocks_of_finds_the_repeated_blocks():
+    from krllm.model.config import model_config_from
+    from krllm.model.llama import Llama
+    from krllm.train.distributed import blocks_of
+
+    with torch.device("meta"):
+        model = Llama(model_config_from("tiny", ["num_hidden_layers=3"], vocab_size=100))
+    assert blocks_of(model) is model.model.layers and len(blocks_of(model)) == 3
+    assert blocks_of(torch.nn.Linear(2, 2)) is None
+
+
 def test_lowp_cpu_attention_matches_sdpa():
     """The bf16 CPU training path of the model (matmul attention) agrees with the fused kernel."""
     import torch.nn.functional as F

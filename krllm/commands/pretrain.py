@@ -1,4 +1,4 @@
-"""`krllm pretrain`: train a Llama from scratch on token shards (resumable; torchrun DDP / FSDP2).
+"""`krllm pretrain`: train a model from scratch on token shards (model.type: llama by default; resumable; torchrun DDP / FSDP2).
 
     krllm pretrain -c configs/pretrain/tiny_ko.yaml
     krllm pretrain -c configs/pretrain/tiny_ko.yaml --resume

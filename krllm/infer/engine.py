@@ -22,10 +22,27 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from krllm.errors import KrllmError
-from krllm.infer.runner import ModelRunner
+from krllm.infer.hf_runner import config_eos_ids, config_max_len
 from krllm.infer.sampling import SamplingParams, SamplingRows, sample
 
 _GREEDY = SamplingParams(temperature=0)
+# max_seq_len when neither the caller nor the model's config names a limit (models without
+# positions, e.g. state-space ones, have none; the KV cache / state still grows with it).
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+def make_runner(model, n_slots: int, max_seq_len: int, native: bool = True):
+    """krllm's own runner (batched decode, the C step on CPU) for krllm's Llama; transformers' forward
+    (krllm.infer.hf_runner) for every other causal LM. `runner.decode_path` says which one runs."""
+    from krllm.model.llama import Llama
+
+    if isinstance(model, Llama):
+        from krllm.infer.runner import ModelRunner
+
+        return ModelRunner(model, n_slots=n_slots, max_seq_len=max_seq_len, use_native=native)
+    from krllm.infer.hf_runner import TransformersRunner
+
+    return TransformersRunner(model, n_slots=n_slots, max_seq_len=max_seq_len)
 
 
 @dataclass(eq=False)
@@ -63,11 +80,14 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
                  eos_ids: Iterable[int] | None = None, native: bool = True):
-        """native=False keeps decoding on the PyTorch path even where the C step is available."""
+        """model: krllm's Llama or any transformers causal LM (see make_runner).
+        max_seq_len: None = the config's limit (max_position_embeddings), else DEFAULT_MAX_SEQ_LEN.
+        eos_ids: None = the config's eos_token_id (int, list or none).
+        native=False keeps decoding on the PyTorch path even where the C step is available."""
         cfg = model.config
-        max_seq_len = max_seq_len or cfg.max_position_embeddings
-        self.runner = ModelRunner(model, n_slots=max_batch, max_seq_len=max_seq_len, use_native=native)
-        self.eos_ids = frozenset(cfg.eos_ids if eos_ids is None else eos_ids)
+        max_seq_len = max_seq_len or config_max_len(cfg) or DEFAULT_MAX_SEQ_LEN
+        self.runner = make_runner(model, n_slots=max_batch, max_seq_len=max_seq_len, native=native)
+        self.eos_ids = frozenset(config_eos_ids(cfg) if eos_ids is None else eos_ids)
         self.max_batch = max_batch
         self.waiting: deque[Sequence] = deque()
         self.slots: list[Sequence | None] = [None] * max_batch

@@ -1,7 +1,8 @@
 """Open a model directory for inference: weights (+ a PEFT adapter merged in) and its tokenizer.
 
 Accepts what krllm writes and what people download:
-- an HF Llama directory (`runs/x/hf`, a merged model, any local Llama-family checkpoint);
+- an HF model directory (`runs/x/hf`, a merged model, any local checkpoint): loaded by the family
+  its config.json's model_type names (krllm.model.registry: krllm's Llama, else transformers);
 - a PEFT adapter directory (`runs/x/adapter`, or a fine-tuning run dir containing `adapter/`):
   the base comes from `--base` or the adapter's `base_model_name_or_path`;
 - a run directory containing `hf/`.
@@ -21,6 +22,7 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.infer.adapters import is_adapter_dir, merge_adapter, read_adapter_config
+from krllm.infer.hf_runner import config_eos_ids
 
 
 @dataclass
@@ -78,7 +80,7 @@ def _eos_ids(model_dir: Path, cfg, tokenizer) -> list[int]:
     if gen.is_file():
         eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
         ids.extend([eos] if isinstance(eos, int) else (eos or []))
-    ids.extend(cfg.eos_ids)
+    ids.extend(config_eos_ids(cfg))
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -116,7 +118,10 @@ def load_for_inference(path: str | Path, base: str | Path | None = None, device:
     from transformers import AutoTokenizer
 
     from krllm.device import pick_device
-    from krllm.model.hf import load_hf
+    from krllm.model.registry import family_for, model_type_of
+
+    def load_hf(d: Path, device: str, dtype):  # krllm's Llama, or transformers for other families
+        return family_for(model_type_of(d)).load_model(d, device=device, dtype=dtype)
 
     model_dir = resolve_model_dir(path)
     dev = pick_device(device)

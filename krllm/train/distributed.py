@@ -94,7 +94,7 @@ def wrap(model: nn.Module, strategy: str, d: Dist, device: torch.device) -> nn.M
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.model.layers:
+        for block in blocks_of(model) or ():  # one shard group per block (else the whole model is one)
             fully_shard(block)
         fully_shard(model)
         return model
@@ -102,6 +102,12 @@ def wrap(model: nn.Module, strategy: str, d: Dist, device: torch.device) -> nn.M
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids)
+
+
+def blocks_of(model: nn.Module) -> "nn.ModuleList | None":
+    """The repeated blocks, `model.model.layers` (krllm's Llama and transformers' LMs); None if absent."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

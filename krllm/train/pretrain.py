@@ -69,9 +69,22 @@ def enable_grad_checkpointing(model) -> None:
     """Recompute each block's activations in backward instead of storing them."""
     from torch.utils.checkpoint import checkpoint
 
-    for block in model.model.layers:
+    blocks = D.blocks_of(model)
+    if blocks is None:
+        raise KrllmError(f"train.grad_checkpointing: {type(model).__name__} has no `model.layers` blocks to "
+                         "checkpoint; set it to false for this model.type")
+    for block in blocks:
         inner = block.forward
         block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+
+
+def _num_parameters(model, exclude_embeddings: bool = False) -> int:
+    """The model's own count where it has one (Llama: a tied head counts once), else unique parameters."""
+    if hasattr(model, "num_parameters"):
+        return model.num_parameters(exclude_embeddings)
+    params = {id(p): p for name, p in model.named_parameters()
+              if not (exclude_embeddings and "embed" in name)}
+    return sum(p.numel() for p in params.values())
 
 
 def _fmt_time(seconds: float) -> str:
@@ -90,8 +103,7 @@ class Pretrainer:
         from rich.console import Console
 
         from krllm.data.shards import TokenShards
-        from krllm.model.config import model_config_from
-        from krllm.model.llama import Llama
+        from krllm.model.registry import pretrainable_family
 
         self.cfg, tc = cfg, cfg.train
         self._threads_before = torch.get_num_threads()
@@ -117,14 +129,15 @@ class Pretrainer:
         self.train_data = PackedWindows(self.train_tokens, cfg.data.seq_len, tc.seed, cfg.data.train_split)
         self.val_starts, self.val_tokens = self._val_subset(TokenShards, shards_dir)
 
-        # ---- model, built identically on every rank from the seed
+        # ---- model (the registry family `model.type` names), built identically on every rank from the seed
+        self.family = pretrainable_family(cfg.model.type)
         ov = [f"{k}={json.dumps(v)}" for k, v in cfg.model.overrides.items()]
-        self.model_cfg = model_config_from(cfg.model.preset, ov, vocab_size=self.train_tokens.vocab_size)
+        self.model_cfg = self.family.make_config(cfg.model.preset, ov, vocab_size=self.train_tokens.vocab_size)
         if cfg.data.seq_len > self.model_cfg.max_position_embeddings:
             raise KrllmError(f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
                              f"{self.model_cfg.max_position_embeddings}")
         torch.manual_seed(tc.seed)
-        self.raw = Llama.build(self.model_cfg, device=self.device)
+        self.raw = self.family.build_model(self.model_cfg, device=self.device)
 
         # ---- resume point (weights load before wrapping; optimizer state after)
         self.step, self.tokens_seen = 0, 0
@@ -198,8 +211,13 @@ class Pretrainer:
             return None
         return ckpt.load_checkpoint(latest)
 
+    def _model_config_record(self) -> dict:
+        """What checkpoints store about the model: its config, plus `type` for families other than llama."""
+        record = self.model_cfg.model_dump(mode="json")
+        return record if self.family.model_type == "llama" else {**record, "type": self.family.model_type}
+
     def _check_model_config(self, state: dict) -> None:
-        now, then = self.model_cfg.model_dump(mode="json"), state["model_config"]
+        now, then = self._model_config_record(), state["model_config"]
         diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         if diff:
             raise KrllmError(f"{state['path']}: the checkpoint's model differs from this config in "
@@ -243,12 +261,13 @@ class Pretrainer:
             why = " (auto: this CPU has native bf16 matmuls, AVX-512 BF16/AMX; train.dtype=fp32 for full fp32)"
         world = (f"{self.dist.world} processes, {c.run.distributed.upper()} over {self.dist.backend}"
                  if self.dist.enabled else "1 process")
-        n = self.raw.num_parameters()
+        n, n_body = _num_parameters(self.raw), _num_parameters(self.raw, exclude_embeddings=True)
         p = self.console.print
         p(f"[bold]krllm pretrain[/] {self.run_dir} — {how}")
         kern = " · fp32 matmuls on oneDNN" if self.onednn and self.dtype == torch.float32 else ""
         p(f"device {self.device} · dtype {dname[self.dtype]}{why} · {world} · {torch.get_num_threads()} threads{kern}")
-        p(f"model {c.model.preset}: {n:,} parameters ({self.raw.num_parameters(True):,} without embeddings) · "
+        kind = "" if c.model.type == "llama" else f"{c.model.type} "
+        p(f"model {kind}{c.model.preset}: {n:,} parameters ({n_body:,} without embeddings) · "
           f"L{m.num_hidden_layers} C{m.hidden_size} H{m.num_attention_heads}/{m.kv_heads} V{m.vocab_size} · "
           f"{self.flops_tok / 1e6:.1f} MFLOP/token")
         val = f"{len(self.val_tokens):,} val tokens ({len(self.val_starts) * self.dist.world} windows)" \
@@ -450,13 +469,20 @@ class Pretrainer:
     def _sample(self) -> None:
         from tokenizers import Tokenizer
 
+        from krllm.model.llama import Llama
         from krllm.train.samples import sample_texts
 
         s = self.cfg.sample
         if not s.prompts:
             return
-        tok = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
         model = D.unwrap(self.model)
+        if not isinstance(model, Llama):  # samples decode with krllm's KV cache, which only Llama takes
+            if not getattr(self, "_noted_samples", False):
+                self._note(f"model.type {self.cfg.model.type!r}: no samples during training (they need krllm's "
+                           "Llama KV cache)")
+                self._noted_samples = True
+            return
+        tok = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
         outs = sample_texts(model, self.model_cfg, tok, s.prompts, max_new_tokens=s.max_new_tokens,
                             temperature=s.temperature, top_k=s.top_k, seed=self.cfg.train.seed, step=self.step,
                             device=self.device, autocast=self.autocast,
@@ -486,23 +512,22 @@ class Pretrainer:
                 self.ckpt_root, self.step, model_state=model_state, optim_state=optim_state,
                 trainer_state=trainer_state, rng_states=rngs,
                 config_text=yaml.safe_dump(to_plain(self.cfg), sort_keys=False, allow_unicode=True),
-                model_config=self.model_cfg.model_dump(mode="json"), keep_last=self.cfg.checkpoint.keep_last)
+                model_config=self._model_config_record(), keep_last=self.cfg.checkpoint.keep_last)
             self.console.print(f"[green]saved[/] {path}", highlight=False)
         D.barrier(self.dist)
 
     def _export_hf(self) -> None:
-        """Final weights as an HF directory (with the tokenizer) that transformers loads."""
-        from krllm.model.hf import save_hf
-        from krllm.model.llama import Llama
-
+        """Final weights as an HF directory (with the tokenizer) that transformers loads (the family's `save`)."""
         fsdp = self.dist.enabled and self.cfg.run.distributed == "fsdp"
         state = D.full_model_state(self.model) if fsdp else None
         if self.main:
             model = D.unwrap(self.model)
             if fsdp:
-                model = Llama.build(self.model_cfg, device="cpu")
+                model = self.family.build_model(self.model_cfg, device="cpu")
                 model.load_state_dict(state, strict=True)
-            save_hf(model, self.run_dir / "hf", tokenizer_dir=self.tokenizer_dir)
+            if self.family.save_model(model, self.run_dir / "hf", tokenizer_dir=self.tokenizer_dir) is None:
+                self._note(f"model.type {self.cfg.model.type!r} has no HF export: the weights are in "
+                           f"{self.ckpt_root}")
         D.barrier(self.dist)
 
     # ------------------------------------------------------------------ interrupts

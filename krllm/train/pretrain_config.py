@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from krllm.config import StrictModel
 
@@ -26,8 +26,22 @@ class DataSection(StrictModel):
 
 
 class ModelSection(StrictModel):
+    type: str = Field("llama", description="architecture family to build (krllm.model.registry; llama = the "
+                      "fast path)")
     preset: str = Field("tiny", description="a preset name (krllm model info) or a model YAML path")
     overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields to change")
+
+    @field_validator("type")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        from krllm.errors import KrllmError
+        from krllm.model.registry import pretrainable_family
+
+        try:
+            pretrainable_family(value)
+        except KrllmError as e:
+            raise ValueError(str(e).removeprefix("model.type: ")) from None
+        return value
 
 
 class TrainSection(StrictModel):
