@@ -33,7 +33,8 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from krllm.model.config import model_config_from
-    from krllm.model.llama import KVCache, Llama
+    from krllm.model.cache import KVCache
+    from krllm.model.llama import Llama
 
     torch.manual_seed(0)
     cfg = model_config_from(args.preset, vocab_size=args.vocab_size)

@@ -179,7 +179,7 @@ def test_rope_scaling_checkpoint_loads_with_transformers_logits(tmp_path, rope):
     with torch.no_grad():
         ours = model(ids)[0]
         torch.testing.assert_close(ours, hf(ids).logits, rtol=1e-5, atol=1e-5)
-        from krllm.model.llama import KVCache
+        from krllm.model.cache import KVCache
 
         cache = KVCache(model.config, 2, 128, "cpu", torch.float32)
         step = torch.cat([model(ids[:, :60], cache=cache)[0], model(ids[:, 60:], cache=cache)[0]], dim=1)

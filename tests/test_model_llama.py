@@ -5,7 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from krllm.model.config import model_config_from
-from krllm.model.llama import KVCache, Llama
+from krllm.model.cache import KVCache
+from krllm.model.llama import Llama
 
 VOCAB = 320
 

@@ -10,7 +10,8 @@ source, the compiler and the CPU, so it is built once per machine (about a secon
 compiler, or with KRLLM_NATIVE=0, `library()` returns None and the runner keeps its PyTorch path.
 
     lib = library()                          # ctypes.CDLL or None
-    dec = NativeDecoder(runner_weights...)   # see ModelRunner; dec.decode(tokens, pos, rows) -> logits
+    dec = NativeDecoder(lib, cfg, **runner.native_weights(model), ...)   # see ModelRunner
+    logits = dec.decode(tokens, pos, rows)
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class _Model(ctypes.Structure):
         ("lm_head", ctypes.c_void_p), ("embed", ctypes.c_void_p),
         ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
         ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+        ("qkv_bias", ctypes.POINTER(ctypes.c_void_p)),  # NULL: no q/k/v biases (Llama)
     ]
 
 
@@ -142,31 +144,36 @@ class NativeDecoder:
     """Decode steps through the C library over tensors the runner owns (kept alive here).
 
     layers: per layer (qkv, o, gate_up, down) weights (out, in), contiguous, norm weights folded in;
-    cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32.
+    cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32; qkv_bias: None, or per layer the
+    (H + 2 KV) D fp32 bias added to the qkv rows before RoPE (Qwen2).
     """
 
     def __init__(self, lib: ctypes.CDLL, cfg, layers: list[tuple[torch.Tensor, ...]], lm_head: torch.Tensor,
                  embed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, max_rows: int):
+                 v_cache: torch.Tensor, max_rows: int, qkv_bias: list[torch.Tensor] | None = None):
         dtype = embed.dtype
         tensors = [w for ws in layers for w in ws] + [lm_head, embed]
         if any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
             raise ValueError("native decode needs contiguous CPU weights of one dtype")
         if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
             raise ValueError("native decode needs contiguous fp32 rope tables and caches")
-        self.lib = lib
-        self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache)
         n_layers, R, KV, S, D = k_cache.shape
         H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+        if qkv_bias is not None and (len(qkv_bias) != n_layers or any(
+                b.dtype != torch.float32 or not b.is_contiguous() or b.shape != ((H + 2 * KV) * D,) for b in qkv_bias)):
+            raise ValueError("native decode needs one contiguous fp32 q/k/v bias of (H + 2 KV) D per layer")
+        self.lib = lib
+        self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache, qkv_bias)
         V = lm_head.shape[0]
 
         def ptrs(i):
             return (ctypes.c_void_p * n_layers)(*[ws[i].data_ptr() for ws in layers])
 
         self._ptrs = [ptrs(i) for i in range(4)]
+        self._bias_ptrs = None if qkv_bias is None else (ctypes.c_void_p * n_layers)(*[b.data_ptr() for b in qkv_bias])
         self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(dtype == torch.bfloat16), cfg.rms_norm_eps,
                             *self._ptrs, lm_head.data_ptr(), embed.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                            k_cache.data_ptr(), v_cache.data_ptr())
+                            k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs)
         self.vocab_size = V
         threads = max(torch.get_num_threads(), os.cpu_count() or 1)
         self._work = torch.empty(lib.krllm_work_floats(ctypes.byref(self.model), max_rows, threads),

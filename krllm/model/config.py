@@ -1,5 +1,10 @@
 """The model config: one flat object whose field names are transformers' `LlamaConfig` names.
 
+It describes the Llama family and Qwen2 / Qwen2.5, which is a Llama with biases on q/k/v
+(`attention_bias: true`, no sliding window). The HF `model_type` is derived, not stored:
+`cfg.model_type` is "qwen2" when `attention_bias` is on, else "llama", and `to_hf_dict()` writes
+that type and its architecture class, so transformers reloads what krllm saves.
+
 Why flat and HF-named: `cfg.to_hf_dict()` *is* the `config.json` that `AutoModelForCausalLM`
 reads, and any HF Llama `config.json` maps back with `ModelConfig.from_hf_dict`. Derived values
 (`head_dim`, `num_key_value_heads`) are filled in here, and every impossible combination is
@@ -19,14 +24,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from krllm.config import ConfigError, StrictModel, apply_overrides, format_validation_error, read_yaml
 
-# Keys of an HF Llama config.json that carry no information for our model (or that we check
-# separately in `from_hf_dict`): they are accepted and dropped.
-_HF_IGNORED_KEYS = {
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "pretraining_tp", "_name_or_path", "output_attentions", "output_hidden_states", "return_dict",
-    "rope_parameters", "hidden_act", "attention_bias", "mlp_bias",
-    "attention_dropout", "_attn_implementation", "_attn_implementation_autoset",
-}
+# model_type -> the transformers class `to_hf_dict` names (and `from_hf_dict` accepts).
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 ROPE_TYPES = ("default", "linear", "llama3")  # what `from_hf_dict` accepts in rope_parameters / rope_scaling
@@ -39,6 +38,26 @@ def _raise_all(title: str, error_type: str, problems: list[tuple[str, str, objec
         raise ValidationError.from_exception_data(
             title, [InitErrorDetails(type=PydanticCustomError(error_type, msg), loc=(key,), input=value)
                     for key, msg, value in problems])
+
+
+def _qwen2_window_problems(d: dict) -> list[str]:
+    """Qwen2's sliding-window attention, as transformers' Qwen2Config decides it: layers at index >=
+    max_window_layers (or those `layer_types` names) attend to the last `sliding_window` keys only,
+    if use_sliding_window. krllm attends to every key, which is the same when the window covers the
+    whole context (Qwen2.5's releases: use_sliding_window false)."""
+    window = d.get("sliding_window")
+    if not d.get("use_sliding_window") or window is None:
+        return []
+    n_layers = d.get("num_hidden_layers", 0)
+    types = d.get("layer_types")
+    sliding = ("sliding_attention" in types) if isinstance(types, list) else \
+        d.get("max_window_layers", n_layers) < n_layers
+    context = d.get("max_position_embeddings", 2048)
+    if sliding and window < context:
+        return [f"use_sliding_window: sliding-window attention (sliding_window={window} < "
+                f"max_position_embeddings={context}) is not implemented by krllm's Llama, which attends to "
+                "every key (transformers' own Qwen2 runs it)"]
+    return []
 
 
 class RopeScaling(StrictModel):
@@ -96,6 +115,8 @@ class ModelConfig(StrictModel):
         None, description="RoPE frequency scaling of long-context checkpoints ('llama3', 'linear'); None = plain RoPE")
     rms_norm_eps: float = Field(1e-5, gt=0, description="epsilon inside RMSNorm's rsqrt")
     tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding matrix")
+    attention_bias: bool = Field(
+        False, description="biases on q/k/v_proj (not o_proj), as Qwen2 / Qwen2.5; saved as model_type qwen2")
     initializer_range: float = Field(0.02, gt=0, le=1.0, description="std of the normal init of weights")
     bos_token_id: int | None = Field(0, ge=0)
     eos_token_id: int | list[int] | None = Field(0, description="one id or a list of ids that end generation")
@@ -152,6 +173,11 @@ class ModelConfig(StrictModel):
         return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
 
     @property
+    def model_type(self) -> str:
+        """The HF model_type this config is saved as: "qwen2" with q/k/v biases, else "llama"."""
+        return "qwen2" if self.attention_bias else "llama"
+
+    @property
     def kv_heads(self) -> int:
         return self.num_key_value_heads or self.num_attention_heads
 
@@ -160,7 +186,8 @@ class ModelConfig(StrictModel):
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     def to_hf_dict(self) -> dict:
-        """The `config.json` body transformers reads as `LlamaConfig` (and mlx-lm / llama.cpp read too).
+        """The `config.json` body transformers reads as `LlamaConfig`, or `Qwen2Config` with
+        attention_bias (and mlx-lm / llama.cpp read too).
 
         `rope_theta` is written twice on purpose: transformers 5 reads `rope_parameters`, while mlx-lm
         (and transformers 4) read the top-level key and silently fall back to 10000 without it. For the
@@ -173,29 +200,42 @@ class ModelConfig(StrictModel):
             rope = {"rope_type": scaling["rope_type"], "rope_theta": self.rope_theta, **scaling}
             d["rope_scaling"] = scaling
         d.update(
-            architectures=["LlamaForCausalLM"],
-            model_type="llama",
+            architectures=[HF_ARCHITECTURES[self.model_type]],
+            model_type=self.model_type,
             hidden_act="silu",
-            attention_bias=False,
-            mlp_bias=False,
             attention_dropout=0.0,
             rope_parameters=rope,
             use_cache=True,
         )
+        if self.model_type == "llama":  # LlamaConfig's attention_bias would add an o_proj bias too
+            d.update(attention_bias=False, mlp_bias=False)
+        else:  # Qwen2Config: biases are implied (no key); no sliding window
+            del d["attention_bias"]
+            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
         return d
 
     @classmethod
     def from_hf_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
-        """Any HF Llama-architecture `config.json` -> ModelConfig; features we do not implement are errors."""
+        """An HF Llama or Qwen2 `config.json` -> ModelConfig; features we do not implement are errors.
+
+        Qwen2 (model_type "qwen2", Qwen2 / Qwen2.5) always has q/k/v biases (its config.json has no
+        `attention_bias` key); its sliding window is accepted only where it never binds.
+        """
         problems = []
-        if d.get("model_type", "llama") != "llama":
-            problems.append(f"model_type: {d.get('model_type')!r} is not a Llama-architecture model; krllm loads "
-                            "model_type 'llama' only (LlamaForCausalLM)")
+        model_type = d.get("model_type", "llama")
+        if model_type not in HF_ARCHITECTURES:
+            problems.append(f"model_type: {model_type!r} is not a Llama-architecture model; krllm's Llama loads "
+                            f"model_type {' or '.join(map(repr, HF_ARCHITECTURES))} "
+                            f"({', '.join(HF_ARCHITECTURES.values())})")
         if d.get("hidden_act", "silu") != "silu":
             problems.append(f"hidden_act: {d['hidden_act']!r} is not supported (Llama uses 'silu')")
-        for key in ("attention_bias", "mlp_bias"):
-            if d.get(key):
-                problems.append(f"{key}: biases are not supported by krllm's Llama (must be false)")
+        if d.get("mlp_bias"):
+            problems.append("mlp_bias: biases in the MLP are not supported by krllm's Llama (must be false)")
+        if model_type != "qwen2" and d.get("attention_bias"):
+            problems.append("attention_bias: a Llama with attention_bias has an o_proj bias too, which krllm's "
+                            "Llama does not implement (must be false; Qwen2's q/k/v-only biases are supported)")
+        if model_type == "qwen2":
+            problems += _qwen2_window_problems(d)
         # transformers 5 writes `rope_parameters`, 4 writes `rope_scaling` (+ top-level rope_theta);
         # when both are present `rope_scaling` wins, as in transformers' LlamaConfig
         rope_key = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
@@ -219,6 +259,7 @@ class ModelConfig(StrictModel):
         known = set(cls.model_fields)
         data = {k: v for k, v in d.items() if k in known}
         data["rope_scaling"] = scaling
+        data["attention_bias"] = model_type == "qwen2"
         theta = next((r["rope_theta"] for r in (d.get("rope_scaling"), d.get("rope_parameters"))
                       if isinstance(r, dict) and r.get("rope_theta") is not None), d.get("rope_theta", 10000.0))
         data["rope_theta"] = float(theta)

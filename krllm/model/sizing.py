@@ -71,7 +71,7 @@ def count_parameters(cfg: ModelConfig) -> ParamCounts:
     h, kv, d = cfg.num_attention_heads, cfg.kv_heads, cfg.dim_per_head
     return ParamCounts(
         embedding=v * c,
-        attention=c * h * d + 2 * c * kv * d + h * d * c,
+        attention=c * h * d + 2 * c * kv * d + h * d * c + ((h + 2 * kv) * d if cfg.attention_bias else 0),
         mlp=3 * c * i,
         norms=2 * c,
         num_layers=cfg.num_hidden_layers,

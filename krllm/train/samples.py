@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from krllm.model.llama import KVCache
+from krllm.model.cache import KVCache
 
 
 @torch.no_grad()

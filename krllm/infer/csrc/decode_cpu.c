@@ -11,7 +11,8 @@ use with the system C compiler; krllm.infer.runner falls back to the PyTorch pat
 Layout (all row-major, as PyTorch stores them; the Python side checks shapes and contiguity):
   weights (out, in), fp32 or bf16 (raw uint16); RMSNorm weights are folded into the input
   columns of the matmul that reads the norm's output, so the norm here has no weight;
-  qkv rows = [q heads | k heads | v heads], gate_up rows = [gate | up];
+  qkv rows = [q heads | k heads | v heads], gate_up rows = [gate | up]; an optional fp32 q/k/v
+  bias (Qwen2) per layer, NULL for Llama;
   cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 where R = cache rows.
 Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype (with
 AVX-512 BF16, bf16 weights multiply inputs rounded to bf16, as PyTorch's bf16 matmuls do).
@@ -56,6 +57,7 @@ typedef struct {
     const void *embed; /* (V, C) */
     const float *cos, *sin; /* (S_max, D) */
     float *k_cache, *v_cache;
+    const float **qkv_bias; /* per layer (H + 2 KV) D fp32, added before RoPE (Qwen2); NULL: none */
 } Model;
 
 static inline float bf16_to_float(uint16_t b) {
@@ -584,6 +586,12 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
             for (int c; (c = claim(&ph[1], attn_items)) >= 0; finish(&ph[1])) {
                 const int b = idx[c / KV], g = c % KV;
                 float *qb = qkv + (long)b * QKV;
+                if (m->qkv_bias != NULL) { /* this group's q heads, its k and v head */
+                    const float *bias = m->qkv_bias[l];
+                    for (long i = (long)g * G * D; i < (long)(g + 1) * G * D; i++) qb[i] += bias[i];
+                    for (long i = (long)(H + g) * D; i < (long)(H + g + 1) * D; i++) qb[i] += bias[i];
+                    for (long i = (long)(H + KV + g) * D; i < (long)(H + KV + g + 1) * D; i++) qb[i] += bias[i];
+                }
                 const float *cs = m->cos + (long)pos[b] * D, *sn = m->sin + (long)pos[b] * D;
                 for (int hh = g * G; hh < (g + 1) * G; hh++) rope(qb + (long)hh * D, cs, sn, D);
                 rope(qb + (long)(H + g) * D, cs, sn, D);
