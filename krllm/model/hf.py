@@ -2,7 +2,10 @@
 + tokenizer files): the interchange format between every krllm stage and the rest of the ecosystem.
 
     save_hf(model, "runs/x/hf", tokenizer_dir="runs/tok")      # AutoModelForCausalLM loads it
-    model = load_hf("runs/x/hf")                                # ours, or any local HF Llama dir
+    model = load_hf("runs/x/hf")                                # ours, or any local HF Llama / Qwen2 dir
+
+A Qwen2 / Qwen2.5 directory loads into the same `Llama` with q/k/v biases (`attention_bias`), and
+such a model is saved as model_type qwen2 (`Qwen2ForCausalLM`), biases included.
 
 Loading is strict: every tensor the model needs must be in the files and every tensor in the files
 must be used (the message lists both sides), and a tokenizer larger than the embedding is an error.
@@ -83,7 +86,8 @@ def save_hf(
     dtype: str | torch.dtype | None = None,
     eos_token_id: int | list[int] | None = None,
 ) -> Path:
-    """Write `model` as an HF Llama directory, atomically (a reader never sees half of it).
+    """Write `model` as an HF Llama (or, with q/k/v biases, Qwen2) directory, atomically (a reader never
+    sees half of it).
 
     dtype: weights are stored in this dtype (default: as they are in memory).
     eos_token_id: ids in generation_config.json; default = config eos + `<|im_end|>` if the tokenizer has it.
@@ -129,7 +133,7 @@ def save_hf(
 
 
 def config_from_hf_dir(path: str | Path) -> ModelConfig:
-    """ModelConfig of an HF Llama directory's config.json (errors name the file and key)."""
+    """ModelConfig of an HF Llama / Qwen2 directory's config.json (errors name the file and key)."""
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -171,7 +175,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Llama:
-    """Load our or any local HF Llama directory into `Llama`, strictly.
+    """Load our or any local HF Llama / Qwen2 directory into `Llama`, strictly (q/k/v biases too).
 
     dtype: None keeps the stored dtype of the weights; otherwise they are cast on load.
     """

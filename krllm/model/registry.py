@@ -110,6 +110,8 @@ def register(family: Family) -> Family:
 register(Family("llama", "Llama / Llama 2-3 / any LlamaForCausalLM (RoPE, GQA, SwiGLU, RMSNorm)",
                 load="krllm.model.hf:load_hf", build="krllm.model.llama:Llama.build", fast=True,
                 save="krllm.model.hf:save_hf"))
+register(Family("qwen2", "Qwen2 / Qwen2.5 (a Llama with q/k/v biases; no sliding window)",
+                load="krllm.model.hf:load_hf", fast=True, save="krllm.model.hf:save_hf"))
 register(Family(TRANSFORMERS, "any causal LM that transformers' AutoModelForCausalLM loads (slower path)",
                 load="krllm.model.hf:load_transformers"))
 
