@@ -174,3 +174,26 @@ def test_llama3_rope_scaling_model_decodes_like_transformers(tmp_path, native):
                           pad_token_id=0)[0, len(prompt):].tolist()
     engine = Engine(load_hf(tmp_path), max_batch=2, max_seq_len=200, native=native)
     assert engine.generate([prompt], GREEDY, max_new_tokens=60, stop_ids=())[0].output == ref
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
+def test_building_an_engine_leaves_the_callers_model_untouched(model_dir, native, dtype):
+    """Every parameter stays the same tensor object, storage and value; the model's forward still gives
+    the same logits (the C step reads its own fused / norm-folded copies)."""
+    model = load_hf(model_dir, dtype=dtype)
+    params = dict(model.named_parameters())
+    snapshot = {n: (p, p.data_ptr(), p.detach().clone()) for n, p in params.items()}
+    ids = torch.tensor(_prompts(model.config.vocab_size, [11], seed=8))
+    with torch.no_grad():
+        before = model(ids)[0]
+    was_training = model.training
+    engine = Engine(model, max_batch=2, max_seq_len=64, native=native)
+    engine.generate(_prompts(model.config.vocab_size, [3, 7], seed=9), GREEDY, max_new_tokens=5, stop_ids=())
+    after_params = dict(model.named_parameters())
+    assert after_params.keys() == snapshot.keys()
+    for n, (p, ptr, value) in snapshot.items():
+        assert after_params[n] is p and p.data_ptr() == ptr and torch.equal(p, value), n
+    assert model.training == was_training
+    with torch.no_grad():
+        assert torch.equal(model(ids)[0], before)

@@ -141,18 +141,6 @@ def test_multi_token_prefill_after_cached_prefix():
     torch.testing.assert_close(again, full[:, :9], rtol=1e-5, atol=1e-5)
 
 
-def test_cache_update_returns_prefix_views_and_overflow_is_clear():
-    cfg = tiny_cfg()
-    cache = KVCache(cfg, batch_size=1, max_seq_len=4)
-    k = torch.randn(1, cfg.kv_heads, 3, cfg.dim_per_head)
-    ka, va = cache.update(0, k, k + 1)
-    assert ka.shape == (1, cfg.kv_heads, 3, cfg.dim_per_head) and torch.equal(ka, k) and torch.equal(va, k + 1)
-    assert ka.data_ptr() == cache.k[0].data_ptr()  # a view, not a copy
-    cache.advance(3)
-    with pytest.raises(ValueError, match="KV cache is full"):
-        cache.update(0, k[:, :, :2], k[:, :, :2])
-
-
 def test_build_on_meta_then_init_is_documented_init():
     cfg = tiny_cfg(num_hidden_layers=8, initializer_range=0.05, tie_word_embeddings=False,
                    hidden_size=128, intermediate_size=512, vocab_size=4096)
