@@ -10,7 +10,8 @@ source, the compiler and the CPU, so it is built once per machine (about a secon
 compiler, or with KRLLM_NATIVE=0, `library()` returns None and the runner keeps its PyTorch path.
 
     lib = library()                          # ctypes.CDLL or None
-    dec = NativeDecoder(lib, cfg, **runner.native_weights(model), ...)   # see ModelRunner
+    dec = NativeDecoder(lib, cfg, **runner.native_weights(model), cos=cos, sin=sin,   # see ModelRunner
+                        k_cache=cache.k, v_cache=cache.v, max_rows=64)
     logits = dec.decode(tokens, pos, rows)
 """
 
