@@ -8,6 +8,7 @@
 - `state.py`   lineage: fingerprints, output hashes, per-stage state files
 - `runner.py`  skip / resume / run decisions and running each stage in a child process
 - `display.py` live progress table and overall ETA
+- `report.py`  the report card (report.md / report.html) from the state files; `plots.py` its curves
 - `child.py`   the child-process entry point
 """
 

@@ -364,7 +364,7 @@ EVAL = StageKind(
 # --------------------------------------------------------------------------- report
 
 def _report_run(ctx: StageContext) -> dict:
-    from krllm.eval.report import build_report
+    from krllm.pipeline.report import build_report
 
     path = build_report(ctx.run_dir)
     return {"note": f"wrote {path}"}
