@@ -278,10 +278,13 @@ def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | N
     return out
 
 
+BUILTIN_N = 1000  # records generated for a `builtin:` spec when no n is given
+
+
 def load_examples(spec: str | Path, kind: str, n: int | None = None, seed: int = 0,
                   system: str | None = None) -> list[dict]:
     """A JSONL path or a `builtin:` spec -> validated, normalized records (the first `n` of a file)."""
     if str(spec).startswith("builtin:"):
-        return builtin_records(str(spec), kind, n=n if n is not None else 1000, seed=seed, system=system)
+        return builtin_records(str(spec), kind, n=n if n is not None else BUILTIN_N, seed=seed, system=system)
     records = load_jsonl(spec, kind, system)
     return records[:n] if n is not None else records
