@@ -58,7 +58,7 @@ def _accelerate(path: Path):
 SCHEMAS: dict[str, Callable[[Path], object]] = {  # configs/<dir>/ -> how a file there is loaded and checked
     "model": _model,
     "tokenizer": _schema("krllm.tokenizer.train", "TokenizerTrainConfig"),
-    "data": _schema("krllm.data.prepare_config", "PrepareConfig"),
+    "data": _schema("krllm.data.prepare.config", "PrepareConfig"),
     "pretrain": _schema("krllm.train.pretrain_config", "PretrainConfig"),
     "sft": _schema("krllm.train.sft_config", "SFTRunConfig"),
     "classify": _schema("krllm.train.classify", "ClassifyRunConfig"),

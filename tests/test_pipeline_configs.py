@@ -82,7 +82,7 @@ def _pipe(tmp_path, stages: dict) -> Pipeline:
 
 def test_adapters_read_the_validated_config_not_restated_defaults(tmp_path):
     """Outputs, ETA and progress come from the schema objects: defaults are the schema's own."""
-    from krllm.data.prepare_config import PrepareConfig
+    from krllm.data.prepare.config import PrepareConfig
     from krllm.train.pretrain_config import PretrainConfig
     from krllm.train.sft_config import SFTRunConfig
 

@@ -208,4 +208,4 @@ def test_the_package_init_imports_nothing():
 
 if __name__ == "__main__":  # print the room graph: python tests/test_rooms.py
     for src, dsts in sorted(room_imports(EDGES).items(), key=lambda kv: LAYER.get(kv[0], 99)):
-        print(f"{src} -> {', '.join(sorted(dsts, key=lambda r: LAYER.get(r, 99)))}")
+        print(f"{src} -> {', '.join(sorted(dsts, key=lambda r: (LAYER.get(r, 99), r)))}")

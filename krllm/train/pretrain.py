@@ -89,7 +89,7 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, resume: bool = False, console=None):
         from rich.console import Console
 
-        from krllm.data.shards import TokenShards
+        from krllm.data.tokens.shards import TokenShards
         from krllm.model.config import model_config_from
         from krllm.model.llama import Llama
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from krllm.config import atomic_write_text
-from krllm.data.chat_tokens import stop_ids
+from krllm.data.tokens.chat_tokens import stop_ids
 from krllm.errors import KrllmError
 from krllm.runs import replace_dir
 

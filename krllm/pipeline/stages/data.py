@@ -6,7 +6,7 @@ Stand-alone: `krllm data prepare -c runs/<p>/_pipeline/configs/<stage>.yaml`.
 from __future__ import annotations
 
 from krllm.config import validate
-from krllm.data.prepare_config import PrepareConfig
+from krllm.data.prepare.config import PrepareConfig
 from krllm.pipeline.kinds import StageContext, StageKind
 from krllm.pipeline.stages.common import copy_config
 
@@ -28,7 +28,7 @@ def _run(ctx: StageContext) -> dict:
 
     from rich.console import Console
 
-    from krllm.data.prepare import prepare
+    from krllm.data.prepare.job import prepare
 
     cfg = KIND.typed(ctx.config, f"stage {ctx.stage}")
     t0 = time.time()
@@ -44,4 +44,4 @@ KIND = StageKind(
     name="data", run=_run, needs={"tokenizer": ("tokenizer",), "texts": ("generate",)}, optional=("texts",),
     outputs={"shards": "."}, prepare=_prepare, schema=PrepareConfig, estimate_s=60.0,
     command="krllm data prepare -c {config}",
-    description="clean, dedupe, split and tokenize text into shards (krllm.data.prepare.prepare)")
+    description="clean, dedupe, split and tokenize text into shards (krllm.data.prepare.job.prepare)")

@@ -2,7 +2,7 @@
 
 Lets a pipeline pretrain on generated text next to prose: a `data` stage reads this stage's
 directory as one more source. No stand-alone command: it is a few lines over
-`krllm.data.generated.generated_documents`.
+`krllm.data.sets.generated.generated_documents`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _prepare(cfg: dict, ctx: StageContext) -> dict:
 
 
 def _run(ctx: StageContext) -> dict:
-    from krllm.data.generated import generated_documents
+    from krllm.data.sets.generated import generated_documents
     from krllm.runs import atomic_dir
 
     cfg: GenerateConfig = KIND.typed(ctx.config, f"stage {ctx.stage}")
@@ -59,4 +59,4 @@ def _run(ctx: StageContext) -> dict:
 KIND = StageKind(
     name="generate", run=_run, outputs={"texts": "."}, prepare=_prepare,
     schema=GenerateConfig, estimate_s=5.0,
-    description="write generated sets (krllm.data.generated) as JSONL documents for data prepare")
+    description="write generated sets (krllm.data.sets.generated) as JSONL documents for data prepare")

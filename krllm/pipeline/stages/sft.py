@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from krllm.data.records import BUILTIN_N
+from krllm.data.sets.records import BUILTIN_N
 from krllm.pipeline.kinds import StageContext, StageKind
 from krllm.pipeline.stages.common import copy_config, last_train_step, median_speed
 from krllm.train.sft_config import SFTRunConfig
