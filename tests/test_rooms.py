@@ -85,6 +85,15 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
     return out
 
 
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """Nodes under `if TYPE_CHECKING:`: imports for annotations only, never run."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            out.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return out
+
+
 def edges_of(module: str) -> list[Edge]:
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -92,7 +101,10 @@ def edges_of(module: str) -> list[Edge]:
     where = lambda node: f"{path.relative_to(ROOT)}:{node.lineno}"  # noqa: E731
     out: list[Edge] = []
     docstrings = _docstring_nodes(tree)
+    annotations_only = _type_checking_nodes(tree)
     for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
