@@ -49,14 +49,19 @@ def median_speed(records: list[dict]) -> float | None:
 
 
 def count_params(model_dir: Path) -> int | None:
-    """Exact parameter count of an HF Llama directory (shapes only, on the meta device)."""
-    import torch
+    """Exact parameter count of a saved model directory of any family: the elements of every tensor in
+    its safetensors files, read from the headers (no weights loaded; a tied lm_head is stored once)."""
+    from safetensors import safe_open
 
-    from krllm.model.hf import config_from_hf_dir
-    from krllm.model.llama import Llama
-
-    if not (model_dir / "config.json").exists():
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not (model_dir / "config.json").exists() or not files:
         return None
-    with torch.device("meta"):
-        model = Llama(config_from_hf_dir(model_dir))
-    return model.num_parameters()
+    total = 0
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                n = 1
+                for dim in f.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
