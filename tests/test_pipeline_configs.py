@@ -122,3 +122,18 @@ def test_a_stage_after_a_broken_one_reports_only_its_own_problems(tmp_path):
     assert any(p.startswith("stages.sft (inline config): peft.method:") for p in probs), probs
     assert any(p.startswith("stages.eval (inline config): math.n:") for p in probs), probs
     assert len(probs) == 2, probs  # eval's unknown tuned outputs are not a second problem
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_count_params_of_a_saved_model_equals_the_model(tmp_path, tie):
+    """The pretrain stage's `params` comes from the safetensors headers: a tied lm_head counts once."""
+    from krllm.model.config import ModelConfig
+    from krllm.model.hf import save_hf
+    from krllm.model.llama import Llama
+    from krllm.pipeline.stages.common import count_params
+
+    model = Llama.build(ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, tie_word_embeddings=tie))
+    save_hf(model, tmp_path / "hf")
+    assert count_params(tmp_path / "hf") == model.num_parameters()
+    assert count_params(tmp_path / "nothing_here") is None
