@@ -49,7 +49,7 @@ FILES = 8
 
 
 def sentences() -> list[str]:
-    from krllm.data.builtin import builtin_files
+    from krllm.data.sets.builtin import builtin_files
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in builtin_files("builtin:ko-law"))
     parts = re.split(r"(?<=[.다])\s+", text)
@@ -123,8 +123,8 @@ def _bare_encode(tok, texts, resource):
 
 
 def run_prepare(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict:
-    from krllm.data.prepare import prepare
-    from krllm.data.prepare_config import PrepareConfig
+    from krllm.data.prepare.job import prepare
+    from krllm.data.prepare.config import PrepareConfig
 
     cfg = PrepareConfig(sources=[str(corpus)], tokenizer=str(tokenizer), out_dir=str(out),
                         executor={"workers": workers})

@@ -54,7 +54,7 @@ def build_inputs(root: Path, n_examples: int, seed: int) -> tuple[Path, Path]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from krllm.data.generated import npc_dialogues
+    from krllm.data.sets.generated import npc_dialogues
     from krllm.tokenizer.train import train_tokenizer
 
     model_dir = root / "base"
@@ -179,7 +179,7 @@ def cross_document_check(model_dir: Path, data: Path) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from krllm.data.records import load_jsonl
+    from krllm.data.sets.records import load_jsonl
     from krllm.train.hf.batching import PackedCollator, pack_rows
     from krllm.train.sft_data import tokenize_records
 

@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--markdown", help="also write the two tables as Markdown to this file")
     args = ap.parse_args()
 
-    from krllm.data.builtin import builtin_files
+    from krllm.data.sets.builtin import builtin_files
     from krllm.tokenizer.compare import compare, markdown_table, render_table
 
     console = Console()
@@ -76,7 +76,7 @@ def main() -> int:
            f"plain / ours tokens: {stats_h[1].tokens / stats_h[0].tokens:.3f}x", ""]
 
     # 3. fine-tuning-style text the tokenizers never saw: NPC dialogues + math from another seed
-    from krllm.data.generated import generated_documents
+    from krllm.data.sets.generated import generated_documents
 
     texts_g = [t for spec in ("builtin:npc", "builtin:math:mixed") for _, t in generated_documents(spec, n=500, seed=99)]
     stats_g = compare([ours, plain], texts_g, names=["ours (korean)", "plain (gpt2)"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from krllm.data.builtin import builtin_documents
+from krllm.data.sets.builtin import builtin_documents
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 176,

@@ -36,8 +36,8 @@ CHATML_NO_MARKERS = CHATML.replace("{% generation %}", "").replace("{% endgenera
 
 def corpus_lines() -> list[str]:
     """Korean text for the tokenizer: the built-in law corpus plus generated NPC dialogues."""
-    from krllm.data.builtin import builtin_documents
-    from krllm.data.generated import npc_dialogues
+    from krllm.data.sets.builtin import builtin_documents
+    from krllm.data.sets.generated import npc_dialogues
 
     lines = []
     for _, text in builtin_documents("builtin:ko-law"):
@@ -91,7 +91,7 @@ def make_model(out_dir: Path, tokenizer_dir: Path, hidden: int = 64, layers: int
 
 
 def npc_like(n: int, seed: int = 0) -> list[dict]:
-    """NPC-style instruction records (used until/unless krllm.data.generated is importable)."""
+    """NPC-style instruction records (used until/unless krllm.data.sets.generated is importable)."""
     import random
 
     rng = random.Random(seed)

@@ -55,7 +55,7 @@ def test_sentiment_lora_beats_the_majority_baseline_and_merges(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
     from krllm.export.merge import merge_adapter
     from krllm.train.classify import split
 

@@ -7,9 +7,9 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
-from krllm.data.steps import (HangulRatioFilter, KoreanCleaner, KoreanMinhashSignature, LengthFilter, exact_dedupe_content,
+from krllm.data.prepare.steps import (HangulRatioFilter, KoreanCleaner, KoreanMinhashSignature, LengthFilter, exact_dedupe_content,
                               minhash_config, xxhash64_utf8)
-from krllm.data.textclean import clean_text, dedupe_key, hangul_ratio, split_of, strip_html
+from krllm.data.prepare.textclean import clean_text, dedupe_key, hangul_ratio, split_of, strip_html
 
 
 def test_strip_html_removes_markup_keeps_text_and_comparisons():
@@ -143,7 +143,7 @@ def test_minhash_signature_uses_eojeol_shingles_and_xxhash(tmp_path):
 
 
 def test_signature_formula_is_datatrove_s_and_shingles_are_normalized(tmp_path):
-    from krllm.data.steps import KoreanWordTokenizer
+    from krllm.data.prepare.steps import KoreanWordTokenizer
 
     cfg = minhash_config(ngrams=5, buckets=14, hashes_per_bucket=8, seed=1)
     ours = KoreanMinhashSignature(str(tmp_path / "a"), cfg)
@@ -168,7 +168,7 @@ def test_minhash_signature_files_are_byte_identical_to_datatrove_s(tmp_path):
 
     from datatrove.data import Document
 
-    from krllm.data.steps import KoreanWordTokenizer
+    from krllm.data.prepare.steps import KoreanWordTokenizer
 
     cfg = minhash_config(ngrams=3, buckets=14, hashes_per_bucket=8, seed=1)
     ours = KoreanMinhashSignature(str(tmp_path / "ours"), cfg)
@@ -197,7 +197,7 @@ def test_clean_fast_path_equals_the_full_regex_passes():
     """Already-clean text skips the regexes; on random messy strings both paths must agree."""
     import random
 
-    from krllm.data import textclean as T
+    from krllm.data.prepare import textclean as T
 
     def full(text, norm):
         text = T._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))

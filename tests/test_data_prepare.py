@@ -18,11 +18,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from krllm.config import ConfigError, load_config
-from krllm.data.builtin import builtin_files
-from krllm.data.prepare import build_plan, prepare
-from krllm.data.prepare_config import PrepareConfig
-from krllm.data.shards import TokenShards
-from krllm.data.textclean import clean_text, split_of
+from krllm.data.sets.builtin import builtin_files
+from krllm.data.prepare.job import build_plan, prepare
+from krllm.data.prepare.config import PrepareConfig
+from krllm.data.tokens.shards import TokenShards
+from krllm.data.prepare.textclean import clean_text, split_of
 from krllm.errors import DataError, KrllmError
 from krllm.runs import hash_file, hash_path
 
@@ -242,7 +242,7 @@ def test_skip_bad_records_counts_and_lists_them(tokenizer_dir, tmp_path):
     assert m["removed"]["bad_records"] == 4
     assert m["documents"]["kept"] == 8
     prefixes = [f"{path}:3: invalid JSON (", f"{path}:6: missing field 'text' (keys: other); set text_field",
-                f"{path}:9: invalid JSON (str is not valid UTF-8", f"{txt}:3: not valid UTF-8 (invalid start byte"]
+                f"{path}:9: not valid UTF-8 (invalid start byte", f"{txt}:3: not valid UTF-8 (invalid start byte"]
     assert len(m["bad_record_examples"]) == 4
     for example, prefix in zip(m["bad_record_examples"], prefixes):
         assert example.startswith(prefix), example
@@ -361,8 +361,8 @@ def test_cli_prepare_with_two_workers_and_error_exit(crafted, tokenizer_dir, tmp
 def test_script_without_main_guard_fails_clearly_instead_of_hanging(tokenizer_dir, tmp_path):
     script = tmp_path / "no_guard.py"
     script.write_text(textwrap.dedent(f"""\
-        from krllm.data.prepare import prepare
-        from krllm.data.prepare_config import PrepareConfig
+        from krllm.data.prepare.job import prepare
+        from krllm.data.prepare.config import PrepareConfig
         prepare(PrepareConfig(tokenizer={str(tokenizer_dir)!r}, out_dir={str(tmp_path / 'o')!r},
                               executor={{"workers": 2}}))
         """))

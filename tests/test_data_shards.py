@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from krllm.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION, TokenShards
+from krllm.data.tokens.shards import MANIFEST_FORMAT, MANIFEST_VERSION, TokenShards
 from krllm.errors import DataError
 
 EOS = 0

@@ -133,7 +133,7 @@ def test_extract_answer(text, want):
 
 
 def test_exact_match_agrees_with_the_generators_answers():
-    from krllm.data.generated import math_problems, parse_final_answer
+    from krllm.data.sets.generated import math_problems, parse_final_answer
 
     probs = math_problems(200, seed=5, lang="mixed")
     for p in probs:  # the reference solution is right; the generator's own parser agrees with ours
@@ -148,8 +148,8 @@ def test_exact_match_agrees_with_the_generators_answers():
 
 
 def test_held_out_drops_exactly_the_prompts_seen_in_training():
-    from krllm.data.generated import math_problems
-    from krllm.data.records import load_examples
+    from krllm.data.sets.generated import math_problems
+    from krllm.data.sets.records import load_examples
     from krllm.eval.run import TrainingSet, _held_out
 
     recs = load_examples("builtin:math:ko", "grpo", n=200, seed=9002)

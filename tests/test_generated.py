@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from krllm.data.generated import (
+from krllm.data.sets.generated import (
     generated_documents,
     generated_records,
     is_generated,
@@ -224,7 +224,7 @@ def test_generated_documents_and_specs():
     docs = list(generated_documents("builtin:math:en", n=5, seed=2))
     recs = generated_records("builtin:math:en", n=5, seed=2)
     assert recs == math_problems(5, 2, "en")
-    assert generated_records("builtin:math", n=3) == math_problems(3, 0, "ko")  # same default as krllm.data.records
+    assert generated_records("builtin:math", n=3) == math_problems(3, 0, "ko")  # same default as krllm.data.sets.records
     assert [d[0] for d in docs] == [f"math-en/2/{i}" for i in range(5)]
     assert docs[0][1] == recs[0]["question"] + "\n\n" + recs[0]["solution"]
     assert len(generated_records("builtin:sentiment")) == 1000  # documented default size

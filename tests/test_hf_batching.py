@@ -161,7 +161,7 @@ def test_packed_and_padded_batches_give_the_same_loss(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from krllm.config import validate
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
     from krllm.train import sft
     from krllm.train.sft_config import SFTRunConfig
     from krllm.train.sft_data import tokenize_records
@@ -190,7 +190,7 @@ def test_compact_loss_equals_trl_loss_and_gradients(tmp_path, mode):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from krllm.config import validate
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
     from krllm.train import sft
     from krllm.train.sft_config import SFTRunConfig
     from krllm.train.sft_data import tokenize_records
@@ -231,7 +231,7 @@ def test_compact_loss_keeps_mixed_precision(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from krllm.config import validate
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
     from krllm.train import sft
     from krllm.train.sft_config import SFTRunConfig
     from krllm.train.sft_data import tokenize_records

@@ -58,3 +58,82 @@ def test_a_bad_stage_key_fails_before_anything_runs(tmp_path):
     assert "stages.pretrain (configs/pretrain/tiny_ko.yaml): train.max_stepz: unknown key" in text
     assert "stages.sft (inline config): peft.method:" in text
     assert not (tmp_path / "demo_ko_ci").exists()
+
+
+def test_every_builtin_kind_is_registered_under_its_own_name_with_a_schema_class():
+    from pydantic import BaseModel
+
+    from krllm.pipeline.stages import BUILTIN_KINDS, get_kind
+
+    for name in BUILTIN_KINDS:
+        kind = get_kind(name)
+        assert kind.name == name
+        assert kind.schema is None or issubclass(kind.schema, BaseModel), name
+    assert get_kind("report").schema is None  # the report reads files, it has no config
+
+
+def _pipe(tmp_path, stages: dict) -> Pipeline:
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "runs_dir": str(tmp_path), "stages": stages}, sort_keys=False), encoding="utf-8")
+    return Pipeline(load_pipeline(path), config_path=path)
+
+
+def test_adapters_read_the_validated_config_not_restated_defaults(tmp_path):
+    """Outputs, ETA and progress come from the schema objects: defaults are the schema's own."""
+    from krllm.data.prepare.config import PrepareConfig
+    from krllm.train.pretrain_config import PretrainConfig
+    from krllm.train.sft_config import SFTRunConfig
+
+    pipe = _pipe(tmp_path, {
+        "tokenizer": {}, "texts": {"kind": "generate", "set": {"sets": [{"data": "builtin:npc", "n": 5}]}},
+        "data": {"set": {"sources": "builtin:ko-law"}},  # one string: the schema's shorthand for a list
+        "pretrain": {"set": {"train": {"max_tokens": 10_000}}},
+        "sft": {}, "full": {"kind": "sft", "set": {"peft": {"method": "full"}}, "inputs": {"base": "pretrain"}},
+        "eval": {"inputs": {"tuned": "full"}}})
+    by = {p.name: p for p in pipe.plans}
+    assert isinstance(by["data"].cfg, PrepareConfig) and isinstance(by["pretrain"].cfg, PretrainConfig)
+    assert isinstance(by["sft"].cfg, SFTRunConfig)
+    assert by["data"].ctx.config["sources"] == [{"path": "builtin:ko-law"},
+                                                {"path": str(tmp_path / "p" / "texts"), "format": "jsonl"}]
+    # sft with the schema's default method (lora) and merge (true) writes adapter/ and merged/; full writes hf/
+    assert by["sft"].kind.output_map(by["sft"].cfg) == {"adapter": "adapter", "model": "merged"}
+    assert by["eval"].ctx.config["tuned"] == str(tmp_path / "p" / "full" / "hf")
+    # holdouts: the tuned model's SFT data (schema defaults: builtin:npc, n unset, seed 0) and the generated set
+    assert by["eval"].ctx.config["npc"]["holdout_from"] == [{"data": "builtin:npc", "n": None, "seed": 0},
+                                                          {"data": "builtin:npc", "n": 5, "seed": 0}]
+    # pretrain ETA from max_tokens and the schema's batch_size x grad_accum x seq_len
+    t, d = by["pretrain"].cfg.train, by["pretrain"].cfg.data
+    steps = -(-10_000 // (t.batch_size * t.grad_accum * d.seq_len))
+    assert by["pretrain"].estimate_s == pytest.approx(15.0 + steps * t.batch_size * t.grad_accum * d.seq_len / 5000.0)
+    (tmp_path / "p" / "sft").mkdir(parents=True)
+    (tmp_path / "p" / "sft" / "metrics.jsonl").write_text('{"split": "train", "step": 3}\n{"split": "train", "step": 4}\n')
+    sft = by["sft"].cfg.data
+    total = -(-1000 * (1 - sft.eval_fraction) // by["sft"].cfg.train.batch_size)  # builtin: 1000 examples
+    assert by["sft"].kind.progress(by["sft"].ctx, by["sft"].cfg) == (4, int(total))
+
+
+def test_a_stage_after_a_broken_one_reports_only_its_own_problems(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _pipe(tmp_path, {"tokenizer": {}, "data": {}, "pretrain": {"set": {"train": {"max_steps": 5}}},
+                         "sft": {"set": {"peft": {"method": "lol"}}}, "eval": {"set": {"math": {"n": 0}}}})
+    probs = e.value.problems
+    assert any(p.startswith("stages.sft (inline config): peft.method:") for p in probs), probs
+    assert any(p.startswith("stages.eval (inline config): math.n:") for p in probs), probs
+    assert len(probs) == 2, probs  # eval's unknown tuned outputs are not a second problem
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_count_params_of_a_saved_model_equals_the_model(tmp_path, tie):
+    """The pretrain stage's `params` comes from the safetensors headers: a tied lm_head counts once."""
+    from krllm.model.config import ModelConfig
+    from krllm.model.hf import save_hf
+    from krllm.model.llama import Llama
+    from krllm.pipeline.stages.common import count_params
+
+    model = Llama.build(ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, tie_word_embeddings=tie))
+    save_hf(model, tmp_path / "hf")
+    assert count_params(tmp_path / "hf") == model.num_parameters()
+    assert count_params(tmp_path / "nothing_here") is None

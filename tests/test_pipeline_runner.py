@@ -80,7 +80,7 @@ def _fail_run(ctx: StageContext) -> dict:
 TEXT = StageKind(name="text", run=_text_run, outputs={"text": "out.txt"}, estimate_s=1.0)
 UPPER = StageKind(name="upper", run=_upper_run, needs={"src": ("text",)}, outputs={"text": "out.txt"})
 STEPS = StageKind(name="steps", run=_steps_run, needs={"src": ("text",)}, outputs={"text": "out.txt"},
-                  resumable=True, progress=lambda ctx: None)
+                  resumable=True, progress=lambda ctx, cfg: None)
 FAIL = StageKind(name="fail", run=_fail_run)
 MOD = "test_pipeline_runner"
 

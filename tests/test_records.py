@@ -1,12 +1,12 @@
-"""krllm.data.records: every format parses to the documented shape; every bad line is reported with
+"""krllm.data.sets.records: every format parses to the documented shape; every bad line is reported with
 file:line and the key at fault, all at once."""
 
 import json
 
 import pytest
 
-from krllm.data import records as R
-from krllm.data.generated import math_problems, npc_dialogues, sentiment_examples
+from krllm.data.sets import records as R
+from krllm.data.sets.generated import math_problems, npc_dialogues, sentiment_examples
 from krllm.errors import DataError
 
 
@@ -85,7 +85,7 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(DataError, match="no records"):
         R.load_jsonl(tmp_path / "empty.jsonl", "sft")
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"latin\.jsonl:2: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8"):
         R.load_jsonl(tmp_path / "latin.jsonl", "sft")
     # gzip: the same reader, the same file:line errors
     import gzip

@@ -166,14 +166,14 @@ def test_krllm_report_rebuilds_the_same_card(run_dir, capsys):
 
 def test_report_of_a_directory_without_a_pipeline_is_an_error(tmp_path):
     from krllm.errors import KrllmError
-    from krllm.eval.report import build_report
+    from krllm.pipeline.report import build_report
 
     with pytest.raises(KrllmError, match="no pipeline state found"):
         build_report(tmp_path)
 
 
 def test_plot_functions_skip_missing_series(tmp_path):
-    from krllm.eval.plots import plot_loss, plot_lr
+    from krllm.pipeline.plots import plot_loss, plot_lr
 
     assert plot_loss([{"step": 1, "split": "train", "lr": 1e-3}], tmp_path / "a.png", "t") is None
     assert plot_lr([{"step": 1, "split": "train", "loss": 2.0}], tmp_path / "b.png", "t") is None

@@ -4,8 +4,8 @@ for any chat template (markers or none), and agreement with TRL's own assistant-
 import pytest
 from sft_tiny import CHATML_CONTENT_ONLY, CHATML_NO_MARKERS, tiny_base
 
-from krllm.data import chat_tokens as C
-from krllm.data.records import load_examples
+from krllm.data.tokens import chat_tokens as C
+from krllm.data.sets.records import load_examples
 from krllm.errors import DataError
 from krllm.train import sft_data as D
 

@@ -94,7 +94,7 @@ def test_counts_agree_with_tokenizers_library_on_ko_law(tmp_path):
     """Our trained tokenizer measured through AutoTokenizer == raw `tokenizers` encode counts."""
     from tokenizers import Tokenizer
 
-    from krllm.data.builtin import builtin_documents
+    from krllm.data.sets.builtin import builtin_documents
     from krllm.tokenizer.train import train_tokenizer
 
     train_tokenizer(tmp_path / "ko", sources=["builtin:ko-law"], vocab_size=800, progress=False)

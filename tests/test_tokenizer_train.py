@@ -81,7 +81,7 @@ def test_round_trip_exact(hf_tok, text):
 
 
 def test_round_trip_ko_law(hf_tok):
-    from krllm.data.builtin import builtin_documents
+    from krllm.data.sets.builtin import builtin_documents
 
     for name, text in builtin_documents("builtin:ko-law"):
         ids = hf_tok(text, add_special_tokens=False)["input_ids"]
@@ -208,11 +208,11 @@ def test_jsonl_source_with_messages_and_errors(tmp_path):
         train_tokenizer(tmp_path / "x", sources=[str(tmp_path / "bad.jsonl.gz")], progress=False)
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"text": "ok"}\n{"body": "no text key"}\n')
-    with pytest.raises(DataError, match=r"missing\.jsonl:2: missing field 'text' \(has: body\)"):
+    with pytest.raises(DataError, match=r"missing\.jsonl:2: missing field 'text' \(keys: body\)"):
         train_tokenizer(tmp_path / "x", sources=[str(missing)], progress=False)
     binary = tmp_path / "latin1.txt"
     binary.write_bytes("줄 하나\n".encode() + "caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.txt:2: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1\.txt:2: not valid UTF-8"):
         train_tokenizer(tmp_path / "x", sources=[str(binary)], progress=False)
     assert not (tmp_path / "x").exists()  # nothing half-written
 

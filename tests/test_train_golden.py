@@ -53,8 +53,8 @@ def _padded(seqs: list[list[int]], value: int) -> torch.Tensor:
 def test_sft_two_steps_golden(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from krllm.data.chat_tokens import tokenize_chat
-    from krllm.data.records import load_examples
+    from krllm.data.tokens.chat_tokens import tokenize_chat
+    from krllm.data.sets.records import load_examples
     from krllm.train.sft import run_sft
     from krllm.train.sft_config import SFTRunConfig
 

@@ -13,7 +13,7 @@ def config_keys_help() -> str:
     """Every key of the prepare config with its default and description, read from the schema."""
     from pydantic import BaseModel
 
-    from krllm.data.prepare_config import PrepareConfig, SourceConfig
+    from krllm.data.prepare.config import PrepareConfig, SourceConfig
 
     lines = ["config keys (YAML or --set KEY=VALUE; defaults in brackets):"]
 
@@ -80,8 +80,8 @@ def _prepare(args) -> int:
     from rich.console import Console
 
     from krllm.config import load_config
-    from krllm.data.prepare import prepare
-    from krllm.data.prepare_config import PrepareConfig
+    from krllm.data.prepare.job import prepare
+    from krllm.data.prepare.config import PrepareConfig
 
     overrides = list(args.overrides)
     if args.out:
@@ -109,8 +109,8 @@ def _info(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from krllm.data.prepare import summary_table
-    from krllm.data.shards import TokenShards
+    from krllm.data.prepare.job import summary_table
+    from krllm.data.tokens.shards import TokenShards
 
     console = Console()
     shards = {s: TokenShards(args.dir, s, allow_empty=True) for s in ("train", "val", "test")}

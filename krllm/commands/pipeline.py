@@ -81,7 +81,7 @@ def _status(pipe, args, console) -> int:
 def _closing_note(pipe, console) -> None:
     from krllm.pipeline.display import fmt_mb, fmt_s
     from krllm.pipeline.state import read_all_states
-    from krllm.eval.report import final_model
+    from krllm.pipeline.report import final_model
 
     states = read_all_states(pipe.run_dir)
     wall = sum(s.get("wall_s") or 0 for s in states.values())

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from krllm.eval.report import build_report, final_model
+    from krllm.pipeline.report import build_report, final_model
 
     path = build_report(args.run_dir)
     print(f"report card: {path}  (and {path.with_suffix('.html')}, plots in {path.parent / 'plots'})")

@@ -85,13 +85,14 @@ def _compare(args) -> int:
 
     from krllm.errors import KrllmError
     from krllm.runs import write_json
+    from krllm.data.sources import iter_texts
+    from krllm.tokenizer.chat_template import render_chatml
     from krllm.tokenizer.compare import compare, render_table
-    from krllm.tokenizer.corpus import iter_source
 
     specs = args.corpus or ["builtin:ko-law"]
     texts: list[str] = []
     for spec in specs:
-        for text in iter_source(spec, args.text_field):
+        for text in iter_texts(spec, args.text_field, render_messages=render_chatml):
             texts.append(text)
             if args.max_docs and len(texts) >= args.max_docs:
                 break

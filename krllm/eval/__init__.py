@@ -1,4 +1,4 @@
-"""Evaluation and the report card.
+"""Evaluation (the report card of a pipeline run is krllm.pipeline.report).
 
 - `run.py`        the eval stage (`krllm eval`): EvalConfig, run_eval -> eval.json
 - `lm.py`         load a model dir (or PEFT adapter, merged on load) into krllm's Llama + tokenizer
@@ -6,6 +6,4 @@
 - `generate.py`   greedy chat answers with krllm's inference engine
 - `math.py`       final-answer extraction and exact match
 - `samples.py`    fixed Korean NPC prompts for before/after answers
-- `plots.py`      loss and learning-rate curves (matplotlib, Agg)
-- `report.py`     report.md / report.html of a pipeline run (`krllm report`)
 """

@@ -5,7 +5,7 @@ Windows of `seq_len + 1` tokens are cut back to back from the start of the split
 a token as a target, so every target is scored once.
 
 Chat loss (`labeled_loss`) scores only labeled tokens; eval labels conversations with
-`krllm.data.chat_tokens.tokenize_chat`, i.e. exactly the tokens SFT learns (assistant turns and their
+`krllm.data.tokens.chat_tokens.tokenize_chat`, i.e. exactly the tokens SFT learns (assistant turns and their
 end-of-turn token), so "fine-tuned below base" means the tuning taught what it was meant to teach.
 """
 
@@ -22,7 +22,7 @@ from krllm.errors import KrllmError
 
 
 def _window(tokens, start: int, length: int) -> np.ndarray:
-    if hasattr(tokens, "slice"):  # krllm.data.shards.TokenShards
+    if hasattr(tokens, "slice"):  # krllm.data.tokens.shards.TokenShards
         return np.asarray(tokens.slice(start, length), dtype=np.int64)
     return np.asarray(tokens[start:start + length], dtype=np.int64)
 

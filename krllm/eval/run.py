@@ -95,7 +95,7 @@ def _held_out(records: list[dict], kind: Literal["sft", "grpo"], train: list[Tra
     """Drop records whose prompt is in any of the training sets; return (kept, dropped)."""
     if not train:
         return records, 0
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
 
     def prompt(r: dict):
         return r.get("messages") if kind == "sft" else r.get("prompt")
@@ -168,12 +168,12 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _load_data(cfg: EvalConfig) -> dict:
     """Every eval set, loaded once and shared by both models."""
-    from krllm.data.records import load_examples
+    from krllm.data.sets.records import load_examples
 
     meta: dict = {}
     shards = None
     if cfg.perplexity.enabled and cfg.perplexity.shards:
-        from krllm.data.shards import TokenShards
+        from krllm.data.tokens.shards import TokenShards
 
         shards = TokenShards(cfg.perplexity.shards, cfg.perplexity.split)
         meta["perplexity"] = {"shards": cfg.perplexity.shards, "split": cfg.perplexity.split,
@@ -217,7 +217,7 @@ def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: di
         tokens += r["tokens"]
         prog.step(f"{role} perplexity", f"loss {r['loss']:.4f}, ppl {r['ppl']:.2f} on {r['tokens']:,} tokens")
     if data["npc"]:
-        from krllm.data.chat_tokens import tokenize_chat
+        from krllm.data.tokens.chat_tokens import tokenize_chat
 
         examples = [tokenize_chat(lm.tokenizer, r["messages"]) for r in data["npc"]]
         examples = [(ids[:cfg.npc.max_length], labels[:cfg.npc.max_length]) for ids, labels in examples]

@@ -1,6 +1,6 @@
 """Fixed Korean NPC prompts whose answers the report shows before and after fine-tuning.
 
-Written by hand in the style of `krllm.data.generated.npc_dialogues` (persona and facts first, then
+Written by hand in the style of `krllm.data.sets.generated.npc_dialogues` (persona and facts first, then
 the player's line) but not produced by it, so they are never in the training set. Each has one
 checkable fact in its expected reply (a total, a rule, a place) to judge the answers by eye.
 """

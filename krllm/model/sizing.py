@@ -19,8 +19,10 @@ gradient: b·V + 4V bytes per token, counted separately as "logits + grad (peak)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from krllm.model.config import ModelConfig
+if TYPE_CHECKING:  # annotations only: ModelConfig.num_parameters calls into this module
+    from krllm.model.config import ModelConfig
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 

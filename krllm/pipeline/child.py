@@ -13,7 +13,8 @@ import traceback
 
 from krllm.config import ConfigError
 from krllm.errors import KrllmError
-from krllm.pipeline.kinds import StageContext, get_kind
+from krllm.pipeline.kinds import StageContext
+from krllm.pipeline.stages import get_kind
 from krllm.runs import write_json
 
 

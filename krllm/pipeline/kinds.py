@@ -2,8 +2,9 @@
 
 A `StageKind` is a small record, not a class to inherit from. Its `run` is a `"module:function"`
 string imported only inside the process that runs the stage, so planning a pipeline never imports
-torch or TRL. Built-in kinds live in `krllm.pipeline.stages`; a pipeline may also name a custom
-kind as `package.module:ATTR` (an importable StageKind), which is how the tests plug in fakes.
+torch or TRL. Built-in kinds live in `krllm.pipeline.stages` (one module per kind, looked up by
+`krllm.pipeline.stages.get_kind`); a pipeline may also name a custom kind as `package.module:ATTR` (an
+importable StageKind), which is how the tests plug in fakes. This module knows no kind by name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from krllm.config import validate
 from krllm.errors import KrllmError
 
 
@@ -29,7 +31,7 @@ class StageContext:
     config: dict  # the stage config (file + overrides + paths the pipeline wires in)
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> {output name: path}
     upstream: dict[str, str] = field(default_factory=dict)  # role -> upstream stage name
-    upstream_config: dict[str, dict] = field(default_factory=dict)  # role -> that stage's config dict
+    upstream_config: dict[str, dict] = field(default_factory=dict)  # role -> that stage's config dict (if valid)
     config_file: str | None = None  # where the runner saved `config` (the stand-alone command reads it)
     resume: bool = False  # continue an interrupted attempt (resumable kinds only)
 
@@ -58,39 +60,50 @@ class StageKind:
     needs:     role -> kinds of earlier stages that can fill it (first listed = preferred)
     optional:  roles that may stay unwired (e.g. eval without a fine-tuned model)
     outputs:   output name -> path inside the stage dir (hashed for downstream lineage); or a function
-               of the stage config giving that mapping (e.g. sft writes merged/ or hf/ by method)
+               of the validated stage config giving that mapping (e.g. sft writes merged/ or hf/ by method)
     prepare:   (config dict, ctx) -> config dict with the pipeline-managed keys set (output dir,
                input paths, resume flag); pure, runs in the parent to fingerprint and validate early
-    schema:    "module:Class" (a StrictModel) to validate every stage config before anything runs
-    progress:  ctx -> (done, total) read from the stage's files while it runs, or None
-    estimate_s: (config dict) -> seconds, the first-run guess used for the overall ETA
+    schema:    the stage's config class (a StrictModel) or "module:Class"; every stage config is
+               validated into it before anything runs, and the functions here read that object
+    progress:  (ctx, validated config) -> (done, total) read from the stage's files while it runs, or None
+    estimate_s: (validated config) -> seconds, the first-run guess used for the overall ETA
     command:   the stand-alone shell command that repeats this stage, with `{config}` standing for
                the saved stage config (runs/<p>/_pipeline/configs/<stage>.yaml); for the report
+
+    "Validated config" is the schema object, or the config dict itself for a kind without a schema.
     """
 
     name: str
     run: str | Callable[[StageContext], dict | None]
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
-    outputs: dict[str, str] | Callable[[dict], dict[str, str]] = field(default_factory=dict)
+    outputs: dict[str, str] | Callable[[Any], dict[str, str]] = field(default_factory=dict)
     prepare: Callable[[dict, StageContext], dict] | None = None
-    schema: str | None = None
+    schema: type | str | None = None
     resumable: bool = False
     always_run: bool = False
-    progress: Callable[[StageContext], tuple[float, float] | None] | None = None
-    estimate_s: Callable[[dict], float] | float = 30.0
+    progress: Callable[[StageContext, Any], tuple[float, float] | None] | None = None
+    estimate_s: Callable[[Any], float] | float = 30.0
     command: str | None = None
     description: str = ""
 
-    def output_map(self, config: dict) -> dict[str, str]:
-        return self.outputs(config) if callable(self.outputs) else dict(self.outputs)
+    def typed(self, config: dict, where: str = "stage config") -> Any:
+        """The stage config validated into `schema` (ConfigError listing every problem); the dict without one."""
+        if self.schema is None:
+            return config
+        schema = import_attr(self.schema) if isinstance(self.schema, str) else self.schema
+        return validate(config, schema, where)
+
+    def output_map(self, cfg: Any) -> dict[str, str]:
+        """Output name -> path in the stage dir, given the validated config."""
+        return self.outputs(cfg) if callable(self.outputs) else dict(self.outputs)
 
     def run_function(self) -> Callable[[StageContext], dict | None]:
         return self.run if callable(self.run) else import_attr(self.run)
 
-    def estimate(self, config: dict) -> float:
+    def estimate(self, cfg: Any) -> float:
         try:
-            return float(self.estimate_s(config) if callable(self.estimate_s) else self.estimate_s)
+            return float(self.estimate_s(cfg) if callable(self.estimate_s) else self.estimate_s)
         except (TypeError, ValueError, KeyError):
             return 30.0
 
@@ -108,18 +121,3 @@ def import_attr(spec: str) -> Any:
         return getattr(mod, attr)
     except AttributeError:
         raise KrllmError(f"{spec!r}: {module} has no attribute {attr!r}") from None
-
-
-def get_kind(name: str) -> StageKind:
-    """A built-in kind by name, or a custom `module:ATTR` StageKind."""
-    from krllm.pipeline.stages import BUILTIN_KINDS
-
-    if ":" in name:
-        kind = import_attr(name)
-        if not isinstance(kind, StageKind):
-            raise KrllmError(f"{name!r} is a {type(kind).__name__}, not a krllm.pipeline.StageKind")
-        return kind
-    if name not in BUILTIN_KINDS:
-        raise KrllmError(f"unknown stage kind {name!r}; built-in kinds: {', '.join(BUILTIN_KINDS)} "
-                         "(or `package.module:ATTR` for a custom StageKind)")
-    return BUILTIN_KINDS[name]

@@ -21,14 +21,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from krllm.config import ConfigError, atomic_write_text, validate, write_resolved
+from krllm.config import ConfigError, atomic_write_text, write_resolved
 from krllm.errors import KrllmError
 from krllm.pipeline.config import PipelineConfig, StageSpec, stage_config_dict
 from krllm.pipeline.display import Display
-from krllm.pipeline.kinds import StageContext, StageKind, get_kind, import_attr
+from krllm.pipeline.kinds import StageContext, StageKind
+from krllm.pipeline.stages import get_kind
 from krllm.pipeline.state import (book_dir, changed_keys, external_inputs, fingerprint, log_path,
                                   output_record, read_state, verify_output, write_state)
 from krllm.runs import write_json
@@ -50,6 +52,7 @@ class StagePlan:
     action: str = "pending"  # skip | resume | run
     reason: str = ""
     parts: dict = field(default_factory=dict)  # what the fingerprint is made of
+    cfg: Any = None  # ctx.config validated into the kind's schema (the dict for a kind without one); None = invalid
 
 
 def now() -> str:
@@ -109,40 +112,47 @@ class Pipeline:
             except ConfigError as e:
                 problems.extend(f"stages.{name}.config: {p}" for p in e.problems)
                 continue
+            where = spec.config or "inline config"
+            # an upstream whose config did not validate (reported there) may not know its outputs
+            outputs = {role: self._outputs(by_name[src]) for role, src in upstream.items()}
+            upstream_invalid = any(by_name[src].cfg is None for src in upstream.values())
             stage_dir = self.run_dir / name
             ctx = StageContext(
                 pipeline=self.cfg.name, stage=name, kind=kind_name, run_dir=str(self.run_dir),
-                stage_dir=str(stage_dir), config={},
-                inputs={role: {out: str(self.run_dir / src / rel)
-                               for out, rel in by_name[src].kind.output_map(by_name[src].ctx.config).items()}
-                        for role, src in upstream.items()},
-                upstream=upstream, upstream_config={role: by_name[src].ctx.config for role, src in upstream.items()},
+                stage_dir=str(stage_dir), config=config,
+                inputs={role: {out: str(self.run_dir / upstream[role] / rel) for out, rel in m.items()}
+                        for role, m in outputs.items() if m is not None},
+                upstream=upstream, upstream_config={role: by_name[src].ctx.config for role, src in upstream.items()
+                                                     if by_name[src].cfg is not None},
                 config_file=str(book_dir(self.run_dir) / "configs" / f"{name}.yaml"))
-            if kind.prepare is not None:
-                config = kind.prepare(config, ctx)
-            ctx.config = config
-            plan = StagePlan(name=name, kind=kind, spec=spec, ctx=ctx, estimate_s=kind.estimate(config))
+            plan = StagePlan(name=name, kind=kind, spec=spec, ctx=ctx)
+            plans.append(plan)
+            by_name[name] = plan
+            try:
+                if kind.prepare is not None:
+                    ctx.config = kind.prepare(config, ctx)
+                plan.cfg = kind.typed(ctx.config, where)  # now, not after an hour of the stages before it
+            except ConfigError as e:
+                problems.extend(f"stages.{name} ({where}): {p}" for p in e.problems)
+                continue
+            except KrllmError as e:
+                if not upstream_invalid:  # else a consequence of the upstream's problem, reported there
+                    problems.append(f"stages.{name} ({where}): {e}")
+                continue
+            plan.estimate_s = kind.estimate(plan.cfg)
             prev = read_state(self.run_dir, name)
             if prev and prev.get("wall_s"):
                 plan.estimate_s = float(prev["wall_s"])  # measured last time beats the guess
-            problems.extend(self._validate_stage(plan))
-            plans.append(plan)
-            by_name[name] = plan
         if problems:
             raise ConfigError(self.config_path or "<pipeline>", problems)
         return plans
 
-    def _validate_stage(self, plan: StagePlan) -> list[str]:
-        """Check a stage's config against its schema now, not after an hour of the stages before it."""
-        if not plan.kind.schema:
-            return []
-        schema = import_attr(plan.kind.schema)
-        where = plan.spec.config or "inline config"
-        try:
-            validate(plan.ctx.config, schema, where)
-        except ConfigError as e:
-            return [f"stages.{plan.name} ({where}): {p}" for p in e.problems]
-        return []
+    @staticmethod
+    def _outputs(plan: StagePlan) -> dict[str, str] | None:
+        """An upstream plan's output map; None when it depends on a config that did not validate."""
+        if plan.cfg is None and callable(plan.kind.outputs):
+            return None
+        return plan.kind.output_map(plan.cfg)
 
     def plan(self, name: str) -> StagePlan:
         for p in self.plans:
@@ -303,7 +313,7 @@ class Pipeline:
             raise
         record(DONE if ok else FAILED, peak_mb)
         if ok:
-            out_map = plan.kind.output_map(plan.ctx.config)
+            out_map = plan.kind.output_map(plan.cfg)
             outputs = {o: output_record(stage_dir / rel) for o, rel in out_map.items()}
             missing = [o for o, rec in outputs.items() if not rec["exists"]]
             if missing:
@@ -377,7 +387,7 @@ class Pipeline:
             progress = None
             if plan.kind.progress is not None:
                 try:
-                    progress = plan.kind.progress(plan.ctx)
+                    progress = plan.kind.progress(plan.ctx, plan.cfg)
                 except (OSError, ValueError, KeyError, TypeError):
                     progress = None
             display.stage_tick(plan, time.time() - t0, progress, rss, last_line(log))

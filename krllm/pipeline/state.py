@@ -115,7 +115,7 @@ def external_inputs(config: Any, run_dir: str | Path) -> dict[str, str]:
                 walk(v)
         elif isinstance(node, str) and node and len(node) < 4096 and "\n" not in node:
             if node.startswith("builtin:"):
-                from krllm.data.builtin import builtin_files
+                from krllm.data.sets.builtin import builtin_files
 
                 try:
                     files = builtin_files(node)

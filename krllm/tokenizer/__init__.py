@@ -2,8 +2,8 @@
 
     pretokenize.py    special tokens + fixed ids, normalizer, the Split regex (all tokenizer.json objects)
     chat_template.py  the ChatML template with {% generation %} markers
-    corpus.py         text sources: builtin corpora, generated sets, txt/jsonl/parquet files
-    train.py          TokenizerTrainConfig + train_tokenizer() -> an HF tokenizer directory
+    train.py          TokenizerTrainConfig + train_tokenizer() -> an HF tokenizer directory (reads its
+                      corpus through krllm.data.sources, the reader data prepare uses too)
     compare.py        tokens/char, tokens/eojeol, bytes/token, round trip for any tokenizer dirs
 
 Heavy libraries (tokenizers, transformers) are imported inside functions, so importing this

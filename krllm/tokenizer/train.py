@@ -77,7 +77,7 @@ class TokenizerTrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _generated_only_n(self):
-        from krllm.data.generated import is_generated
+        from krllm.data.sets.generated import is_generated
 
         bad = [s.path for s in self.sources if s.n is not None and not is_generated(s.path)]
         if bad:
@@ -87,14 +87,16 @@ class TokenizerTrainConfig(StrictModel):
 
 def _training_texts(cfg: TokenizerTrainConfig, stats: list, progress) -> Iterator[str]:
     """Stream every source's texts in config order, advancing one progress bar per source."""
-    from krllm.tokenizer.corpus import SourceStats, iter_source, source_size_hint
+    from krllm.data.sources import SourceStats, iter_texts, source_size_hint
+    from krllm.tokenizer.chat_template import render_chatml
 
     for src in cfg.sources:
         st = SourceStats(src.path)
         stats.append(st)
         total, unit = source_size_hint(src.path, src.n)
         task = progress.add_task(f"read {src.path}", total=total) if progress else None
-        for text in iter_source(src.path, src.text_field or cfg.text_field, n=src.n, seed=src.seed, stats=st):
+        for text in iter_texts(src.path, src.text_field or cfg.text_field, n=src.n, seed=src.seed, stats=st,
+                               render_messages=render_chatml):
             if progress:
                 progress.update(task, advance=1 if unit == "docs" else len(text.encode("utf-8")))
             yield text
@@ -166,7 +168,7 @@ def _progress_bar():
 
 def _given_texts(texts: Iterable[str], stats: list) -> Iterator[str]:
     """Texts passed from Python, counted like a source named `<texts>`."""
-    from krllm.tokenizer.corpus import SourceStats
+    from krllm.data.sources import SourceStats
 
     st = SourceStats("<texts>")
     stats.append(st)

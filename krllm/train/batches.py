@@ -22,7 +22,7 @@ from krllm.errors import DataError
 
 
 class TokenSource(Protocol):
-    """What batches need from a token store (krllm.data.shards.TokenShards satisfies it)."""
+    """What batches need from a token store (krllm.data.tokens.shards.TokenShards satisfies it)."""
 
     def __len__(self) -> int: ...
 

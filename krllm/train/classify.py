@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from krllm.config import StrictModel, atomic_write_text
-from krllm.data.records import load_examples
+from krllm.data.sets.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import DataError, KrllmError
 from krllm.runs import write_json, write_lineage

@@ -102,7 +102,7 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, resume: bool = False, console=None):
         from rich.console import Console
 
-        from krllm.data.shards import TokenShards
+        from krllm.data.tokens.shards import TokenShards
         from krllm.model.registry import pretrainable_family
 
         self.cfg, tc = cfg, cfg.train

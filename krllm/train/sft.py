@@ -2,7 +2,7 @@
 
     krllm sft -c configs/sft/npc_lora.yaml [--set peft.method=dora] [--resume]
 
-Our part is the glue users otherwise write by hand: validated records (krllm.data.records), our own
+Our part is the glue users otherwise write by hand: validated records (krllm.data.sets.records), our own
 tokenization with assistant-only labels and a learned end-of-turn (sft_data), the compact loss on CPU
 (sft_loss); and, shared with the other methods in krllm.train.hf: device-aware batching, PEFT config
 from a YAML (incl. `num_layers` from the top), metrics + progress, atomic outputs. The training loop,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from krllm.data.records import load_examples
+from krllm.data.sets.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
 from krllm.runs import write_json, write_lineage

@@ -1,7 +1,7 @@
 """Records -> token ids + labels for SFT, with the loss on assistant turns and a learned end-of-turn.
 
 Why we tokenize ourselves instead of letting TRL do it: we need (a) the same assistant mask for any
-chat template and (b) the end-of-turn token always learned — both in `krllm.data.chat_tokens`, which
+chat template and (b) the end-of-turn token always learned — both in `krllm.data.tokens.chat_tokens`, which
 eval uses too, so it scores exactly the tokens SFT learns; (c) lengths up front for length-grouped
 batching; (d) counts to report (truncated, dropped).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from krllm.data.chat_tokens import IGNORE, tokenize_chat, tokenize_text
+from krllm.data.tokens.chat_tokens import IGNORE, tokenize_chat, tokenize_text
 from krllm.errors import DataError
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from krllm.data.chat_tokens import IGNORE
+from krllm.data.tokens.chat_tokens import IGNORE
 
 
 def resolve_batching(requested: str, device: torch.device) -> str:

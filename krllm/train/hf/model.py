@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from krllm.data.chat_tokens import stop_ids
+from krllm.data.tokens.chat_tokens import stop_ids
 from krllm.errors import KrllmError
 from krllm.train.hf.config import PeftSection
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from krllm.config import atomic_write_text
-from krllm.data.chat_tokens import stop_ids
+from krllm.data.tokens.chat_tokens import stop_ids
 
 
 def prompt_of(record: dict) -> list[dict] | None:

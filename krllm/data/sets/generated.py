@@ -24,8 +24,8 @@ import random
 import re
 from typing import Callable, Iterator
 
-from krllm.data import _gen_npc as npc_mod
-from krllm.data._gen_text import josa, pick
+from krllm.data.sets import _gen_npc as npc_mod
+from krllm.data.sets._gen_text import josa, pick
 
 __all__ = ["npc_dialogues", "math_problems", "sentiment_examples", "parse_final_answer",
            "generated_documents", "generated_records", "is_generated", "default_size", "GENERATED_SETS", "josa"]
@@ -238,7 +238,7 @@ def parse_final_answer(text: str) -> str | None:
 
 def sentiment_examples(n: int, seed: int = 0) -> list[dict]:
     """Short Korean reviews; label drawn 50/50 per record; ~25% contrast and ~20% negation/sarcasm cases."""
-    from krllm.data._gen_text import make_review
+    from krllm.data.sets._gen_text import make_review
 
     out = []
     for i in range(_check_n(n)):
@@ -259,7 +259,7 @@ MATH_LANGS = ("ko", "en", "mixed")
 
 
 def _parse(spec: str) -> tuple[str, str | None]:
-    """`builtin:math:en` -> ("math", "en"); the same spelling krllm.data.records uses."""
+    """`builtin:math:en` -> ("math", "en"); the same spelling krllm.data.sets.records uses."""
     name, _, option = str(spec).removeprefix("builtin:").partition(":")
     return name, option or None
 

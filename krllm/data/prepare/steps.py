@@ -2,7 +2,7 @@
 tokenize. Each is a standard datatrove `PipelineStep`, so the same pipeline runs under datatrove's
 local, Slurm or Ray executors.
 
-- `KoreanCleaner`      markup, control characters, NFC/NFKC, whitespace (krllm.data.textclean)
+- `KoreanCleaner`      markup, control characters, NFC/NFKC, whitespace (krllm.data.prepare.textclean)
 - `LengthFilter`       (False, "empty" | "too_short" | "too_long")
 - `HangulRatioFilter`  (False, "low_hangul_ratio")
 - `exact_dedupe_config` datatrove ExactDedup* on the case-folded, whitespace-collapsed text
@@ -33,11 +33,11 @@ from datatrove.utils.text import PUNCTUATION_SET, TextNormConfig
 from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from krllm.data.textclean import clean_text, dedupe_key, hangul_ratio, split_of
+from krllm.data.prepare.textclean import clean_text, dedupe_key, hangul_ratio, split_of
 
 
 class KoreanCleaner(BaseFormatter):
-    """Clean every document's text in place (see `krllm.data.textclean.clean_text`)."""
+    """Clean every document's text in place (see `krllm.data.prepare.textclean.clean_text`)."""
 
     name = "krllm Korean cleaner"
 

@@ -1,4 +1,4 @@
-"""Game-NPC dialogues for `krllm.data.generated.npc_dialogues`.
+"""Game-NPC dialogues for `krllm.data.sets.generated.npc_dialogues`.
 
 Each record is one turn: the instruction gives the NPC's persona and the facts it knows (price
 list, opening hours, quest details, map), the input is what the player says (quantities, money,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 
-from krllm.data._gen_text import josa, pick
+from krllm.data.sets._gen_text import josa, pick
 
 # (description, speech level, openers, closers)
 PERSONAS = (

@@ -12,8 +12,6 @@ same order (datatrove's dedupe filters address documents by (rank, index)).
 
 from __future__ import annotations
 
-import glob
-import gzip
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +22,11 @@ from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.readers.jsonl import JsonlReader
 from datatrove.utils.logging import logger
 
-from krllm.data.builtin import builtin_files, is_builtin
-from krllm.data.progress import ProgressCounter
+from krllm.data.prepare.progress import ProgressCounter
+from krllm.data.sources import detect_format, expand_source, iter_values
 from krllm.errors import DataError
 from krllm.runs import hash_file
 
-_EXT_FORMAT = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".json": "jsonl",
-               ".ndjson": "jsonl", ".parquet": "parquet"}
 MAX_BAD_EXAMPLES = 20  # per task, kept in stats-side files for the manifest
 
 
@@ -48,36 +44,6 @@ class InputFile:
         return asdict(self)
 
 
-def _detect_format(path: Path) -> str | None:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return _EXT_FORMAT.get(suffixes[-1]) if suffixes else None
-
-
-def _expand(spec: str) -> list[tuple[Path, str]]:
-    """(path, display name) for every file behind one source spec."""
-    if is_builtin(spec):
-        try:
-            files = builtin_files(spec)
-        except (ValueError, FileNotFoundError) as e:
-            raise DataError(f"source {spec}: {e}") from None
-        return [(p, f"{spec}/{p.parent.name}/{p.name}") for p in files]
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return [(p, spec)]
-    if p.is_dir():
-        found = sorted(q for q in p.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.parts[len(p.parts):]))
-        found = [q for q in found if _detect_format(q)]
-        if not found:
-            raise DataError(f"source {spec}: directory has no .txt/.jsonl/.parquet files")
-        return [(q, str(q)) for q in found]
-    matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
-    if not matches:
-        raise DataError(f"source {spec}: no such file, directory or glob match")
-    return [(q, str(q)) for q in matches]
-
-
 def resolve_sources(cfg) -> list[InputFile]:
     """Config sources -> InputFiles (deduplicated by path, each with format and content hash).
 
@@ -85,10 +51,10 @@ def resolve_sources(cfg) -> list[InputFile]:
     files: dict[str, InputFile] = {}
     out_dir = Path(cfg.out_dir).resolve()
     for src in cfg.sources:
-        for path, name in _expand(src.path):
+        for path, name in expand_source(src.path, src.format):
             if out_dir in path.resolve().parents:
                 continue
-            fmt = src.format if src.format != "auto" else _detect_format(path)
+            fmt = src.format if src.format != "auto" else detect_format(path)
             if fmt is None:
                 raise DataError(f"{name}: can't tell the format from the extension; set `format:` "
                                 "(txt, jsonl or parquet) on this source")
@@ -110,14 +76,6 @@ def assign_files(files: list[InputFile], world_size: int) -> list[list[InputFile
         shards[i].append(f)
         load[i] += f.size
     return [sorted(s, key=lambda f: f.name) for s in shards]
-
-
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _decode_error(name: str, line_no: int, e: UnicodeDecodeError) -> str:
-    return f"{name}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
 
 
 class InputReader(BaseReader):
@@ -144,107 +102,17 @@ class InputReader(BaseReader):
             logger.info(f"skipped bad record: {message}")
             self._bad_examples.append(message)
 
-    # -- formats -------------------------------------------------------------------------------
-    def _read_txt(self, f: InputFile, progress: ProgressCounter) -> Iterator[tuple[int, str]]:
-        with _open_binary(f.path) as fh:
-            if f.txt_mode == "file":
-                data = fh.read()
-                progress.add(f.size)
-                if data.startswith(b"\xef\xbb\xbf"):
-                    data = data[3:]
-                try:
-                    yield 1, data.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    line_no = data.count(b"\n", 0, e.start) + 1
-                    line_start = data.rfind(b"\n", 0, e.start) + 1
-                    self._bad(f"{f.name}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start - line_start} "
-                              "of the line)")
-                return
-            # paragraph mode: stream lines, a blank line ends a document
-            lines: list[str] = []
-            start = 0
-            bad = False
-            line_no = 0
-            for line_no, raw in enumerate(fh, 1):
-                progress.add(len(raw))
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    self._bad(_decode_error(f.name, line_no, e))
-                    bad = True  # the whole paragraph is one record: drop it
-                    line = "x"
-                if line.strip():
-                    if not lines and not bad:
-                        start = line_no
-                    lines.append(line)
-                    continue
-                if lines and not bad:
-                    yield start, "".join(lines)
-                lines, bad = [], False
-            if lines and not bad:
-                yield start, "".join(lines)
-
-    def _read_jsonl(self, f: InputFile, progress: ProgressCounter) -> Iterator[tuple[int, str]]:
-        import orjson
-
-        key = f.text_field
-        with _open_binary(f.path) as fh:
-            for line_no, raw in enumerate(fh, 1):
-                progress.add(len(raw))
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                if not raw.strip():
-                    continue
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError as e:
-                    hint = ""
-                    if line_no == 1 and raw.lstrip().startswith(b"["):
-                        hint = "; this looks like a JSON array: write one JSON object per line (JSON Lines)"
-                    self._bad(f"{f.name}:{line_no}: invalid JSON ({e}){hint}")
-                    continue
-                if not isinstance(record, dict):
-                    self._bad(f"{f.name}:{line_no}: expected a JSON object, got {type(record).__name__}")
-                    continue
-                if key not in record:
-                    keys = ", ".join(sorted(record)[:10]) or "none"
-                    self._bad(f"{f.name}:{line_no}: missing field {key!r} (keys: {keys}); set text_field")
-                    continue
-                text = record[key]
-                if not isinstance(text, str):
-                    self._bad(f"{f.name}:{line_no}: field {key!r} must be a string, got {type(text).__name__}")
-                    continue
-                yield line_no, text
-
-    def _read_parquet(self, f: InputFile, progress: ProgressCounter) -> Iterator[tuple[int, str]]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(f.path)
-        except (pa.ArrowException, OSError) as e:
-            self._bad(f"{f.name}: not a readable parquet file ({e})")
-            progress.add(f.size)
-            return
-        with pf:
-            names = pf.schema_arrow.names
-            if f.text_field not in names:
-                self._bad(f"{f.name}: no column {f.text_field!r} (columns: {', '.join(names)}); set text_field")
-                progress.add(f.size)
-                return
-            n_rows = max(pf.metadata.num_rows, 1)
-            row = 0
-            for batch in pf.iter_batches(batch_size=1000, columns=[f.text_field]):
-                for text in batch.column(0).to_pylist():
-                    row += 1
-                    if not isinstance(text, str):
-                        what = "null" if text is None else type(text).__name__
-                        self._bad(f"{f.name}:row {row}: column {f.text_field!r} is {what}, expected a string")
-                        continue
-                    yield row, text
-                progress.add(f.size * batch.num_rows / n_rows)
+    def _documents(self, f: InputFile, progress: ProgressCounter) -> Iterator[tuple[int, str]]:
+        """(line or row number, text) of one file; values that are not strings are bad records."""
+        for no, value in iter_values(f.path, f.format, name=f.name, text_field=f.text_field, txt_mode=f.txt_mode,
+                                     on_bad=self._bad, progress=progress.add):
+            if isinstance(value, str):
+                yield no, value
+            elif f.format == "parquet":
+                what = "null" if value is None else type(value).__name__
+                self._bad(f"{f.name}:row {no}: column {f.text_field!r} is {what}, expected a string")
+            else:
+                self._bad(f"{f.name}:{no}: field {f.text_field!r} must be a string, got {type(value).__name__}")
 
     # -- datatrove entry point -----------------------------------------------------------------
     def run(self, data=None, rank: int = 0, world_size: int = 1):
@@ -253,12 +121,11 @@ class InputReader(BaseReader):
         self._n_bad = 0
         self._bad_examples: list[str] = []
         progress = ProgressCounter(self.progress_dir, rank)
-        readers = {"txt": self._read_txt, "jsonl": self._read_jsonl, "parquet": self._read_parquet}
         n_docs = 0
         try:
             for f in assign_files(self.files, world_size)[rank]:
                 self.stat_update("input_files")
-                for line_no, text in readers[f.format](f, progress):
+                for line_no, text in self._documents(f, progress):
                     n_docs += 1
                     yield Document(text=text, id=f"{f.name}:{line_no}", metadata={"source": f.name})
         finally:

@@ -223,7 +223,7 @@ def build_report(run_dir: str | Path) -> Path:
 
 
 def _plots(run_dir: Path, states: dict, order: list[str]) -> list[str]:
-    from krllm.eval.plots import plot_loss, plot_lr
+    from krllm.pipeline.plots import plot_loss, plot_lr
 
     lines: list[str] = []
     with atomic_dir(run_dir / "plots") as tmp:

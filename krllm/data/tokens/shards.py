@@ -1,6 +1,6 @@
 """Read the token shards of `krllm data prepare` by memmap.
 
-    from krllm.data.shards import TokenShards
+    from krllm.data.tokens.shards import TokenShards
     train = TokenShards("data/ko_pretrain", "train")
     len(train)                  # tokens in the split
     train.slice(1000, 513)      # int64 array, may span shard files

@@ -26,14 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from krllm.data.jsonl import iter_jsonl
+from krllm.data.sources import iter_jsonl
 from krllm.errors import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
 KINDS = ("sft", "classify", "dpo", "grpo")
 MAX_REPORTED = 20
 
-# builtin:NAME -> which record kinds it can feed (the generators live in krllm.data.generated)
+# builtin:NAME -> which record kinds it can feed (the generators live in krllm.data.sets.generated)
 BUILTIN_SETS = {
     "npc": ("sft",),
     "math": ("sft", "grpo"),
@@ -236,9 +236,9 @@ def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[d
 
 def _builtin_rows(name: str, option: str | None, n: int, seed: int) -> list[dict]:
     try:
-        from krllm.data import generated
+        from krllm.data.sets import generated
     except ImportError as e:  # the generators are a separate module; say what is missing
-        raise DataError(f"builtin:{name} needs krllm.data.generated, which failed to import: {e}") from None
+        raise DataError(f"builtin:{name} needs krllm.data.sets.generated, which failed to import: {e}") from None
     if name == "npc":
         return generated.npc_dialogues(n, seed=seed)
     if name == "math":
@@ -278,10 +278,13 @@ def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | N
     return out
 
 
+BUILTIN_N = 1000  # records generated for a `builtin:` spec when no n is given
+
+
 def load_examples(spec: str | Path, kind: str, n: int | None = None, seed: int = 0,
                   system: str | None = None) -> list[dict]:
     """A JSONL path or a `builtin:` spec -> validated, normalized records (the first `n` of a file)."""
     if str(spec).startswith("builtin:"):
-        return builtin_records(str(spec), kind, n=n if n is not None else 1000, seed=seed, system=system)
+        return builtin_records(str(spec), kind, n=n if n is not None else BUILTIN_N, seed=seed, system=system)
     records = load_jsonl(spec, kind, system)
     return records[:n] if n is not None else records

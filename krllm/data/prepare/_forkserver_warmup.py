@@ -1,4 +1,4 @@
-"""Imported once by the forkserver (see `krllm.data.prepare.WORKER_PRELOAD`), never by users.
+"""Imported once by the forkserver (see `krllm.data.prepare.job.WORKER_PRELOAD`), never by users.
 
 Every datatrove step checks its dependencies when it is created or unpickled, which parses package
 metadata with importlib.metadata: ~0.3 s in each fresh process, i.e. in every worker of every
@@ -9,9 +9,9 @@ from itertools import chain
 
 from datatrove.utils._import_utils import check_required_dependencies
 
-from krllm.data.finalize import FinalizeShards
-from krllm.data.readers import CleanReader, InputReader
-from krllm.data.steps import (CleanWriter, HangulRatioFilter, KoreanCleaner, KoreanMinhashSignature, LengthFilter,
+from krllm.data.prepare.finalize import FinalizeShards
+from krllm.data.prepare.readers import CleanReader, InputReader
+from krllm.data.prepare.steps import (CleanWriter, HangulRatioFilter, KoreanCleaner, KoreanMinhashSignature, LengthFilter,
                               SplitShardWriter)
 
 

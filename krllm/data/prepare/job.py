@@ -2,8 +2,8 @@
 
     krllm data prepare -c configs/data/ko_pretrain.yaml --set executor.workers=4
 
-    from krllm.data.prepare import prepare
-    from krllm.data.prepare_config import PrepareConfig
+    from krllm.data.prepare.job import prepare
+    from krllm.data.prepare.config import PrepareConfig
     manifest = prepare(PrepareConfig(sources=["corpus.jsonl"], tokenizer="runs/tok_ko", out_dir="data/x"))
 
 The pipeline is a chain of datatrove stages (the FineWeb recipe, with Korean steps):
@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Callable
 
 from krllm.config import to_plain
-from krllm.data.finalize import REMOVAL_LABELS, FinalizeShards
-from krllm.data.prepare_config import PrepareConfig
-from krllm.data.readers import CleanReader, InputFile, InputReader, count_lines, resolve_sources
-from krllm.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest
+from krllm.data.prepare.finalize import REMOVAL_LABELS, FinalizeShards
+from krllm.data.prepare.config import PrepareConfig
+from krllm.data.prepare.readers import CleanReader, InputFile, InputReader, count_lines, resolve_sources
+from krllm.data.tokens.shards import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest
 from krllm.errors import KrllmError
 from krllm.runs import atomic_dir, hash_file
 
 # Imported into the forkserver once (steps, datatrove, numpy, tokenizers and datatrove's dependency
 # checks), so each worker forked from it starts warm.
-WORKER_PRELOAD = ["__main__", "krllm.data._forkserver_warmup"]
+WORKER_PRELOAD = ["__main__", "krllm.data.prepare._forkserver_warmup"]
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build_plan(cfg: PrepareConfig, build_dir: str | Path, out_dir: str | Path | 
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
 
-    from krllm.data import steps
+    from krllm.data.prepare import steps
 
     build = Path(build_dir).resolve()
     out = Path(out_dir or cfg.out_dir).resolve()
@@ -211,7 +211,7 @@ def run_local(plan: Plan, console=None, verbose: bool = False, worker_check=None
     """Run every stage of `plan` in order with datatrove's LocalPipelineExecutor.
 
     worker_check: a `WorkerStartCheck` already started (by `prepare`), else the check runs here."""
-    from krllm.data.progress import QuietLocalExecutor, check_worker_start, make_progress, stage_progress
+    from krllm.data.prepare.progress import QuietLocalExecutor, check_worker_start, make_progress, stage_progress
 
     ex = plan.cfg.executor
     if ex.workers > 1 and any(st.tasks > 1 for st in plan.stages):
@@ -236,7 +236,7 @@ def prepare(cfg: PrepareConfig, console=None, verbose: bool = False) -> dict:
 
     console: a rich Console for progress bars and the summary table (None = silent).
     """
-    from krllm.data.progress import WorkerStartCheck, refuse_in_worker
+    from krllm.data.prepare.progress import WorkerStartCheck, refuse_in_worker
 
     refuse_in_worker()
     out = Path(cfg.out_dir)

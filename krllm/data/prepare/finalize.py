@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from datatrove.pipeline.base import PipelineStep
 
-from krllm.data.textclean import SPLITS
+from krllm.data.prepare.textclean import SPLITS
 from krllm.errors import DataError
 from krllm.runs import replace_dir, write_json
 
