@@ -123,8 +123,9 @@ def resolve_base(adapter_dir: str | Path, base: str | Path | None = None) -> Pat
 
     `base` (--base) wins; else adapter_config.json's base_model_name_or_path: absolute as it is,
     relative tried against the current directory, then the adapter directory and its parents
-    (krllm.model.adapters.base_candidates). A run directory resolves to its model. A base that is
-    nowhere is an error naming the adapter and every path tried.
+    (krllm.model.adapters.base_candidates), then as a hub id in the local Hugging Face cache (no
+    download). A run directory resolves to its model. A base that is nowhere is an error naming the
+    adapter and every path tried.
     """
     adapter_dir = Path(adapter_dir)
     if base is not None:
@@ -138,12 +139,28 @@ def resolve_base(adapter_dir: str | Path, base: str | Path | None = None) -> Pat
     for cand in tried:
         if cand.is_dir():
             return _base_model_dir(cand, adapter_dir)
-    where = ", ".join(str(t) for t in dict.fromkeys(tried))
     if Path(recorded).is_absolute():
         raise KrllmError(f"base model {recorded} (from {adapter_dir}/adapter_config.json) does not exist; "
                          "pass --base DIR")
+    cached = _hub_cache_dir(recorded)
+    if cached is not None:
+        return cached
+    where = ", ".join(str(t) for t in dict.fromkeys(tried))
     raise KrllmError(f"adapter {adapter_dir}: its base model {recorded!r} (adapter_config.json) is not a local "
-                     f"directory; tried {where}; pass --base DIR")
+                     f"directory (tried {where}) nor a model in the Hugging Face cache; pass --base DIR")
+
+
+def _hub_cache_dir(repo_id: str) -> Path | None:
+    """A hub id (e.g. Qwen/Qwen2.5-0.5B) fine-tuned by name: its snapshot in the local HF cache, never
+    downloaded here (None when it is not cached or is not a valid repo id)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except (HFValidationError, LocalEntryNotFoundError):
+        return None
+    return path if (path / "config.json").is_file() else None
 
 
 def _base_model_dir(path: Path, adapter_dir: Path) -> Path:
