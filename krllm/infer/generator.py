@@ -1,4 +1,5 @@
-"""The Python API: text in, text out, on krllm's engine (the code `krllm generate`, `chat` and `serve` run).
+"""The Python API: text in, text out, on krllm's engine (the one `krllm serve` runs); `krllm generate`
+and `krllm chat` are built on it.
 
     from krllm.infer.generator import Generator
 
@@ -9,8 +10,9 @@
 
 `max_length` is the number of NEW tokens (the prompt does not count, unlike transformers'
 `max_length`); generation also ends at a stop id (`lm.stop_ids`), at a stop string, or when prompt +
-output fill the engine's `max_seq_len`. No generation loop lives here: it is `Engine` (prefill, KV
-cache, sampling, batching) plus `TextStream` (incremental UTF-8-safe detokenization, stop strings).
+output fill the engine's `max_seq_len` (default: the model's context, at most 8192 tokens). No
+generation loop lives here: it is `Engine` (prefill, KV cache, sampling, batching) plus `TextStream`
+(incremental UTF-8-safe detokenization, stop strings).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from krllm.infer.sampling import SamplingParams
 from krllm.infer.startup import describe, make_engine
 from krllm.infer.textstream import TextStream
 from krllm.model.load import LoadedModel, load
+
+DEFAULT_MAX_SEQ_LEN = 8192  # tokens per sequence when the caller does not say (prompt + output)
 
 
 def text_prompt_ids(lm: LoadedModel, prompt: str) -> list[int]:
@@ -45,9 +49,12 @@ class Generator:
 
     def __init__(self, lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0):
         """max_batch: prompts decoded together by `complete`; max_seq_len: prompt + output tokens per
-        sequence (0 = the model's max_position_embeddings), which sizes the KV cache."""
+        sequence, which sizes the KV cache (0 = the model's context length, at most DEFAULT_MAX_SEQ_LEN:
+        a 128K-context model would otherwise reserve gigabytes of cache for a short chat)."""
         self.lm = lm
-        self.engine: Engine = make_engine(lm, max_batch=max_batch, max_seq_len=max_seq_len)
+        limit = lm.model.config.max_position_embeddings
+        self.engine: Engine = make_engine(lm, max_batch=max_batch,
+                                          max_seq_len=max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN))
 
     @classmethod
     def from_pretrained(cls, path, *, base=None, device: str = "auto", dtype: str | None = "auto",
