@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from krllm.infer.config import ServeConfig
-from krllm.infer.loader import load_for_inference, make_engine
+from krllm.infer.startup import make_engine
+from krllm.model.load import load
 from krllm.infer.sampling import SamplingParams
 from krllm.infer.scheduler import Scheduler
 from krllm.infer.server import BackgroundServer, create_app
@@ -35,7 +36,7 @@ MAX_TOKENS = 48
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     d = tiny_model_dir(tmp_path_factory.mktemp("browser") / "tiny-ko")
-    lm = load_for_inference(d, device="cpu")
+    lm = load(d, device="cpu")
     engine = make_engine(lm, max_batch=4)
     # Pace the tiny model like a real one on CPU (~60 tokens/s): the server sends tokens that arrive
     # together as one chunk, and an unpaced tiny model would make the stream arrive in a few pieces.
@@ -74,7 +75,7 @@ def test_korean_message_gets_a_streamed_reply(served, browser, tmp_path):
 
     url, model_dir = served
     # what the server must answer: the same conversation through a separate engine, greedily
-    lm = load_for_inference(model_dir, device="cpu")
+    lm = load(model_dir, device="cpu")
     ids = lm.encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": MESSAGE}])
     out = make_engine(lm).generate([ids], SamplingParams(temperature=0), MAX_TOKENS)[0]
     expected = lm.decode(out.output)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from krllm.errors import KrllmError
-from krllm.eval.lm import LoadedModel
 from krllm.eval.math import exact_match, extract_answer, is_correct, normalize_number
 from krllm.eval.perplexity import labeled_loss, token_perplexity
 from krllm.infer.testing import tiny_model_dir
+from krllm.model.load import load
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def hf_model(tiny):
 
 
 def test_token_perplexity_equals_transformers_loss(tiny, hf_model):
-    lm = LoadedModel(tiny)
+    lm = load(tiny, device="cpu", dtype="fp32")  # as krllm eval loads it
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, lm.model.config.vocab_size, size=1000)
     got = token_perplexity(lm.model, tokens, seq_len=64, max_tokens=700, batch_size=3)
@@ -50,7 +50,7 @@ def test_token_perplexity_equals_transformers_loss(tiny, hf_model):
 
 
 def test_labeled_loss_equals_transformers_with_labels(tiny, hf_model):
-    lm = LoadedModel(tiny)
+    lm = load(tiny, device="cpu", dtype="fp32")  # as krllm eval loads it
     g = torch.Generator().manual_seed(1)
     examples = []
     for n in (9, 17, 30):
@@ -73,20 +73,20 @@ def test_labeled_loss_equals_transformers_with_labels(tiny, hf_model):
 def test_greedy_answers_equal_transformers_generate(tiny, hf_model):
     from krllm.eval.generate import chat_prompt_ids, greedy_answers
 
-    lm = LoadedModel(tiny)
+    lm = load(tiny, device="cpu", dtype="fp32")  # as krllm eval loads it
     prompts = ["안녕하세요! 오늘 날씨가 좋네요.", "사과 3개와 배 5개가 있습니다. 모두 몇 개일까요?", "Hello"]
     got = greedy_answers(lm, prompts, max_new_tokens=12, batch_size=2)
     for p, g in zip(prompts, got):
         ids = chat_prompt_ids(lm.tokenizer, p)
         with torch.no_grad():
             ref = hf_model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12,
-                                    eos_token_id=lm.stop_ids(), pad_token_id=1)[0, len(ids):].tolist()
-        ref = [t for t in ref if t not in lm.stop_ids()]
+                                    eos_token_id=lm.stop_ids, pad_token_id=1)[0, len(ids):].tolist()
+        ref = [t for t in ref if t not in lm.stop_ids]
         assert g["answer"] == lm.tokenizer.decode(ref, skip_special_tokens=True).strip()
         assert g["tokens"] == len(ref)
 
 
-def test_adapter_directory_is_merged_with_peft(tiny, hf_model, tmp_path):
+def test_adapter_directory_is_merged_on_load_like_peft(tiny, hf_model, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -101,20 +101,17 @@ def test_adapter_directory_is_merged_with_peft(tiny, hf_model, tmp_path):
     with torch.no_grad():
         want = ref(input_ids=ids).logits
         plain = hf_model(input_ids=ids).logits
-    lm = LoadedModel(tmp_path / "adapter")
-    try:
-        assert lm.source == "adapter merged with PEFT"
-        with torch.no_grad():
-            got, _ = lm.model(ids)
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-        assert (got - plain).abs().max() > 1e-2  # the adapter mattered
-    finally:
-        lm.close()
+    lm = load(tmp_path / "adapter", device="cpu", dtype="fp32")
+    assert lm.source == f"adapter merged into {tiny} on load"
+    with torch.no_grad():
+        got, _ = lm.model(ids)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (got - plain).abs().max() > 1e-2  # the adapter mattered
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(KrllmError, match="does not exist"):
-        LoadedModel(tmp_path / "nope")
+        load(tmp_path / "nope")
 
 
 @pytest.mark.parametrize("text,want", [

@@ -1,4 +1,5 @@
-"""PEFT adapters created here on the tiny model: our in-memory merge gives PEFT's own logits."""
+"""PEFT adapters created here on tiny models: our in-memory merge (krllm.model.adapters) gives PEFT's own
+logits, on krllm's Llama and on a transformers model (Qwen2, with q/k/v biases and a tied head)."""
 
 import json
 
@@ -7,9 +8,9 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.infer.engine import Engine
-from krllm.infer.loader import load_for_inference
 from krllm.infer.sampling import SamplingParams
-from krllm.infer.testing import tiny_model_dir
+from krllm.infer.testing import tiny_model_dir, tiny_tokenizer_dir
+from krllm.model.load import load
 
 peft = pytest.importorskip("peft")
 
@@ -52,7 +53,7 @@ def test_merged_adapter_matches_peft_outputs(base_dir, tmp_path, case):
             plain = base(input_ids=ids).logits
     assert (ref - plain).abs().max() > 1e-2  # the adapter really changes the model
 
-    lm = load_for_inference(tmp_path / "adapter", device="cpu")
+    lm = load(tmp_path / "adapter", device="cpu")
     assert lm.adapter == tmp_path / "adapter"
     ours, _ = lm.model(ids)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
@@ -64,7 +65,7 @@ def test_engine_greedy_with_adapter_equals_peft_generate(base_dir, tmp_path):
     with torch.no_grad():
         ref = pm.generate(input_ids=torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
                           eos_token_id=None, pad_token_id=1)[0, len(prompt):].tolist()
-    lm = load_for_inference(tmp_path / "adapter", device="cpu")
+    lm = load(tmp_path / "adapter", device="cpu")
     engine = Engine(lm.model, max_batch=1, max_seq_len=64)
     assert engine.generate([prompt], SamplingParams(temperature=0), 20, stop_ids=())[0].output == ref
 
@@ -76,8 +77,8 @@ def test_base_override_and_missing_base_errors(base_dir, tmp_path):
     cfg["base_model_name_or_path"] = "someone/not-here"
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(KrllmError, match="--base"):
-        load_for_inference(tmp_path / "adapter", device="cpu")
-    lm = load_for_inference(tmp_path / "adapter", base=base_dir, device="cpu")
+        load(tmp_path / "adapter", device="cpu")
+    lm = load(tmp_path / "adapter", base=base_dir, device="cpu")
     assert lm.info["lora"] == 14
 
 
@@ -85,11 +86,48 @@ def test_adapter_for_another_model_is_rejected(base_dir, tmp_path):
     other = tiny_model_dir(tmp_path / "other", hidden_size=32, intermediate_size=64)
     _make_adapter(other, tmp_path / "adapter", **CASES["lora"])
     with pytest.raises(KrllmError, match="shape"):
-        load_for_inference(tmp_path / "adapter", base=base_dir, device="cpu")
+        load(tmp_path / "adapter", base=base_dir, device="cpu")
 
 
 def test_run_directory_resolves_to_its_adapter(base_dir, tmp_path):
     _make_adapter(base_dir, tmp_path / "run" / "adapter", **CASES["dora"])
-    lm = load_for_inference(tmp_path / "run", device="cpu")
+    lm = load(tmp_path / "run", device="cpu")
     assert lm.adapter == tmp_path / "run" / "adapter" and lm.info["dora"] == 6
     assert lm.name == "run"
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory):
+    """A tiny random Qwen2 (q/k/v biases, tied embeddings) + the tiny tokenizer, as transformers saves it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    root = tmp_path_factory.mktemp("qwen2")
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(root / "tok"))
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return root / "base"
+
+
+@pytest.mark.parametrize("case", ["lora", "dora", "embedding_and_lm_head"])
+def test_transformers_model_adapter_matches_peft(qwen2_dir, tmp_path, case):
+    """The registry hands a Qwen2 directory to transformers; the same merge gives PEFT's logits."""
+    pm = _make_adapter(qwen2_dir, tmp_path / "adapter", **CASES[case])
+    ids = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 11]])
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+        with pm.disable_adapter():
+            plain = pm(input_ids=ids).logits
+    assert (ref - plain).abs().max() > 1e-2
+    lm = load(tmp_path / "adapter", device="cpu")
+    assert type(lm.model).__name__ == "Qwen2ForCausalLM" and lm.base == qwen2_dir
+    with torch.no_grad():
+        got = lm.model(input_ids=ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    if case == "embedding_and_lm_head":  # the tie was cut, so the trained head and embedding differ
+        assert lm.model.lm_head.weight is not lm.model.model.embed_tokens.weight
+        assert lm.model.config.tie_word_embeddings is False

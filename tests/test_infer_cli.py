@@ -7,10 +7,12 @@ import sys
 import pytest
 
 from krllm.cli import main
-from krllm.infer.loader import load_for_inference, make_engine
+from krllm.infer.generator import Generator
 from krllm.infer.sampling import SamplingParams
 from krllm.infer.testing import tiny_model_dir
+from krllm.infer.startup import describe, make_engine
 from krllm.infer.textstream import TextStream
+from krllm.model.load import load
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -22,7 +24,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm(model_dir):
-    return load_for_inference(model_dir, device="cpu", dtype="auto")  # what the commands load by default
+    return load(model_dir, device="cpu", dtype="auto")  # what the commands load by default
 
 
 def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_it_natively(model_dir, lm):
@@ -30,19 +32,18 @@ def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_it_natively(model_d
 
     from krllm.device import cpu_supports_bf16
     from krllm.errors import KrllmError
-    from krllm.infer.loader import describe
 
     want = torch.bfloat16 if cpu_supports_bf16() else torch.float32
     assert next(lm.model.parameters()).dtype == want
-    assert "auto" in lm.info["dtype"] and "auto" in describe(lm, make_engine(lm))
-    assert next(load_for_inference(model_dir, device="cpu").model.parameters()).dtype == torch.float32  # as saved
+    assert "auto" in lm.dtype_reason and "auto" in describe(lm, make_engine(lm))
+    saved = load(model_dir, device="cpu")
+    assert saved.dtype == torch.float32 and "as saved" in describe(saved, make_engine(saved))
     with pytest.raises(KrllmError, match="unknown dtype 'fp8'"):
-        load_for_inference(model_dir, device="cpu", dtype="fp8")
+        load(model_dir, device="cpu", dtype="fp8")
 
 
 def test_the_start_up_line_says_which_decode_path_runs(lm, monkeypatch):
     from krllm.infer import native
-    from krllm.infer.loader import describe
 
     expected = "decoding: C step" if native.library() is not None else "decoding: PyTorch"
     assert expected in describe(lm, make_engine(lm, max_batch=2))
@@ -116,8 +117,7 @@ def test_chat_loop_keeps_history_and_handles_commands(lm):
 
     inputs = iter(["안녕하세요", "이름이 뭐예요?", "/reset", "이름이 뭐예요?", "/bogus", "/exit"])
     out = []
-    engine = make_engine(lm)
-    chat_loop(lm, engine, GREEDY, 16, [], "너는 도우미야.", read=lambda _: next(inputs), write=out.append)
+    chat_loop(Generator(lm), GREEDY, 16, [], "너는 도우미야.", read=lambda _: next(inputs), write=out.append)
     text = "".join(out)
     sys_msg = [{"role": "system", "content": "너는 도우미야."}]
     first = _expected(lm, lm.encode_chat(sys_msg + [{"role": "user", "content": "안녕하세요"}]), 16)

@@ -100,3 +100,23 @@ def test_merge_rejects_non_adapter_dirs(tmp_path):
         merge_adapter(tmp_path / "bad", tmp_path / "m")
     assert not (tmp_path / "m").exists()
     shutil.rmtree(tmp_path / "bad")
+
+
+def test_merge_with_a_trained_head_on_a_tied_base_keeps_both_matrices(tmp_path):
+    """LoRA on the embedding + a trained lm_head on a tied base: the merged directory unties them."""
+    from transformers import AutoModelForCausalLM
+
+    from krllm.infer.testing import tiny_model_dir
+
+    base_dir = tiny_model_dir(tmp_path / "base", initializer_range=0.1)  # tie_word_embeddings: true
+    pm = make_adapter(base_dir, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"],
+                      modules_to_save=["lm_head"])
+    with torch.no_grad():
+        pm.base_model.model.lm_head.modules_to_save["default"].weight.normal_()  # a head that really differs
+    pm.save_pretrained(tmp_path / "adapter")
+    out = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    ids = torch.randint(4, 300, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), one_thread():
+        torch.testing.assert_close(merged(input_ids=ids).logits, pm(input_ids=ids).logits, rtol=1e-4, atol=1e-4)

@@ -92,7 +92,7 @@ def test_saved_directory_file_set_and_contents(tmp_path):
     assert "lm_head.weight" not in tensors  # tied: stored once, as transformers does
     assert len(tensors) == 1 + 2 * 9 + 1 and all(t.dtype == torch.bfloat16 for t in tensors.values())
     gen = GenerationConfig.from_pretrained(out)
-    assert gen.eos_token_id == [0, 3]  # <|endoftext|> and the tokenizer's <|im_end|>
+    assert gen.eos_token_id == [3, 0]  # chat_tokens.stop_ids: the tokenizer's <|im_end|>, then <|endoftext|>
     assert (gen.bos_token_id, gen.pad_token_id) == (0, 1)
     loaded = load_hf(out, dtype="float32")
     ids = torch.randint(0, VOCAB, (1, 9))

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from krllm.infer.config import ServeConfig
-from krllm.infer.loader import load_for_inference, make_engine
+from krllm.infer.startup import make_engine
+from krllm.model.load import load
 from krllm.infer.sampling import SamplingParams
 from krllm.infer.scheduler import Scheduler
 from krllm.infer.server import BackgroundServer, create_app
@@ -28,7 +29,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model_dir):
     """A separate engine (batch 1) that computes what the server must answer."""
-    lm = load_for_inference(model_dir, device="cpu")
+    lm = load(model_dir, device="cpu")
     engine = make_engine(lm, max_batch=1)
 
     def chat(messages, max_tokens, **kw):
@@ -45,7 +46,7 @@ def reference(model_dir):
 
 
 def _serve(model_dir, api_key=None, **cfg):
-    lm = load_for_inference(model_dir, device="cpu")
+    lm = load(model_dir, device="cpu")
     sched = Scheduler(make_engine(lm, max_batch=cfg.pop("max_batch", 8)))
     conf = ServeConfig(**cfg)
     return sched, BackgroundServer(create_app(lm, sched, conf, api_key=api_key))

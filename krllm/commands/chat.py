@@ -22,11 +22,9 @@ def add_arguments(p) -> None:
     add_sampling_arguments(p, max_new_tokens=256)
 
 
-def chat_loop(lm, engine, sampling, max_new_tokens: int, stops: list[str], system: str | None,
+def chat_loop(gen, sampling, max_new_tokens: int, stops: list[str], system: str | None,
               read=input, write=sys.stdout.write) -> None:
-    """The REPL, with input/output injectable so tests drive it without a terminal."""
-    from krllm.infer.textstream import TextStream
-
+    """The REPL over a `Generator`, with input/output injectable so tests drive it without a terminal."""
     history: list[dict] = []
     write(f"{HELP}\n")
     while True:
@@ -54,42 +52,39 @@ def chat_loop(lm, engine, sampling, max_new_tokens: int, stops: list[str], syste
             continue
         messages = ([{"role": "system", "content": system}] if system else []) + history + \
             [{"role": "user", "content": text}]
-        ids = lm.encode_chat(messages)
-        room = engine.max_seq_len - len(ids) - 1
+        ids = gen.encode_chat(messages)
+        room = gen.room(ids) - 1
         if room < 1:
-            write(f"(the conversation is {len(ids)} tokens, the model holds {engine.max_seq_len}: /reset to "
+            write(f"(the conversation is {len(ids)} tokens, the model holds {gen.engine.max_seq_len}: /reset to "
                   "start over)\n")
             continue
-        ts = TextStream(lm.tokenizer, stops)
         write("bot> ")
-        gen = engine.stream(ids, sampling, min(max_new_tokens, room))
+        reply = ""
+        pieces = gen.stream_ids(ids, sampling, min(max_new_tokens, room), stops)
         try:
-            for tok in gen:
-                write(ts.push(tok))
+            for piece in pieces:
+                write(piece)
+                reply += piece
                 if hasattr(sys.stdout, "flush"):
                     sys.stdout.flush()
-                if ts.stopped:
-                    break
         except KeyboardInterrupt:
             write(" (stopped)")
         finally:
-            gen.close()
-        write(ts.flush() + "\n")
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": ts.text}]
+            pieces.close()
+        write("\n")
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    from krllm.infer.loader import describe, load_for_inference, make_engine
+    from krllm.errors import KrllmError
+    from krllm.infer.generator import Generator
 
     sampling = sampling_from(args)
-    lm = load_for_inference(args.model, base=args.base, device=args.device, dtype=args.dtype)
-    if not lm.has_chat_template:
-        from krllm.errors import KrllmError
-
-        raise KrllmError(f"{lm.path}: the tokenizer has no chat template; use `krllm generate` instead")
-    engine = make_engine(lm, max_batch=1)
-    Console(stderr=True).print(describe(lm, engine), style="dim")
-    chat_loop(lm, engine, sampling, args.max_new_tokens, args.stop, args.system)
+    gen = Generator.from_pretrained(args.model, base=args.base, device=args.device, dtype=args.dtype)
+    if not gen.lm.has_chat_template:
+        raise KrllmError(f"{gen.lm.path}: the tokenizer has no chat template; use `krllm generate` instead")
+    Console(stderr=True).print(gen.describe(), style="dim")
+    chat_loop(gen, sampling, args.max_new_tokens, args.stop, args.system)
     return 0

@@ -1,4 +1,6 @@
-"""`krllm generate DIR --prompt TEXT`: continue a prompt (streamed to stdout) with any krllm/HF Llama dir.
+"""`krllm generate DIR --prompt TEXT`: continue a prompt (streamed to stdout) with a model, adapter or run dir.
+
+Runs `krllm.infer.generator.Generator` (the Python API) on a model opened by `krllm.model.load`.
 
     krllm generate runs/demo/hf --prompt "오늘 날씨가" --max-new-tokens 64 --temperature 0.8 --top-p 0.95
     krllm generate runs/demo/sft --chat --prompt "안녕하세요"        # wrap in the chat template
@@ -32,22 +34,20 @@ def add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
 
 
 def sampling_from(args):
+    """SamplingParams from the flags (and --threads applied)."""
     if getattr(args, "threads", 0):
         import torch
 
         torch.set_num_threads(args.threads)
-    from krllm.errors import KrllmError
-    from krllm.infer.sampling import SamplingParams
+    from krllm.infer.generator import Generator
 
-    try:
-        return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+    return Generator.sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               repetition_penalty=args.repetition_penalty, seed=args.seed)
-    except ValueError as e:
-        raise KrllmError(f"bad sampling option: {e}") from None
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="model directory: HF Llama dir, PEFT adapter dir, or a run dir with hf/ or adapter/")
+    p.add_argument("model", help="model directory: HF model dir, PEFT adapter dir, or a run dir (merged/, hf/ "
+                   "or adapter/, tried in that order)")
     p.add_argument("--prompt", action="append", default=[], help="text to continue (repeatable: batched together)")
     p.add_argument("--prompts-file", default=None, help="UTF-8 file with one prompt per line (blank lines skipped)")
     p.add_argument("--chat", action="store_true", help="treat each prompt as a user message in the chat template")
@@ -62,8 +62,8 @@ def run(args) -> int:
     from rich.console import Console
 
     from krllm.errors import DataError, KrllmError
-    from krllm.infer.loader import describe, load_for_inference, make_engine
-    from krllm.infer.textstream import TextStream
+    from krllm.infer.generator import Generator, text_prompt_ids
+    from krllm.model.load import load
 
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -77,51 +77,32 @@ def run(args) -> int:
         raise KrllmError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
     sampling = sampling_from(args)
     err = Console(stderr=True)
-    lm = load_for_inference(args.model, base=args.base, device=args.device, dtype=args.dtype)
-    encoded = []
-    for p in prompts:
-        if args.chat:
-            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
-            encoded.append(lm.encode_chat(msgs))
-        else:
-            encoded.append(lm.encode(p) or [lm.tokenizer.bos_token_id or 0])
-    engine = make_engine(lm, max_batch=min(len(encoded), 32),
-                         max_seq_len=min(lm.model.config.max_position_embeddings,
-                                         max(len(e) for e in encoded) + args.max_new_tokens + 1))
-    err.print(describe(lm, engine), style="dim")
-    stop_ids = () if args.ignore_eos else None
+    lm = load(args.model, base=args.base, device=args.device, dtype=args.dtype)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    encoded = [lm.encode_chat(system + [{"role": "user", "content": p}]) if args.chat
+               else text_prompt_ids(lm, p) for p in prompts]
+    # the KV cache holds exactly what these prompts need (not the model's whole context)
+    gen = Generator(lm, max_batch=min(len(encoded), 32),
+                    max_seq_len=min(lm.model.config.max_position_embeddings,
+                                    max(len(e) for e in encoded) + args.max_new_tokens + 1))
+    err.print(gen.describe(), style="dim")
     t0 = time.perf_counter()
     if len(encoded) == 1:
-        ts = TextStream(lm.tokenizer, args.stop)
         if not args.chat:
             sys.stdout.write(prompts[0])
-        n = 0
-        gen = engine.stream(encoded[0], sampling, args.max_new_tokens, stop_ids)
-        for tok in gen:
-            n += 1
-            sys.stdout.write(ts.push(tok))
+
+        def show(_, piece: str) -> None:
+            sys.stdout.write(piece)
             sys.stdout.flush()
-            if ts.stopped:
-                gen.close()
-                break
-        sys.stdout.write(ts.flush() + "\n")
-        total = n
+
+        done = gen.complete(encoded, sampling, args.max_new_tokens, args.stop, args.ignore_eos, on_text=show)
+        sys.stdout.write("\n")
     else:
-        seqs = [engine.add(e, sampling, args.max_new_tokens, stop_ids) for e in encoded]
-        streams = [TextStream(lm.tokenizer, args.stop) for _ in seqs]
-        texts = [""] * len(seqs)
-        while engine.has_work():
-            for ev in engine.step():
-                i = seqs.index(ev.seq)
-                if ev.token is not None:
-                    texts[i] += streams[i].push(ev.token)
-                    if streams[i].stopped:
-                        engine.cancel(ev.seq, "stop")
-        for i, (p, s) in enumerate(zip(prompts, seqs)):
-            texts[i] += streams[i].flush()
-            print(f"--- [{i}] finish={s.finish_reason} tokens={len(s.output)}")
-            print((p if not args.chat else "") + texts[i])
-        total = sum(len(s.output) for s in seqs)
+        done = gen.complete(encoded, sampling, args.max_new_tokens, args.stop, args.ignore_eos)
+        for i, (p, c) in enumerate(zip(prompts, done)):
+            print(f"--- [{i}] finish={c.finish_reason} tokens={c.tokens}")
+            print((p if not args.chat else "") + c.text)
+    total = sum(c.tokens for c in done)
     dt = time.perf_counter() - t0
     err.print(f"{total} tokens in {dt:.2f}s ({total / max(dt, 1e-9):.1f} tokens/s)", style="dim")
     return 0

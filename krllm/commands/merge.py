@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "e.g. runs/npc_lora/adapter")
     p.add_argument("--out", required=True, help="output HF directory (written atomically; replaced if it exists)")
     p.add_argument("--base", default=None,
-                   help="base model directory; default: base_model_name_or_path from adapter_config.json")
+                   help="base model directory; default: base_model_name_or_path from adapter_config.json "
+                   "(absolute, or relative to the current directory, the adapter directory or one of its parents)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="dtype of the merged weights (default fp32: exact; bf16 halves the size)")
 

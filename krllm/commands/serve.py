@@ -12,7 +12,8 @@ import os
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="model directory: HF Llama dir, PEFT adapter dir, or a run dir with hf/ or adapter/")
+    p.add_argument("model", help="model directory: HF model dir, PEFT adapter dir, or a run dir (serves merged/, "
+                   "else hf/, else adapter/)")
     p.add_argument("--base", default=None, help="base model directory for an adapter (default: the one recorded "
                    "in adapter_config.json)")
     p.add_argument("--config", default=None, help="YAML serving config (see configs/serve/default.yaml)")
@@ -40,9 +41,10 @@ def run(args) -> int:
 
     from krllm.config import load_config
     from krllm.infer.config import ServeConfig
-    from krllm.infer.loader import describe, load_for_inference, make_engine
     from krllm.infer.scheduler import Scheduler
     from krllm.infer.server import create_app
+    from krllm.infer.startup import describe, make_engine
+    from krllm.model.load import load
 
     overrides = list(args.overrides)
     for key, value in (("host", args.host), ("port", args.port), ("model_name", args.model_name),
@@ -60,8 +62,8 @@ def run(args) -> int:
 
         torch.set_num_threads(cfg.engine.threads)
     with console.status("loading model…"):
-        lm = load_for_inference(args.model, base=args.base, device=cfg.engine.device, dtype=cfg.engine.dtype,
-                                name=cfg.model_name)
+        lm = load(args.model, base=args.base, device=cfg.engine.device, dtype=cfg.engine.dtype,
+                  name=cfg.model_name)
         engine = make_engine(lm, cfg.engine.max_batch, cfg.engine.max_seq_len)
     console.print(describe(lm, engine))
     scheduler = Scheduler(engine)

@@ -1,13 +1,14 @@
 """Greedy answers to chat prompts with krllm's inference engine (the code `krllm serve` runs).
 
 Prompts are rendered with the tokenizer's chat template (`add_generation_prompt=True`), decoded
-greedily (temperature 0) in batches by `krllm.infer.engine.Engine`, and stop at EOS or
-`<|im_end|>`. Greedy makes eval.json reproducible: the same model gives the same answers.
+greedily (temperature 0) in batches by `krllm.infer.engine.Engine`, and stop at
+`lm.stop_ids` (krllm's one stop-id rule: EOS, `<|im_end|>`, ...). Greedy makes eval.json
+reproducible: the same model gives the same answers.
 """
 
 from __future__ import annotations
 
-from krllm.eval.lm import LoadedModel
+from krllm.model.load import LoadedModel
 
 
 def chat_prompt_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
@@ -19,13 +20,13 @@ def chat_prompt_ids(tokenizer, user: str, system: str | None = None) -> list[int
 def greedy_answers(lm: LoadedModel, prompts: list[str], max_new_tokens: int = 64, system: str | None = None,
                    batch_size: int = 8) -> list[dict]:
     """[{"prompt", "answer", "tokens", "finish"}] for each user prompt, in order."""
-    from krllm.infer.engine import Engine
     from krllm.infer.sampling import SamplingParams
+    from krllm.infer.startup import make_engine
 
     ids = [chat_prompt_ids(lm.tokenizer, p, system) for p in prompts]
     longest = max((len(x) for x in ids), default=0) + max_new_tokens
     max_len = min(lm.model.config.max_position_embeddings, longest)
-    engine = Engine(lm.model, max_batch=batch_size, max_seq_len=max_len, eos_ids=lm.stop_ids())
+    engine = make_engine(lm, max_batch=batch_size, max_seq_len=max_len)
     seqs = engine.generate(ids, SamplingParams(temperature=0), max_new_tokens=max_new_tokens)
     return [{"prompt": p, "answer": lm.tokenizer.decode(s.output, skip_special_tokens=True).strip(),
              "tokens": len(s.output), "finish": s.finish_reason} for p, s in zip(prompts, seqs)]

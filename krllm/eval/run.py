@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -131,7 +130,7 @@ class _Progress:
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate cfg.base and/or cfg.tuned; write eval.json; return its content."""
     from krllm.device import pick_device
-    from krllm.eval.lm import LoadedModel
+    from krllm.model.load import load
 
     models = {k: v for k, v in (("base", cfg.base), ("tuned", cfg.tuned)) if v}
     if not models:
@@ -147,12 +146,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     tokens_scored = 0
     with _Progress(units) as prog:
         for role, path in models.items():
-            lm = LoadedModel(path, device=device)
-            try:
-                out["models"][role] = {"path": str(path), "source": lm.source, "params": lm.num_parameters}
-                tokens_scored += _eval_one(cfg, lm, role, data, out, answers, prog)
-            finally:
-                lm.close()
+            lm = load(path, device=device, dtype="fp32")  # fp32: eval numbers do not depend on the CPU
+            out["models"][role] = {"path": str(path), "source": lm.source, "params": lm.num_parameters}
+            tokens_scored += _eval_one(cfg, lm, role, data, out, answers, prog)
+            del lm  # free the first model before loading the second
     if data["prompts"]:
         out["samples"] = [{"prompt": p, **{role: answers[role][i]["answer"] for role in models}}
                           for i, p in enumerate(data["prompts"])]

@@ -1,12 +1,15 @@
 """Merge a PEFT LoRA/DoRA adapter into its base model and write one plain HF directory.
 
-    krllm merge runs/npc_lora/adapter --out runs/npc_merged [--base runs/pretrain_tiny/hf]
+    krllm merge runs/npc_lora/adapter --out runs/npc_merged [--base runs/pretrain_tiny/hf] [--dtype bf16]
 
 Why: every downstream consumer (our server, vLLM, llama.cpp/GGUF, MLX, lm-eval) wants a single
-checkpoint, not base + adapter. `merge_and_unload` folds B·A·(alpha/r) (and DoRA's magnitude
-rescaling) into the weights, so the merged model's logits equal base+adapter's (tested with
-assert_close). Works for causal-LM adapters and for sequence-classification adapters (task_type
-SEQ_CLS, whose trained `score` head is saved in the adapter).
+checkpoint, not base + adapter. The fold is krllm's one merge, `krllm.model.adapters.merge_adapter`
+(B·A·(alpha/r), rsLoRA, DoRA's magnitude rescaling, saved layers), computed in fp32 so the merged
+model's logits equal PEFT's base+adapter (tested against PEFT); `--dtype` only sets how the result
+is stored. The base is found as `krllm.model.load.resolve_base` finds it (--base, else the recorded
+path from any working directory). The base is built with transformers, so the directory is exactly
+what transformers writes for that architecture; causal-LM adapters and sequence-classification
+adapters (task_type SEQ_CLS, whose trained `score` head is saved in the adapter) both merge.
 """
 
 from __future__ import annotations
@@ -18,55 +21,35 @@ from pathlib import Path
 import torch
 
 from krllm.errors import KrllmError
+from krllm.model.adapters import merge_adapter as merge_into, read_adapter_config
+from krllm.model.load import load_tokenizer, resolve_base, tokenizer_dir
 from krllm.runs import atomic_dir, write_json
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def read_adapter_config(adapter_dir: Path) -> dict:
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise KrllmError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json); "
-                         "point at runs/<name>/adapter")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise KrllmError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
-def resolve_base(adapter_dir: Path, cfg: dict, base: str | None) -> str:
-    """--base wins; else the path recorded in adapter_config.json (absolute, or relative to the cwd)."""
-    base = base or cfg.get("base_model_name_or_path")
-    if not base:
-        raise KrllmError(f"{adapter_dir}/adapter_config.json names no base model; pass --base DIR")
-    if not Path(base).exists() and Path(base).is_absolute():
-        raise KrllmError(f"base model {base} (from adapter_config.json) does not exist; pass --base DIR")
-    return base
-
-
 def load_merged(adapter_dir: str | Path, base: str | None = None, dtype: str = "fp32"):
-    """(merged model, tokenizer or None, base path). The model is a plain transformers model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    """(merged transformers model in `dtype`, tokenizer or None, base directory)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     adapter_dir = Path(adapter_dir)
+    if dtype not in DTYPES:
+        raise KrllmError(f"merge dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cfg = read_adapter_config(adapter_dir)
-    if cfg.get("peft_type") != "LORA":
-        raise KrllmError(f"{adapter_dir}: only LoRA/DoRA adapters merge into the weights "
-                         f"(this one is {cfg.get('peft_type')})")
-    base = resolve_base(adapter_dir, cfg, base)
-    torch_dtype = DTYPES[dtype]
-    tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(base)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir) if (tok_dir / "tokenizer_config.json").exists() else None
-    if cfg.get("task_type") == "SEQ_CLS":
-        model = AutoModelForSequenceClassification.from_pretrained(base, dtype=torch_dtype,
-                                                                   **_classifier_kwargs(adapter_dir, tokenizer))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
-    model = PeftModel.from_pretrained(model, adapter_dir)
-    merged = model.merge_and_unload()
-    return merged, tokenizer, base
+    base_dir = resolve_base(adapter_dir, base)
+    tok_dir = tokenizer_dir(adapter_dir, base_dir)
+    tokenizer = load_tokenizer(tok_dir) if (tok_dir / "tokenizer_config.json").exists() else None
+    kw = dict(dtype=torch.float32, local_files_only=True)  # merged in fp32, stored in `dtype`
+    try:
+        if cfg.get("task_type") == "SEQ_CLS":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(base_dir), **kw, **_classifier_kwargs(adapter_dir, tokenizer))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise KrllmError(f"{base_dir}: transformers cannot load the base model of {adapter_dir} ({e})") from None
+    merge_into(model, adapter_dir)
+    return model.to(DTYPES[dtype]).eval(), tokenizer, base_dir
 
 
 def _classifier_kwargs(adapter_dir: Path, tokenizer) -> dict:
@@ -94,18 +77,19 @@ def _classifier_kwargs(adapter_dir: Path, tokenizer) -> dict:
 def merge_adapter(adapter_dir: str | Path, out: str | Path, base: str | None = None, dtype: str = "fp32") -> Path:
     """Write base+adapter as one HF directory (atomically), with tokenizer and generation config."""
     adapter_dir, out = Path(adapter_dir), Path(out)
-    merged, tokenizer, base = load_merged(adapter_dir, base, dtype)
+    merged, tokenizer, base_dir = load_merged(adapter_dir, base, dtype)
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # krllm sft stores the generation config it trained for (stop on <|im_end|>) beside the adapter
-        for gen in (adapter_dir / "generation_config.json", Path(base) / "generation_config.json"):
+        for gen in (adapter_dir / "generation_config.json", base_dir / "generation_config.json"):
             if gen.exists():
                 shutil.copy(gen, tmp / "generation_config.json")
                 break
         _top_level_rope_theta(tmp / "config.json")
-        write_json(tmp / "merge.json", {"adapter": str(adapter_dir.resolve()), "base": str(base), "dtype": dtype})
+        write_json(tmp / "merge.json", {"adapter": str(adapter_dir.resolve()), "base": str(base_dir.resolve()),
+                                        "dtype": dtype})
     return out
 
 

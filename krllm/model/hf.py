@@ -50,9 +50,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-_parse_dtype = parse_dtype  # older name, used by krllm.infer.loader
-
-
 def tokenizer_vocab_size(directory: str | Path) -> int | None:
     """Vocabulary size including added/special tokens of the tokenizer.json in `directory` (None if absent)."""
     path = Path(directory) / "tokenizer.json"
@@ -67,13 +64,17 @@ def tokenizer_vocab_size(directory: str | Path) -> int | None:
 
 
 def _generation_eos(cfg: ModelConfig, tokenizer_dir: Path | None) -> list[int] | int | None:
-    """Config eos ids plus the tokenizer's `<|im_end|>`, so chat generation stops at the turn end."""
-    ids = list(cfg.eos_ids)
+    """generation_config.json's eos ids: krllm's one stop-id rule (the tokenizer's end-of-turn token,
+    e.g. `<|im_end|>`, and the config's eos ids), so chat generation stops at the turn end."""
+    from krllm.data.tokens.chat_tokens import stop_ids
+
     tok = tokenizer_dir / "tokenizer.json" if tokenizer_dir else None
+    tokenizer = None
     if tok is not None and tok.is_file():
-        for added in json.loads(tok.read_text(encoding="utf-8")).get("added_tokens", []):
-            if added.get("content") == "<|im_end|>" and added["id"] not in ids:
-                ids.append(added["id"])
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tok))
+    ids = stop_ids(tokenizer, config=cfg)
     if not ids:
         return None
     return ids[0] if len(ids) == 1 else ids

@@ -11,6 +11,7 @@ import contextlib
 
 import torch
 
+from krllm.data.tokens import chat_tokens
 from krllm.model.cache import KVCache
 
 
@@ -57,7 +58,7 @@ def sample_texts(model, cfg, tokenizer, prompts: list[str], *, max_new_tokens: i
                  stop_early: bool = True) -> list[tuple[str, str]]:
     """[(prompt, continuation)] for each fixed prompt; the model is put back in train mode after."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    stop = set(cfg.eos_ids) | ({3} if cfg.vocab_size > 3 else set())  # <|endoftext|>, <|im_end|>
+    stop = set(chat_tokens.stop_ids(tokenizer, config=cfg))  # config eos + <|im_end|> (raw Tokenizer)
     was_training = model.training
     model.eval()
     out = []

@@ -16,7 +16,10 @@ learns to stop. `tokenizer` is a transformers fast tokenizer (any object with it
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Iterable
 
 from krllm.errors import DataError
 
@@ -42,12 +45,50 @@ def turn_end_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def stop_ids(tokenizer) -> list[int]:
-    """Ids that should end generation: the end-of-turn token and EOS (deduplicated)."""
-    ids = [turn_end_id(tokenizer)]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+def stop_ids(tokenizer, model_dir: str | Path | Iterable[str | Path] | None = None, config=None) -> list[int]:
+    """THE stop-id rule: every id that should end generation, deduplicated, in this order:
+
+    1. the chat end-of-turn token (the first of TURN_END_TOKENS the vocabulary has),
+    2. the tokenizer's EOS,
+    3. the model config's eos ids (`config.eos_token_id`: int, list or None; krllm's ModelConfig
+       and transformers configs alike),
+    4. `eos_token_id` of `generation_config.json` in `model_dir` (one directory or several, e.g.
+       an adapter directory and its base).
+
+    `tokenizer` is a transformers tokenizer or a raw `tokenizers.Tokenizer` (anything with
+    `get_vocab()`; `eos_token_id` is used when it has one), or None (config and files only).
+    The loader, eval, SFT, pretraining samples and `save_hf` all call this, so every caller stops
+    on the same ids.
+    """
+    ids: list[int | None] = []
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        ids.append(next((vocab[t] for t in TURN_END_TOKENS if t in vocab), None))
+        ids.append(getattr(tokenizer, "eos_token_id", None))
+    if config is not None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        ids.extend(_as_ids(getattr(text_config, "eos_token_id", None)))
+    dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir or [])
+    for d in dirs:
+        gen = Path(d) / "generation_config.json"
+        if gen.is_file():
+            try:
+                data = json.loads(gen.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{gen}:{e.lineno}: invalid JSON ({e.msg})") from None
+            ids.extend(_as_ids(data.get("eos_token_id") if isinstance(data, dict) else None))
+    out: list[int] = []
+    for i in ids:
+        if i is not None and int(i) not in out:
+            out.append(int(i))
+    return out
+
+
+def _as_ids(eos) -> list[int]:
+    """eos_token_id as stored (int, list of ints or None) -> a list."""
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def _render(tokenizer, messages, **kw) -> str:

@@ -1,15 +1,24 @@
-"""PEFT LoRA / DoRA adapters merged into a loaded `Llama`, in memory, without importing peft.
+"""PEFT LoRA / DoRA adapters: read, merge into a loaded model in memory (without importing peft), and
+record their base model so it is found from any working directory. krllm's one adapter merge:
+`krllm.model.load` (generate / chat / serve / eval) and `krllm merge` both call `merge_adapter`.
 
 A PEFT adapter directory holds `adapter_config.json` + `adapter_model.safetensors` with keys like
-`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. Merging gives one plain model,
-so the engine decodes at base-model speed. Supported (what `krllm sft` and PEFT write):
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. Any model whose parameter names
+are the PEFT keys without `base_model.model.` merges: krllm's Llama, a transformers causal LM, a
+transformers sequence classifier (a SEQ_CLS adapter's trained `score` head is a saved full layer).
+Merging gives one plain model, so the engine decodes at base-model speed. Supported (what
+`krllm sft`, `krllm classify` and PEFT write):
 - LoRA on Linear layers: W += s * B @ A, s = alpha / r (alpha / sqrt(r) with `use_rslora`),
   per-module r / alpha from `rank_pattern` / `alpha_pattern`;
 - DoRA on Linear layers: W' = m / ||W + s B A||_row * (W + s B A) (PEFT's merge formula);
 - LoRA on the embedding (`lora_embedding_A/B`), saved full layers (`base_layer.weight`) and
   `modules_to_save` copies (e.g. a trained `lm_head`).
-A tied lm_head is untied first when the adapter changes either side, matching what PEFT computes.
-Anything else is an error that names the key, never a silent partial merge.
+A tied parameter (lm_head sharing the embedding) is untied first when the adapter changes either
+side, matching what PEFT computes; the config then says `tie_word_embeddings: false`, so a saved
+merged model keeps both. Anything else is an error that names the key, never a silent partial merge.
+
+    pin_base_path("runs/demo_ko/sft/adapter", "runs/demo_ko/pretrain/hf")   # absolute, from any cwd
+    summary = merge_adapter(model, "runs/demo_ko/sft/adapter")              # {"lora": 14, "dora": 0, "full": 0}
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ from pathlib import Path
 import torch
 
 from krllm.errors import KrllmError
+from krllm.runs import write_json
 
 _PREFIX = "base_model.model."
+BASE_KEY = "base_model_name_or_path"
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -31,15 +42,22 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def read_adapter_config(path: str | Path) -> dict:
+    """adapter_config.json of a LoRA / DoRA adapter; anything we cannot merge is an error naming the file."""
     cfg_path = Path(path) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise KrllmError(f"{path} is not a PEFT adapter directory (no adapter_config.json); "
+                         "point at runs/<name>/adapter")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise KrllmError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise KrllmError(f"{cfg_path}: expected a JSON object")
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise KrllmError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (LoRA / DoRA only)")
+        raise KrllmError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (only LoRA / DoRA "
+                         "adapters merge into the weights)")
     if cfg.get("fan_in_fan_out"):
-        raise KrllmError(f"{cfg_path}: fan_in_fan_out=true (GPT-2 Conv1D layers) does not apply to Llama")
+        raise KrllmError(f"{cfg_path}: fan_in_fan_out=true (GPT-2 Conv1D layers) is not supported")
     if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
         raise KrllmError(f"{cfg_path}: adapters with trained biases are not supported (bias must be 'none')")
     return cfg
@@ -70,14 +88,82 @@ def _scale(cfg: dict, module: str, r: int) -> float:
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
+def pin_base_path(adapter_dir: str | Path, base: str | Path) -> Path:
+    """Record `base` in adapter_config.json as an absolute path (rewritten atomically) -> that path.
+
+    PEFT records the base as given to `from_pretrained`, usually relative to where training ran;
+    an absolute path works from any working directory (`cd /tmp && krllm generate ADAPTER`).
+    """
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    cfg = read_adapter_config(adapter_dir)
+    pinned = Path(base).resolve()
+    if not pinned.is_dir():
+        raise KrllmError(f"{cfg_path}: base model {base} is not a directory; nothing to pin")
+    cfg[BASE_KEY] = str(pinned)
+    write_json(cfg_path, cfg)
+    return pinned
+
+
+def base_candidates(adapter_dir: str | Path, recorded: str) -> list[Path]:
+    """Where a recorded base path may be, in the order tried.
+
+    Absolute: itself. Relative (PEFT stores the path as training saw it): the current directory,
+    then the adapter directory and each of its parents, nearest first. krllm's runs record e.g.
+    `runs/demo_ko/pretrain/hf` for `runs/demo_ko/sft/adapter` (training ran in the directory
+    holding `runs/`), which one of those parents resolves from anywhere.
+    """
+    rec = Path(recorded).expanduser()
+    if rec.is_absolute():
+        return [rec]
+    adapter = Path(adapter_dir).resolve()
+    return [Path.cwd() / rec] + [d / rec for d in (adapter, *adapter.parents)]
+
+
+def _owner(model, pname: str):
+    """(module, attribute) holding parameter `pname`."""
+    module, _, attr = pname.rpartition(".")
+    return (model.get_submodule(module) if module else model), attr
+
+
+def _untie(model, touched: set[str], params: dict) -> bool:
+    """Give every touched parameter that shares storage with another name its own copy.
+
+    PEFT computes with the adapter applied to one side only (e.g. a LoRA on `embed_tokens` does
+    not change a tied `lm_head`), so the merged model must not write through the tie.
+    """
+    by_id: dict[int, list[str]] = {}
+    for name, p in params.items():
+        by_id.setdefault(id(p), []).append(name)
+    untied = False
+    for names in by_id.values():
+        if len(names) > 1 and any(n in touched for n in names):
+            for n in names[1:]:  # the first name keeps the original tensor
+                module, attr = _owner(model, n)
+                setattr(module, attr, torch.nn.Parameter(params[n].detach().clone(), params[n].requires_grad))
+            untied = True
+    if untied:  # saved models must keep both matrices now
+        for cfg in {id(c): c for c in (model.config, _text_config(model.config))}.values():
+            if getattr(cfg, "tie_word_embeddings", False):
+                cfg.tie_word_embeddings = False
+    return untied
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 @torch.no_grad()
 def merge_adapter(model, adapter_dir: str | Path) -> dict:
-    """Merge a PEFT adapter into `model` (our Llama) in place -> summary {"lora": n, "dora": n, "full": n}."""
+    """Merge a PEFT adapter into `model` in place -> summary {"lora": n, "dora": n, "full": n}.
+
+    `model`: krllm's Llama or a transformers model (any module whose parameter names match the
+    adapter's keys without `base_model.model.`). Merge in fp32 for exact results: each merged
+    weight is computed in fp32 and stored back in the parameter's dtype.
+    """
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
     weights = read_adapter_weights(adapter_dir)
     params = dict(model.named_parameters(remove_duplicate=False))
-
     groups: dict[str, dict[str, torch.Tensor]] = {}  # module name -> {"A", "B", "m", "full"}
     full: dict[str, torch.Tensor] = {}  # parameter name -> replacement tensor
     for key, t in weights.items():
@@ -100,9 +186,8 @@ def merge_adapter(model, adapter_dir: str | Path) -> dict:
             raise KrllmError(f"{adapter_dir}: adapter key {key!r} matches no parameter of the base model "
                              "(is this adapter for a different model?)")
 
-    touched = {n.rsplit(".", 1)[0] for n in full} | set(groups)
-    if model.config.tie_word_embeddings and touched & {"lm_head", "model.embed_tokens"}:
-        model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    touched = set(full) | {m + ".weight" for m in groups}
+    if _untie(model, touched, params):
         params = dict(model.named_parameters(remove_duplicate=False))
 
     summary = {"lora": 0, "dora": 0, "full": 0}
