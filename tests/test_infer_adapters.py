@@ -1,5 +1,5 @@
 """PEFT adapters created here on tiny models: our in-memory merge (krllm.model.adapters) gives PEFT's own
-logits, on krllm's Llama and on a transformers model (Qwen2, with q/k/v biases and a tied head)."""
+logits, on krllm's Llama and on a transformers model (Mistral, with a tied head)."""
 
 import json
 
@@ -97,13 +97,13 @@ def test_run_directory_resolves_to_its_adapter(base_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    """A tiny random Qwen2 (q/k/v biases, tied embeddings) + the tiny tokenizer, as transformers saves it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+def mistral_dir(tmp_path_factory):
+    """A tiny random Mistral (tied embeddings; a family krllm runs through transformers) + the tiny tokenizer, as transformers saves it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
-    root = tmp_path_factory.mktemp("qwen2")
+    root = tmp_path_factory.mktemp("mistral")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(root / "tok"))
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=1)
     torch.manual_seed(0)
@@ -114,9 +114,9 @@ def qwen2_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "embedding_and_lm_head"])
-def test_transformers_model_adapter_matches_peft(qwen2_dir, tmp_path, case):
-    """The registry hands a Qwen2 directory to transformers; the same merge gives PEFT's logits."""
-    pm = _make_adapter(qwen2_dir, tmp_path / "adapter", **CASES[case])
+def test_transformers_model_adapter_matches_peft(mistral_dir, tmp_path, case):
+    """The registry hands a Mistral directory to transformers; the same merge gives PEFT's logits."""
+    pm = _make_adapter(mistral_dir, tmp_path / "adapter", **CASES[case])
     ids = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 11]])
     with torch.no_grad():
         ref = pm(input_ids=ids).logits
@@ -124,7 +124,7 @@ def test_transformers_model_adapter_matches_peft(qwen2_dir, tmp_path, case):
             plain = pm(input_ids=ids).logits
     assert (ref - plain).abs().max() > 1e-2
     lm = load(tmp_path / "adapter", device="cpu")
-    assert type(lm.model).__name__ == "Qwen2ForCausalLM" and lm.base == qwen2_dir
+    assert type(lm.model).__name__ == "MistralForCausalLM" and lm.base == mistral_dir
     with torch.no_grad():
         got = lm.model(input_ids=ids).logits
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

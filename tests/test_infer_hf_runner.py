@@ -169,4 +169,19 @@ def test_the_generate_command_runs_a_mistral_directory(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "decoding: transformers (MistralForCausalLM)" in proc.stderr
+    assert "KV cache grows with each sequence" in proc.stderr
     assert proc.stdout == prompt + tok.decode(out, skip_special_tokens=True) + "\n"
+
+
+def test_eval_perplexity_of_a_transformers_model_equals_its_own_loss(hf):
+    """eval's perplexity takes any causal LM: on one window it equals transformers' own mean loss."""
+    from krllm.eval.perplexity import token_perplexity
+
+    model, _ = hf
+    tokens = list(range(3, 60)) * 2  # 114 tokens: one window of seq_len 113
+    got = token_perplexity(model, tokens, seq_len=len(tokens) - 1)
+    with torch.no_grad():
+        ids = torch.tensor([tokens])
+        want = model(ids, labels=ids).loss.item()
+    assert got["tokens"] == len(tokens) - 1
+    assert got["loss"] == pytest.approx(want, rel=1e-5)

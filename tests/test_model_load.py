@@ -115,12 +115,12 @@ def test_stop_ids_order_and_sources(chatml_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+def mistral_dir(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
-    root = tmp_path_factory.mktemp("qwen2")
+    root = tmp_path_factory.mktemp("mistral")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(root / "tok"))
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=0, eos_token_id=[0, 5], pad_token_id=1)
     torch.manual_seed(0)
@@ -129,17 +129,17 @@ def qwen2_dir(tmp_path_factory):
     return root / "m"
 
 
-def test_a_qwen2_directory_loads_as_a_transformers_model(qwen2_dir):
+def test_a_mistral_directory_loads_as_a_transformers_model(mistral_dir):
     from transformers import AutoModelForCausalLM
 
-    lm = load(qwen2_dir, device="cpu", dtype="bf16", name="q")
-    assert type(lm.model).__name__ == "Qwen2ForCausalLM" and not lm.model.training
+    lm = load(mistral_dir, device="cpu", dtype="bf16", name="q")
+    assert type(lm.model).__name__ == "MistralForCausalLM" and not lm.model.training
     assert lm.dtype == torch.bfloat16 and lm.dtype_reason == "as requested" and lm.name == "q"
     assert set(lm.stop_ids) == {3, 0, 5}  # <|im_end|>, tokenizer eos, config's list
-    ref = AutoModelForCausalLM.from_pretrained(qwen2_dir, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(mistral_dir, dtype=torch.float32).eval()
     ids = torch.tensor([lm.encode_chat([{"role": "user", "content": "안녕하세요"}])])
     with torch.no_grad():
-        got = load(qwen2_dir, device="cpu").model(input_ids=ids).logits
+        got = load(mistral_dir, device="cpu").model(input_ids=ids).logits
         torch.testing.assert_close(got, ref(input_ids=ids).logits)
     assert lm.num_parameters == sum(p.numel() for p in ref.parameters())
 

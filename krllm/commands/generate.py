@@ -82,9 +82,8 @@ def run(args) -> int:
     encoded = [lm.encode_chat(system + [{"role": "user", "content": p}]) if args.chat
                else text_prompt_ids(lm, p) for p in prompts]
     # the KV cache holds exactly what these prompts need (not the model's whole context)
-    gen = Generator(lm, max_batch=min(len(encoded), 32),
-                    max_seq_len=min(lm.model.config.max_position_embeddings,
-                                    max(len(e) for e in encoded) + args.max_new_tokens + 1))
+    needed = max(len(e) for e in encoded) + args.max_new_tokens + 1
+    gen = Generator(lm, max_batch=min(len(encoded), 32), max_seq_len=min(lm.context_length or needed, needed))
     err.print(gen.describe(), style="dim")
     t0 = time.perf_counter()
     if len(encoded) == 1:

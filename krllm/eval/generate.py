@@ -25,7 +25,7 @@ def greedy_answers(lm: LoadedModel, prompts: list[str], max_new_tokens: int = 64
 
     ids = [chat_prompt_ids(lm.tokenizer, p, system) for p in prompts]
     longest = max((len(x) for x in ids), default=0) + max_new_tokens
-    max_len = min(lm.model.config.max_position_embeddings, longest)
+    max_len = min(lm.context_length or longest, longest)
     engine = make_engine(lm, max_batch=batch_size, max_seq_len=max_len)
     seqs = engine.generate(ids, SamplingParams(temperature=0), max_new_tokens=max_new_tokens)
     return [{"prompt": p, "answer": lm.tokenizer.decode(s.output, skip_special_tokens=True).strip(),

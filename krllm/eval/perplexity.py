@@ -30,7 +30,8 @@ def _window(tokens, start: int, length: int) -> np.ndarray:
 @torch.no_grad()
 def nll_sum(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
     """Sum of NLL over targets != -100 and how many there were. input_ids, targets (B, T)."""
-    logits, _ = model(input_ids)  # (B, T, V)
+    out = model(input_ids)  # krllm's Llama: (logits, loss); a transformers model: an output with .logits
+    logits = out[0] if isinstance(out, tuple) else out.logits  # (B, T, V)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
     return float(loss), int((targets != -100).sum())

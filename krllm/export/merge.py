@@ -22,6 +22,7 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.model.adapters import merge_adapter as merge_into, read_adapter_config
+from krllm.model.hf import top_level_rope_theta
 from krllm.model.load import load_tokenizer, resolve_base, tokenizer_dir
 from krllm.runs import atomic_dir, write_json
 
@@ -87,16 +88,7 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, base: str | None = N
             if gen.exists():
                 shutil.copy(gen, tmp / "generation_config.json")
                 break
-        _top_level_rope_theta(tmp / "config.json")
+        top_level_rope_theta(tmp / "config.json")
         write_json(tmp / "merge.json", {"adapter": str(adapter_dir.resolve()), "base": str(base_dir.resolve()),
                                         "dtype": dtype})
     return out
-
-
-def _top_level_rope_theta(path: Path) -> None:
-    """transformers 5 keeps rope_theta inside rope_parameters; mlx-lm reads only the top-level key."""
-    cfg = json.loads(path.read_text())
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None and "rope_theta" not in cfg:
-        cfg["rope_theta"] = theta
-        path.write_text(json.dumps(cfg, indent=2) + "\n")

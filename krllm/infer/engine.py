@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from krllm.errors import KrllmError
-from krllm.infer.hf_runner import config_eos_ids, config_max_len
 from krllm.infer.sampling import SamplingParams, SamplingRows, sample
+from krllm.model.config_facts import config_eos_ids, config_max_len
 
 _GREEDY = SamplingParams(temperature=0)
 # max_seq_len when neither the caller nor the model's config names a limit (models without

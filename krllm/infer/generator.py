@@ -27,7 +27,7 @@ from krllm.infer.startup import describe, make_engine
 from krllm.infer.textstream import TextStream
 from krllm.model.load import LoadedModel, load
 
-DEFAULT_MAX_SEQ_LEN = 8192  # tokens per sequence when the caller does not say (prompt + output)
+MAX_CACHE_TOKENS = 8192  # tokens per sequence when the caller does not say (prompt + output)
 
 
 def text_prompt_ids(lm: LoadedModel, prompt: str) -> list[int]:
@@ -49,12 +49,12 @@ class Generator:
 
     def __init__(self, lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0):
         """max_batch: prompts decoded together by `complete`; max_seq_len: prompt + output tokens per
-        sequence, which sizes the KV cache (0 = the model's context length, at most DEFAULT_MAX_SEQ_LEN:
+        sequence, which sizes the KV cache (0 = the model's context length, at most MAX_CACHE_TOKENS:
         a 128K-context model would otherwise reserve gigabytes of cache for a short chat)."""
         self.lm = lm
-        limit = lm.model.config.max_position_embeddings
+        limit = lm.context_length or MAX_CACHE_TOKENS
         self.engine: Engine = make_engine(lm, max_batch=max_batch,
-                                          max_seq_len=max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN))
+                                          max_seq_len=max_seq_len or min(limit, MAX_CACHE_TOKENS))
 
     @classmethod
     def from_pretrained(cls, path, *, base=None, device: str = "auto", dtype: str | None = "auto",

@@ -22,38 +22,13 @@ from __future__ import annotations
 import torch
 
 from krllm.errors import KrllmError
-
-# Config keys different architectures use for their longest sequence (first one present wins).
-_MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-
-
-def text_config(config):
-    """The decoder's config (multimodal configs nest it); a plain config is returned as it is."""
-    get = getattr(config, "get_text_config", None)
-    return get(decoder=True) if callable(get) else config
-
-
-def config_max_len(config) -> int | None:
-    """Longest sequence the config names (None: the architecture has no position limit, e.g. SSMs)."""
-    cfg = text_config(config)
-    for key in _MAX_LEN_KEYS:
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def config_eos_ids(config) -> list[int]:
-    """`eos_token_id` of a krllm ModelConfig or a transformers config (int, list or None) as a list."""
-    ids = getattr(config, "eos_ids", None)  # krllm's ModelConfig
-    if ids is None:
-        eos = getattr(text_config(config), "eos_token_id", None)
-        ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    return [int(i) for i in ids]
+from krllm.model.config_facts import config_max_len, text_config
 
 
 class SlotCaches:
     """One transformers cache per slot; `lengths[s]` = tokens cached in slot s (0 = free)."""
+
+    preallocated = False  # grows with the sequences (the start-up line says so instead of a size)
 
     def __init__(self, config, n_slots: int, max_seq_len: int):
         self.config = config  # the decoder config the caches are built from

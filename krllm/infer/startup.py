@@ -18,10 +18,12 @@ def make_engine(lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0) -> En
 
 def describe(lm: LoadedModel, engine: Engine) -> str:
     """One start-up line: what runs where, in which dtype, with how much KV cache."""
-    kv_mb = engine.runner.cache.nbytes() / 2**20
+    cache = engine.runner.cache
+    kv = (f"KV cache {cache.nbytes() / 2**20:.0f} MiB" if getattr(cache, "preallocated", True)
+          else "KV cache grows with each sequence")
     extra = f" + adapter {lm.adapter}" if lm.adapter else ""
     path = lm.base if lm.adapter else lm.path
     dtype = str(lm.dtype).removeprefix("torch.")
     return (f"{path}{extra}: {lm.num_parameters / 1e6:.2f}M params, {dtype} ({lm.dtype_reason}) on {lm.device}, "
-            f"{engine.max_batch} slot(s) x {engine.max_seq_len} tokens (KV cache {kv_mb:.0f} MiB), "
+            f"{engine.max_batch} slot(s) x {engine.max_seq_len} tokens ({kv}), "
             f"decoding: {engine.runner.decode_path}, stop ids {sorted(engine.eos_ids)}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from krllm.errors import KrllmError
+from krllm.model.config_facts import text_config
 from krllm.runs import write_json
 
 _PREFIX = "base_model.model."
@@ -142,14 +143,10 @@ def _untie(model, touched: set[str], params: dict) -> bool:
                 setattr(module, attr, torch.nn.Parameter(params[n].detach().clone(), params[n].requires_grad))
             untied = True
     if untied:  # saved models must keep both matrices now
-        for cfg in {id(c): c for c in (model.config, _text_config(model.config))}.values():
+        for cfg in {id(c): c for c in (model.config, text_config(model.config))}.values():
             if getattr(cfg, "tie_word_embeddings", False):
                 cfg.tie_word_embeddings = False
     return untied
-
-
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 @torch.no_grad()

@@ -230,3 +230,14 @@ def load_transformers(path: str | Path, device: str | torch.device = "cpu",
     except (OSError, ValueError, KeyError) as e:
         raise KrllmError(f"{path}: transformers cannot load this model ({e})") from None
     return model.to(device).eval()
+
+
+def top_level_rope_theta(config_json: str | Path) -> None:
+    """Copy `rope_parameters.rope_theta` to a top-level `rope_theta` in a config.json written by
+    transformers 5: mlx-lm (and transformers 4) read only the top-level key and silently use 10000."""
+    path = Path(config_json)
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and "rope_theta" not in cfg:
+        cfg["rope_theta"] = theta
+        write_json(path, cfg)

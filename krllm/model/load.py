@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from krllm.errors import KrllmError
-from krllm.model.adapters import BASE_KEY, base_candidates, is_adapter_dir, merge_adapter, read_adapter_config
+from krllm.model.adapters import (
+    BASE_KEY,
+    base_candidates,
+    is_adapter_dir,
+    merge_adapter,
+    read_adapter_config,
+)
+from krllm.model.config_facts import config_max_len, config_vocab_size
 
 # A run directory holds its model in one of these, tried in this order (see resolve_model_dir).
 RUN_SUBDIRS = ("merged", "hf", "adapter")
@@ -79,6 +86,11 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest sequence the model's config names (None: no position limit, e.g. an SSM)."""
+        return config_max_len(self.model.config)
 
     @property
     def num_parameters(self) -> int:
@@ -215,11 +227,6 @@ def inference_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, 
     return target, f"auto for {device.type}"
 
 
-def _vocab_size(model) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(cfg.vocab_size)
-
-
 def _label(path: Path) -> str:
     """Model id: the directory name, or its run's name for runs/<name>/{hf,adapter,merged}."""
     p = path.resolve()
@@ -255,9 +262,9 @@ def load(path: str | Path, base: str | Path | None = None, device: str | torch.d
         model = load_weights(model_dir, device=dev, dtype=target)
     tok_dir = tokenizer_dir(adapter, base_dir or model_dir)
     tokenizer = load_tokenizer(tok_dir)
-    if len(tokenizer) > _vocab_size(model):
+    if len(tokenizer) > config_vocab_size(model.config):
         raise KrllmError(f"{tok_dir}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{_vocab_size(model)} (they do not belong together)")
+                         f"{config_vocab_size(model.config)} (they do not belong together)")
     model.eval()
     dirs = [d for d in (adapter, base_dir or model_dir) if d is not None]
     return LoadedModel(model=model, tokenizer=tokenizer, name=name or _label(Path(path)), path=model_dir,

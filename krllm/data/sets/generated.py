@@ -198,7 +198,7 @@ def _math_distance(r: random.Random, lang: str):
     if lang == "ko":
         who = pick(r, ("자전거", "자동차", "버스", "기차")) if speed > 5 else "사람"
         q = f"{josa(who, '이/가')} 한 시간에 {speed}km씩 {hours}시간 동안 같은 빠르기로 이동했습니다. 모두 몇 km를 갔습니까?"
-        steps = [f"거리 = 빠르기 × 시간", f"{speed} × {hours} = {speed * hours}"]
+        steps = ["거리 = 빠르기 × 시간", f"{speed} × {hours} = {speed * hours}"]
     else:
         who = pick(r, ("A cyclist", "A car", "A bus", "A train")) if speed > 5 else "A walker"
         q = f"{who} travels at {speed} km per hour for {hours} hours. How many km does it travel?"

@@ -18,6 +18,22 @@ from krllm.train.hf.config import PeftSection
 HEADS = ("causal_lm", "seq_cls")
 
 
+def base_model_path(spec: str) -> str:
+    """Where a trainer's `base_model` lives: a local model or run directory through krllm's loader
+    (`runs/x/pretrain` -> its hf/, `runs/x/sft` -> its merged/), a hub id as it is (transformers
+    resolves it). An adapter is not a base to train on: merge it first."""
+    from krllm.model.adapters import is_adapter_dir
+    from krllm.model.load import resolve_model_dir
+
+    if not Path(spec).exists():
+        return spec
+    model_dir = resolve_model_dir(spec)
+    if is_adapter_dir(model_dir):
+        raise KrllmError(f"base_model {spec} is a PEFT adapter ({model_dir}); train on a full model: "
+                         f"`krllm merge {model_dir} --out DIR` first, then base_model: DIR")
+    return str(model_dir)
+
+
 def load_tokenizer(path: str, chat_template: str | None = None):
     """A fast tokenizer from `path`; `chat_template` (a .jinja file, key data.chat_template) replaces its template.
 
@@ -25,7 +41,7 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(base_model_path(path))
     if chat_template:
         file = Path(chat_template)
         if not file.is_file():
@@ -51,7 +67,7 @@ def load_base_model(path: str, head: str = "causal_lm", qlora_compute_dtype: tor
     kw = {"dtype": torch.float32}
     if qlora_compute_dtype is not None:
         kw = {"quantization_config": quantization_config(qlora_compute_dtype), "dtype": torch.bfloat16}
-    return classes[head].from_pretrained(path, **kw, **kwargs)
+    return classes[head].from_pretrained(base_model_path(path), **kw, **kwargs)
 
 
 def load_causal_lm(path: str, tokenizer, peft: PeftSection, dtype: torch.dtype, gradient_checkpointing: bool = False):

@@ -8,7 +8,6 @@ sharded weights) that writes on rank 0; every other write here happens on rank 0
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -69,15 +68,6 @@ def publish_dir(staging: Path, final: Path) -> None:
     replace_dir(staging, final)
 
 
-def _top_level_rope_theta(config_json: Path) -> None:
-    """transformers 5 keeps rope_theta inside rope_parameters; mlx-lm reads only the top-level key."""
-    cfg = json.loads(config_json.read_text())
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None and "rope_theta" not in cfg:
-        cfg["rope_theta"] = theta
-        config_json.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
 def save_final(trainer, tokenizer, out: Path, extra=None) -> None:
     """The trained model (PEFT: the adapter only) + tokenizer + generation config, published atomically.
 
@@ -95,18 +85,34 @@ def save_final(trainer, tokenizer, out: Path, extra=None) -> None:
         if gen is not None:
             gen.save_pretrained(staging)  # stop ids (<|im_end|>) for `krllm merge` and servers
         if (staging / "config.json").exists():
-            _top_level_rope_theta(staging / "config.json")
+            from krllm.model.hf import top_level_rope_theta
+
+            top_level_rope_theta(staging / "config.json")
+        _pin_adapter_base(staging)
         if extra is not None:
             extra(staging)
         publish_dir(staging, out)
     trainer.accelerator.wait_for_everyone()
 
 
+def _pin_adapter_base(staging: Path) -> None:
+    """PEFT records the base path as training saw it (relative to the cwd); store it absolute so the
+    adapter finds its base from any working directory. A hub id (no such local directory) stays."""
+    from krllm.model.adapters import BASE_KEY, is_adapter_dir, pin_base_path, read_adapter_config
+
+    if is_adapter_dir(staging):
+        recorded = read_adapter_config(staging).get(BASE_KEY)
+        if recorded and Path(recorded).is_dir():
+            pin_base_path(staging, recorded)
+
+
 def save_merged(model, tokenizer, out: Path) -> None:
     """A merged (plain) model as an HF directory; single process, rank 0."""
+    from krllm.model.hf import top_level_rope_theta
+
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    _top_level_rope_theta(staging / "config.json")
+    top_level_rope_theta(staging / "config.json")
     publish_dir(staging, out)
