@@ -89,6 +89,23 @@ def hash_path(path: str | Path, exclude: tuple[str, ...] = ("checkpoints",)) -> 
     return h.hexdigest()
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object (config.json, adapter_config.json, ...); errors name the file
+    and line. A missing file raises FileNotFoundError for the caller to explain."""
+    from krllm.errors import KrllmError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise KrllmError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise KrllmError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(data, dict):
+        raise KrllmError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -9,7 +9,7 @@ import torch
 from krllm.errors import KrllmError
 from krllm.infer.engine import Engine
 from krllm.infer.sampling import SamplingParams
-from krllm.infer.testing import tiny_model_dir, tiny_tokenizer_dir
+from krllm.infer.testing import tiny_mistral_dir, tiny_model_dir
 from krllm.model.load import load
 
 peft = pytest.importorskip("peft")
@@ -98,19 +98,7 @@ def test_run_directory_resolves_to_its_adapter(base_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def mistral_dir(tmp_path_factory):
-    """A tiny random Mistral (tied embeddings; a family krllm runs through transformers) + the tiny tokenizer, as transformers saves it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
-
-    root = tmp_path_factory.mktemp("mistral")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(root / "tok"))
-    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=1)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    return root / "base"
+    return tiny_mistral_dir(tmp_path_factory.mktemp("mistral") / "base", tie_word_embeddings=True)
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "embedding_and_lm_head"])

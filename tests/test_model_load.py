@@ -14,7 +14,7 @@ import torch
 
 from krllm.data.tokens import chat_tokens
 from krllm.errors import KrllmError
-from krllm.infer.testing import SAMPLE_TEXT, tiny_model_dir, tiny_tokenizer_dir
+from krllm.infer.testing import SAMPLE_TEXT, tiny_mistral_dir, tiny_model_dir
 from krllm.model.adapters import pin_base_path, read_adapter_config
 from krllm.model.load import load, resolve_base, resolve_model_dir
 
@@ -116,17 +116,7 @@ def test_stop_ids_order_and_sources(chatml_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def mistral_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
-
-    root = tmp_path_factory.mktemp("mistral")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(root / "tok"))
-    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=0, eos_token_id=[0, 5], pad_token_id=1)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(root / "m")
-    tok.save_pretrained(root / "m")
-    return root / "m"
+    return tiny_mistral_dir(tmp_path_factory.mktemp("mistral") / "m", eos_token_id=[0, 5])
 
 
 def test_a_mistral_directory_loads_as_a_transformers_model(mistral_dir):

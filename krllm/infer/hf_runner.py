@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from krllm.errors import KrllmError
+from krllm.infer.runner import prompt_tensor
 from krllm.model.config_facts import config_max_len, text_config
 
 
@@ -106,12 +107,8 @@ class TransformersRunner:
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Run a whole prompt through slot `slot` (replacing what it held) -> last-position logits (V,)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)  # (1, T)
+        ids = prompt_tensor(ids, self.device, self.max_seq_len)  # (1, T)
         T = ids.shape[1]
-        if T == 0:
-            raise KrllmError("empty prompt: give at least one token")
-        if T > self.max_seq_len:
-            raise KrllmError(f"prompt of {T} tokens does not fit max_seq_len={self.max_seq_len}")
         logits = self._forward(self.cache.fresh(slot), ids, 0)
         self.cache.lengths[slot] = T
         return logits

@@ -26,7 +26,6 @@ from krllm.errors import KrllmError
 from krllm.infer import native
 from krllm.model.cache import SlotKVCache
 
-
 # Prompt tokens per C-step call at prefill: each call reads the weights once for all its rows, and
 # its buffers grow with it (64 rows of a 128k vocabulary's logits are 32 MB).
 PREFILL_ROWS = 64
@@ -54,6 +53,16 @@ def native_weights(model) -> dict:
     return dict(layers=layers, qkv_bias=biases if biases[0] is not None else None,
                 lm_head=_fold(model.lm_head.weight, model.model.norm.weight),
                 embed=model.model.embed_tokens.weight.contiguous())
+
+
+def prompt_tensor(ids: list[int] | torch.Tensor, device: torch.device, max_seq_len: int) -> torch.Tensor:
+    """A prompt as a (1, T) id tensor on `device`, checked against the cache (every runner's prefill)."""
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).view(1, -1)  # (1, T)
+    if ids.shape[1] == 0:
+        raise KrllmError("empty prompt: give at least one token")
+    if ids.shape[1] > max_seq_len:
+        raise KrllmError(f"prompt of {ids.shape[1]} tokens does not fit max_seq_len={max_seq_len}")
+    return ids
 
 
 class ModelRunner:
@@ -114,12 +123,8 @@ class ModelRunner:
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Run a whole prompt through slot `slot` (replacing what it held) -> last-position logits (V,)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)  # (1, T)
+        ids = prompt_tensor(ids, self.device, self.max_seq_len)  # (1, T)
         T = ids.shape[1]
-        if T == 0:
-            raise KrllmError("empty prompt: give at least one token")
-        if T > self.max_seq_len:
-            raise KrllmError(f"prompt of {T} tokens does not fit max_seq_len={self.max_seq_len}")
         if self.native is not None:
             return self._prefill_native(slot, ids[0])
         logits, _ = self.model(ids, cache=self.cache.prefill(slot, 0, T), logits_to_keep=1)  # (1, 1, V)

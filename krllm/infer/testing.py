@@ -82,3 +82,20 @@ def tiny_model_dir(out_dir: str | Path, seed: int = 0, tokenizer_dir: str | Path
     model = Llama(cfg)
     save_hf(model, out, tokenizer_dir=tok_dir)
     return out
+
+
+def tiny_mistral_dir(out_dir: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """A tiny random Mistral (a family krllm runs through transformers) + the tiny tokenizer, saved as
+    transformers saves it: for tests of the transformers path of the loader, merge and engine."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
+
+    out_dir = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(out_dir.parent / f"{out_dir.name}_tok")))
+    shape = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(MistralConfig(**{**shape, **config_overrides})).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir

@@ -23,7 +23,6 @@ merged model keeps both. Anything else is an error that names the key, never a s
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.model.config_facts import text_config
-from krllm.runs import write_json
+from krllm.runs import read_json_object, write_json
 
 _PREFIX = "base_model.model."
 BASE_KEY = "base_model_name_or_path"
@@ -48,12 +47,7 @@ def read_adapter_config(path: str | Path) -> dict:
     if not cfg_path.is_file():
         raise KrllmError(f"{path} is not a PEFT adapter directory (no adapter_config.json); "
                          "point at runs/<name>/adapter")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise KrllmError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(cfg, dict):
-        raise KrllmError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise KrllmError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (only LoRA / DoRA "
                          "adapters merge into the weights)")

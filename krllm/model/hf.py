@@ -23,7 +23,7 @@ from krllm.config import ConfigError
 from krllm.errors import KrllmError
 from krllm.model.config import ModelConfig
 from krllm.model.llama import Llama
-from krllm.runs import atomic_dir, write_json
+from krllm.runs import atomic_dir, read_json_object, write_json
 
 # Files that make up a tokenizer directory (copied by save_hf, nothing else is).
 TOKENIZER_FILES = (
@@ -139,12 +139,7 @@ def config_from_hf_dir(path: str | Path) -> ModelConfig:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise KrllmError(f"{path} is not a model directory: config.json not found")
-    try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise KrllmError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise KrllmError(f"{cfg_path}: expected a JSON object")
+    data = read_json_object(cfg_path)
     try:
         return ModelConfig.from_hf_dict(data, source=str(cfg_path))
     except ConfigError as e:

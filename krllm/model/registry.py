@@ -30,7 +30,6 @@ looking a family up never imports torch-heavy modules.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,15 +122,12 @@ def family_for(model_type: str | None) -> Family:
 
 def model_type_of(model_dir: str | Path) -> str | None:
     """config.json's model_type (None when the file has none); errors name the file."""
-    path = Path(model_dir) / "config.json"
+    from krllm.runs import read_json_object
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_object(Path(model_dir) / "config.json")
     except FileNotFoundError:
         raise KrllmError(f"{model_dir} is not a model directory: config.json not found") from None
-    except json.JSONDecodeError as e:
-        raise KrllmError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise KrllmError(f"{path}: expected a JSON object")
     return data.get("model_type")
 
 
