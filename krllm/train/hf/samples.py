@@ -1,6 +1,7 @@
 """Greedy answers to a few held-out chat prompts before and after training (samples.md / samples.jsonl),
-so a person sees what the run changed. Uses transformers' `generate` on the model being trained (the
-pretraining loop's samples are krllm.train.samples). Rank 0 of a single-process run only.
+so a person sees what the run changed. Decoded by krllm's engine (the one `krllm chat` / `serve` / eval
+use) on the live model being trained: its transformers path runs any causal LM, PEFT-wrapped or not,
+and gives transformers' greedy tokens exactly. Rank 0 of a single-process run only.
 """
 
 from __future__ import annotations
@@ -25,23 +26,26 @@ def prompt_of(record: dict) -> list[dict] | None:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[dict]:
-    """Greedy answers; `stopped` = the model ended its turn itself (emitted an end-of-turn token)."""
-    stops = stop_ids(tokenizer)
-    device = next(model.parameters()).device
+    """Greedy answers; `stopped` = the model ended its turn itself (emitted an end-of-turn token), which
+    `tokens` counts."""
+    from krllm.infer.engine import Engine
+    from krllm.infer.sampling import SamplingParams
+    from krllm.model.config_facts import config_max_len
+
+    if not prompts:
+        return []
+    ids = [list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"]) for msgs in prompts]
     was_training = model.training
-    model.eval()
-    out = []
-    for msgs in prompts:
-        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            return_tensors="pt")["input_ids"].to(device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        new = gen[0, ids.shape[1]:].tolist()
-        stopped = bool(new) and new[-1] in stops
-        text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=False)
-        out.append({"answer": text, "stopped": stopped, "tokens": len(new)})
-    model.train(was_training)
-    return out
+    try:
+        needed = max(map(len, ids)) + max_new_tokens + 1
+        engine = Engine(model, max_batch=len(ids), max_seq_len=min(needed, config_max_len(model.config) or needed),
+                        eos_ids=stop_ids(tokenizer))
+        seqs = engine.generate(ids, SamplingParams(temperature=0), max_new_tokens=max_new_tokens)
+    finally:
+        model.train(was_training)
+    return [{"answer": tokenizer.decode(s.output, skip_special_tokens=False), "stopped": s.finish_reason == "stop",
+             "tokens": len(s.output) + (s.finish_reason == "stop")} for s in seqs]
 
 
 def write_samples(run_dir: Path, prompts, before, after, references) -> None:
