@@ -246,3 +246,20 @@ def test_generate_and_merge_run_from_another_directory(chatml_dir, tmp_path):
     assert meta["base"] == str((tmp_path / "proj/runs/demo/pretrain/hf").resolve())
     merged = Generator.from_pretrained(elsewhere / "merged", device="cpu", dtype="fp32")
     assert merged.generate(prompt, 8, temperature=0) == want  # merged dir == adapter merged on load
+
+
+def test_a_pinned_base_is_found_after_the_project_moved(chatml_dir, tmp_path, monkeypatch):
+    """SFT pins the base as an absolute path; copying the whole project elsewhere still finds it."""
+    import shutil
+
+    adapter = _krllm_like_run(tmp_path / "old", chatml_dir)
+    pin_base_path(adapter, tmp_path / "old/runs/demo/pretrain/hf")
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+    monkeypatch.chdir(tmp_path)
+    moved = tmp_path / "new/runs/demo/sft/adapter"
+    assert resolve_base(moved) == (tmp_path / "new/runs/demo/pretrain/hf").resolve()
+    assert load(moved, device="cpu").info["lora"] == 4
+    shutil.rmtree(tmp_path / "new/runs/demo/pretrain")
+    with pytest.raises(KrllmError, match="pass --base"):
+        resolve_base(moved)

@@ -102,15 +102,20 @@ def pin_base_path(adapter_dir: str | Path, base: str | Path) -> Path:
 def base_candidates(adapter_dir: str | Path, recorded: str) -> list[Path]:
     """Where a recorded base path may be, in the order tried.
 
-    Absolute: itself. Relative (PEFT stores the path as training saw it): the current directory,
-    then the adapter directory and each of its parents, nearest first. krllm's runs record e.g.
-    `runs/demo_ko/pretrain/hf` for `runs/demo_ko/sft/adapter` (training ran in the directory
-    holding `runs/`), which one of those parents resolves from anywhere.
+    Absolute (krllm's SFT pins it): itself, then, for a project that was moved or copied since
+    (`/old/proj/runs/demo_ko/pretrain/hf` recorded, the adapter now in `/new/proj/runs/demo_ko/sft`),
+    the recorded path's trailing parts (`pretrain/hf`, `demo_ko/pretrain/hf`, ...) under each parent
+    of the adapter, nearest parent and longest tail first. Relative (PEFT stores the path as training
+    saw it): the current directory, then the adapter directory and each of its parents, nearest
+    first. krllm's runs record e.g. `runs/demo_ko/pretrain/hf` for `runs/demo_ko/sft/adapter`
+    (training ran in the directory holding `runs/`), which one of those parents resolves from anywhere.
+    A wrong guess cannot merge silently: the adapter's shapes must fit the base (merge_adapter).
     """
     rec = Path(recorded).expanduser()
-    if rec.is_absolute():
-        return [rec]
     adapter = Path(adapter_dir).resolve()
+    if rec.is_absolute():
+        tails = [Path(*rec.parts[i:]) for i in range(1, len(rec.parts) - 1)]  # longest first, >= 2 parts
+        return [rec] + [d / tail for d in adapter.parents for tail in tails]
     return [Path.cwd() / rec] + [d / rec for d in (adapter, *adapter.parents)]
 
 

@@ -152,8 +152,8 @@ def resolve_base(adapter_dir: str | Path, base: str | Path | None = None) -> Pat
         if cand.is_dir():
             return _base_model_dir(cand, adapter_dir)
     if Path(recorded).is_absolute():
-        raise KrllmError(f"base model {recorded} (from {adapter_dir}/adapter_config.json) does not exist; "
-                         "pass --base DIR")
+        raise KrllmError(f"base model {recorded} (from {adapter_dir}/adapter_config.json) does not exist, nor "
+                         "does its trailing path under any parent of the adapter; pass --base DIR")
     cached = _hub_cache_dir(recorded)
     if cached is not None:
         return cached
