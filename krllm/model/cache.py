@@ -98,6 +98,7 @@ class SlotKVCache:
         self.max_seq_len = max_seq_len
         self.lengths = [0] * n_slots
         self._arange = torch.arange(max_seq_len, device=device)  # (S_max,)
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer views (N + 1, H_kv, S_max, D)
 
     @classmethod
     def for_model(cls, cfg, n_slots: int, max_seq_len: int, device, dtype) -> "SlotKVCache":
@@ -147,7 +148,6 @@ class SlotBatch:
                  positions: list[int] | None = None, active: list[bool] | None = None):
         self.cache, self.row0, self.n_rows, self.start = cache, row0, n_rows, start
         self.positions, self.active = positions, active
-        self._k, self._v = cache.k.unbind(0), cache.v.unbind(0)  # per-layer views (N + 1, H_kv, S_max, D)
         if positions is not None:
             device = cache.k.device
             self._pos = torch.tensor(positions, device=device)  # (B,)
@@ -169,7 +169,7 @@ class SlotBatch:
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, H_kv, T, D) -> keys/values each row reads (B, H_kv, S, D), views of the cache."""
-        kc, vc = self._k[layer_idx], self._v[layer_idx]  # (N + 1, H_kv, S_max, D)
+        kc, vc = self.cache.k_layers[layer_idx], self.cache.v_layers[layer_idx]  # (N + 1, H_kv, S_max, D)
         r0, r1 = self.row0, self.row0 + self.n_rows
         if self.positions is None:
             kc[r0:r1, :, self.start:self._S] = k
