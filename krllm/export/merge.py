@@ -22,20 +22,16 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.model.adapters import merge_adapter as merge_into, read_adapter_config
-from krllm.model.hf import top_level_rope_theta
+from krllm.model.hf import parse_dtype, top_level_rope_theta
 from krllm.model.load import load_tokenizer, resolve_base, tokenizer_dir
 from krllm.runs import atomic_dir, write_json
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def load_merged(adapter_dir: str | Path, base: str | None = None, dtype: str = "fp32"):
     """(merged transformers model in `dtype`, tokenizer or None, base directory)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     adapter_dir = Path(adapter_dir)
-    if dtype not in DTYPES:
-        raise KrllmError(f"merge dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    store_dtype = parse_dtype(dtype)  # checked before the (slow) load
     cfg = read_adapter_config(adapter_dir)
     base_dir = resolve_base(adapter_dir, base)
     tok_dir = tokenizer_dir(adapter_dir, base_dir)
@@ -50,7 +46,7 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, dtype: str = "
     except (OSError, ValueError, KeyError) as e:
         raise KrllmError(f"{base_dir}: transformers cannot load the base model of {adapter_dir} ({e})") from None
     merge_into(model, adapter_dir)
-    return model.to(DTYPES[dtype]).eval(), tokenizer, base_dir
+    return model.to(store_dtype).eval(), tokenizer, base_dir
 
 
 def _classifier_kwargs(adapter_dir: Path, tokenizer) -> dict:
