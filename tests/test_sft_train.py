@@ -297,14 +297,14 @@ def test_two_cpu_processes_split_the_data(tmp_path):
 
 
 def test_train_eval_split():
-    from krllm.train.sft import split_records
+    from krllm.train.hf.data import split_records
 
     base = {"base_model": "x", "data": {"train": "builtin:npc", "n": 40, "eval_fraction": 0.1, "seed": 3}}
-    train, held = split_records(validate(base, SFTRunConfig))
+    train, held = split_records(validate(base, SFTRunConfig).data, "sft")
     assert len(train) == 36 and len(held) == 4
     assert not {str(r) for r in train} & {str(r) for r in held}
-    assert split_records(validate(base, SFTRunConfig)) == (train, held)  # seeded
+    assert split_records(validate(base, SFTRunConfig).data, "sft") == (train, held)  # seeded
     # a built-in eval set is generated fresh (seed + 1), sized like the hold-out
     cfg = validate({**base, "data": {**base["data"], "eval": "builtin:npc"}}, SFTRunConfig)
-    train2, fresh = split_records(cfg)
+    train2, fresh = split_records(cfg.data, "sft")
     assert len(train2) == 40 and len(fresh) == 4 and fresh[0] not in train2

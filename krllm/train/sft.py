@@ -18,15 +18,12 @@ Run directory (`runs/<name>/`):
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from krllm.data.sets.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
 from krllm.runs import write_json, write_lineage
@@ -34,29 +31,12 @@ from krllm.train.hf import batching as B
 from krllm.train.hf import outputs as O
 from krllm.train.hf import samples as S
 from krllm.train.hf.callbacks import KrllmLogCallback, open_logger
+from krllm.train.hf.data import split_records
 from krllm.train.hf.model import load_causal_lm, load_tokenizer, parameter_counts, peft_config_for
 from krllm.train.hf.trainer import (early_stopping, last_eval, trainer_arguments, use_krllm_logging,
                                     with_length_sampling)
 from krllm.train.sft_config import SFTRunConfig
 from krllm.train.sft_data import tokenize_records
-
-
-# ---------------------------------------------------------------- inputs
-
-def split_records(cfg: SFTRunConfig, kind: str = "sft") -> tuple[list[dict], list[dict]]:
-    """(train, eval) records: a separate eval file, or a seeded hold-out of `eval_fraction`."""
-    d = cfg.data
-    train = load_examples(d.train, kind, n=d.n, seed=d.seed, system=d.system_prompt)
-    if d.eval:  # a built-in eval set: fresh records (seed + 1), eval_fraction of the train size
-        n_eval = max(1, math.ceil(len(train) * (d.eval_fraction or 0.05))) if d.eval.startswith("builtin:") else None
-        return train, load_examples(d.eval, kind, n=n_eval, seed=d.seed + 1, system=d.system_prompt)
-    if d.eval_fraction == 0 or len(train) < 2:
-        return train, []
-    order = list(range(len(train)))
-    random.Random(d.seed).shuffle(order)
-    n_eval = max(1, math.ceil(len(train) * d.eval_fraction))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
 
 
 # ---------------------------------------------------------------- the stage
@@ -83,7 +63,7 @@ def prepare(cfg: SFTRunConfig) -> Prepared:
     dtype = pick_dtype(cfg.train.dtype, device)
     mode = B.resolve_batching(cfg.train.batching, device)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.data.chat_template)
-    train_records, eval_records = split_records(cfg)
+    train_records, eval_records = split_records(cfg.data, "sft")
     train_rows, stats = tokenize_records(train_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
     eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
     if not train_rows:
@@ -201,17 +181,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
         refs = [r["messages"][len(q)]["content"] for r, q in zip(sample_src, sample_prompts)]
         S.write_samples(run_dir, sample_prompts, before, after, refs)
 
-    outputs = {}
-    out_name = "hf" if cfg.peft.method == "full" else "adapter"
-    O.save_final(trainer, tokenizer, run_dir / out_name)
-    outputs[out_name] = str(run_dir / out_name)
-    if cfg.merge and cfg.peft.method in ("lora", "dora"):
-        if single:
-            O.save_merged(model.merge_and_unload(), tokenizer, run_dir / "merged")
-            outputs["merged"] = str(run_dir / "merged")
-        elif main:
-            print(f"note: multi-process run: merge with `krllm merge {run_dir / 'adapter'} --out "
-                  f"{run_dir / 'merged'}`")
+    outputs = O.save_outputs(trainer, tokenizer, run_dir, cfg.peft.method, cfg.merge)
 
     state = trainer.state
     summary = {

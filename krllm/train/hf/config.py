@@ -1,16 +1,17 @@
 """Config sections every TRL/PEFT training method shares: which parameters train (`peft`), the optimizer
 and schedule (`train`), and where metrics go (`tracking`).
 
-A method's own config (`krllm.train.sft_config.SFTRunConfig`, `krllm.train.classify.ClassifyRunConfig`)
-adds its data section and any method-specific ones, and may change the defaults here (e.g. classification
-uses `PeftSection(r=8, alpha=16.0)`). Pydantic only: importing this never imports torch.
+`TunedRunConfig` is the top level every causal-LM tuning method shares (sft, dpo, grpo): run name and
+directory, base model, tokenizer, merge, peft, train, tracking. A method's own config subclasses it and
+adds its data section and any method-specific ones, and may change the defaults here (e.g. DPO's lower
+learning rate). Pydantic only: importing this never imports torch.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from krllm.config import StrictModel
 
@@ -69,3 +70,46 @@ class TrackingSection(StrictModel):
 
     tensorboard: bool = True
     wandb_project: str | None = None
+
+
+class DataSourceSection(StrictModel):
+    """Where a method's records come from: a JSONL file or a built-in generated set, and the validation split.
+    Methods subclass it to name their default set and add their own knobs (loss_on, max_length, ...)."""
+
+    train: str = Field(..., description="JSONL path or a builtin: generated set")
+    eval: str | None = Field(None, description="JSONL path (or builtin: spec, generated with seed + 1) for "
+                             "validation; None = hold out eval_fraction of train")
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of train held out when eval is None; "
+                                 "0 = no validation")
+    n: int | None = Field(None, gt=0, description="examples to use (builtin: how many to generate, default 1000; "
+                          "file: the first n)")
+    seed: int = Field(0, description="seed of the built-in generator and of the train/eval split")
+    system_prompt: str | None = Field(None, description="system message prepended to every chat without one")
+    chat_template: str | None = Field(None, description="path to a .jinja chat template replacing the tokenizer's")
+
+
+class TunedRunConfig(StrictModel):
+    """What every causal-LM tuning run (sft, dpo, grpo) has; subclasses add `data` and their own sections."""
+
+    name: str = Field("run", description="run name: outputs go to <runs_dir>/<name>/")
+    runs_dir: str = "runs"
+    base_model: str = Field(..., description="HF causal-LM directory (ours: runs/<pretrain>/hf), a krllm run "
+                            "directory, or a hub id when online")
+    tokenizer: str | None = Field(None, description="tokenizer directory; None = the base model's")
+    merge: bool = Field(True, description="adapters: also write <run>/merged/ (base + adapter as one HF dir)")
+    peft: PeftSection = PeftSection()
+    train: TrainSection = TrainSection()
+    tracking: TrackingSection = TrackingSection()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return v
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "TunedRunConfig":
+        if self.train.max_steps == 0 or self.train.max_steps < -1:
+            raise ValueError("train.max_steps must be a positive step count or -1 (use train.epochs)")
+        return self

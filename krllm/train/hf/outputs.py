@@ -116,3 +116,20 @@ def save_merged(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(staging)
     top_level_rope_theta(staging / "config.json")
     publish_dir(staging, out)
+
+
+def save_outputs(trainer, tokenizer, run_dir: Path, method: str, merge: bool) -> dict[str, str]:
+    """A tuning run's results: hf/ (full) or adapter/ (+ merged/ for lora/dora when `merge`).
+    Call on every rank; merged/ is written by single-process runs only (else `krllm merge` is printed).
+    Returns {output name: path}."""
+    out_name = "hf" if method == "full" else "adapter"
+    save_final(trainer, tokenizer, run_dir / out_name)
+    outputs = {out_name: str(run_dir / out_name)}
+    if merge and method in ("lora", "dora"):
+        if world_size() == 1:
+            save_merged(trainer.model.merge_and_unload(), tokenizer, run_dir / "merged")
+            outputs["merged"] = str(run_dir / "merged")
+        elif rank() == 0:
+            print(f"note: multi-process run: merge with `krllm merge {run_dir / 'adapter'} --out "
+                  f"{run_dir / 'merged'}`")
+    return outputs
