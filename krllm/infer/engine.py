@@ -59,6 +59,10 @@ class Sequence:
     finish_reason: str | None = None  # "stop" (stop token / stop string), "length", "cancelled"
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # (V,) bool, only with a repetition penalty
+    stop_token: int | None = None  # the stop token that ended it (not in `output`)
+    # with add(logprobs=True): log p(token) under softmax(logits / temperature) for every output token
+    # and then the stop token, if any (what a trainer's forward computes for the same tokens)
+    logprobs: list[float] | None = None
 
     @property
     def finished(self) -> bool:
@@ -110,10 +114,11 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def add(self, prompt: list[int], sampling: SamplingParams = _GREEDY, max_new_tokens: int = 128,
-            stop_ids: Iterable[int] | None = None) -> Sequence:
+            stop_ids: Iterable[int] | None = None, logprobs: bool = False) -> Sequence:
         """Queue a prompt; it starts at the next `step()` with a free slot.
 
         stop_ids: token ids that end generation (default: the model's EOS ids; pass () to ignore EOS).
+        logprobs: record each chosen token's log-probability (`Sequence.logprobs`), for RL rollouts.
         """
         prompt = [int(t) for t in prompt]
         if not prompt:
@@ -129,6 +134,7 @@ class Engine:
         seq = Sequence(prompt=prompt, sampling=sampling, max_new_tokens=max_new_tokens,
                        stop_ids=frozenset(self.eos_ids if stop_ids is None else stop_ids), id=next(self._ids))
         seq.generator = sampling.make_generator(self.runner.device)
+        seq.logprobs = [] if logprobs else None
         if sampling.repetition_penalty != 1.0:
             seq.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.runner.device)
             seq.seen[torch.tensor(prompt)] = True
@@ -168,7 +174,9 @@ class Engine:
             rows = SamplingRows.build([seq.sampling], self.vocab_size, self.runner.device, [seq.generator])
             if seq.seen is not None:
                 rows.seen = seq.seen[None]
-            events.append(self._accept(seq, int(sample(logits[None], rows)[0])))
+            token = sample(logits[None], rows)
+            self._record_logprobs([seq], logits[None], token)
+            events.append(self._accept(seq, int(token[0])))
         if decoding:
             events.extend(self._decode(decoding))
         return events
@@ -183,8 +191,24 @@ class Engine:
             self.before_forward()
         logits = self.runner.decode(self._tokens[:n_rows], n_rows, active)  # (n_rows, V)
         rows = self._sampling_rows(n_rows)
-        next_ids = sample(logits, rows).tolist()
+        next_ids = sample(logits, rows)
+        wanting = [s for s in seqs if s.logprobs is not None]
+        if wanting:
+            at = [s.slot for s in wanting]
+            self._record_logprobs(wanting, logits[at], next_ids[at])
+        next_ids = next_ids.tolist()
         return [self._accept(s, next_ids[s.slot]) for s in seqs]
+
+    @staticmethod
+    def _record_logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append log softmax(logits / T)[token] to each sequence that asked for log-probabilities:
+        logits (n, V), tokens (n,). Temperature 0 (greedy) scores the plain logits (T = 1)."""
+        if seqs[0].logprobs is None:
+            return
+        temps = torch.tensor([s.sampling.temperature or 1.0 for s in seqs], device=logits.device)
+        logp = torch.log_softmax(logits.float() / temps[:, None], dim=-1)  # (n, V)
+        for s, lp in zip(seqs, logp.gather(1, tokens.view(-1, 1))[:, 0].tolist()):
+            s.logprobs.append(lp)
 
     def _sampling_rows(self, n_rows: int) -> SamplingRows:
         """Per-row sampling tensors for slots 0..n_rows-1; rebuilt only when occupants change."""
@@ -204,7 +228,7 @@ class Engine:
     def _accept(self, seq: Sequence, token: int) -> StepEvent:
         """Record a sampled token and decide whether the sequence is done."""
         if token in seq.stop_ids:
-            seq.finish_reason = "stop"
+            seq.finish_reason, seq.stop_token = "stop", token
             self._release(seq)
             return StepEvent(seq, None, True)
         seq.output.append(token)
@@ -227,10 +251,11 @@ class Engine:
 
     # ------------------------------------------------------------------ convenience
     def generate(self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams] = _GREEDY,
-                 max_new_tokens: int = 128, stop_ids: Iterable[int] | None = None) -> list[Sequence]:
+                 max_new_tokens: int = 128, stop_ids: Iterable[int] | None = None,
+                 logprobs: bool = False) -> list[Sequence]:
         """Generate for several prompts (any lengths) batched together; returns finished sequences in order."""
         params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
-        seqs = [self.add(p, sp, max_new_tokens, stop_ids) for p, sp in zip(prompts, params)]
+        seqs = [self.add(p, sp, max_new_tokens, stop_ids, logprobs) for p, sp in zip(prompts, params)]
         while not all(s.finished for s in seqs):
             self.step()
         return seqs

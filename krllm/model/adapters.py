@@ -157,14 +157,21 @@ def merge_adapter(model, adapter_dir: str | Path) -> dict:
     weight is computed in fp32 and stored back in the parameter's dtype.
     """
     adapter_dir = Path(adapter_dir)
-    cfg = read_adapter_config(adapter_dir)
-    weights = read_adapter_weights(adapter_dir)
+    return merge_adapter_weights(model, read_adapter_config(adapter_dir), read_adapter_weights(adapter_dir),
+                                 source=str(adapter_dir))
+
+
+@torch.no_grad()
+def merge_adapter_weights(model, cfg: dict, weights: dict[str, torch.Tensor], source: str = "adapter") -> dict:
+    """`merge_adapter` on an adapter already in memory: its config (adapter_config.json's dict) and its
+    tensors under PEFT's saved names (`get_peft_model_state_dict`), e.g. a live policy's adapter in an RL
+    rollout. `source` names it in errors."""
     params = dict(model.named_parameters(remove_duplicate=False))
     groups: dict[str, dict[str, torch.Tensor]] = {}  # module name -> {"A", "B", "m", "full"}
     full: dict[str, torch.Tensor] = {}  # parameter name -> replacement tensor
     for key, t in weights.items():
         if not key.startswith(_PREFIX):
-            raise KrllmError(f"{adapter_dir}: unexpected adapter key {key!r} (PEFT keys start with {_PREFIX!r})")
+            raise KrllmError(f"{source}: unexpected adapter key {key!r} (PEFT keys start with {_PREFIX!r})")
         name = key[len(_PREFIX):]
         if m := re.fullmatch(r"(.+)\.lora_(A|B)\.weight", name):
             groups.setdefault(m[1], {})[m[2]] = t
@@ -179,7 +186,7 @@ def merge_adapter(model, adapter_dir: str | Path) -> dict:
         elif name in params:
             full[name] = t
         else:
-            raise KrllmError(f"{adapter_dir}: adapter key {key!r} matches no parameter of the base model "
+            raise KrllmError(f"{source}: adapter key {key!r} matches no parameter of the base model "
                              "(is this adapter for a different model?)")
 
     touched = set(full) | {m + ".weight" for m in groups}
@@ -190,7 +197,7 @@ def merge_adapter(model, adapter_dir: str | Path) -> dict:
     for pname, t in full.items():
         p = params.get(pname)
         if p is None or p.shape != t.shape:
-            raise KrllmError(f"{adapter_dir}: saved layer {pname} {tuple(t.shape)} does not fit the base model "
+            raise KrllmError(f"{source}: saved layer {pname} {tuple(t.shape)} does not fit the base model "
                              f"({'missing' if p is None else tuple(p.shape)})")
         p.copy_(t.to(p.dtype))
         summary["full"] += 1
@@ -199,20 +206,20 @@ def merge_adapter(model, adapter_dir: str | Path) -> dict:
         pname = module + ".weight"
         p = params.get(pname)
         if p is None:
-            raise KrllmError(f"{adapter_dir}: adapter targets {module!r}, which the base model does not have")
+            raise KrllmError(f"{source}: adapter targets {module!r}, which the base model does not have")
         w = p.float()
         if "EA" in g or "EB" in g:  # embedding LoRA: A (r, V), B (C, r); delta (V, C)
             if "EA" not in g or "EB" not in g or "m" in g:
-                raise KrllmError(f"{adapter_dir}: incomplete or DoRA embedding adapter for {module!r}")
+                raise KrllmError(f"{source}: incomplete or DoRA embedding adapter for {module!r}")
             r = g["EA"].shape[0]
             delta = (g["EB"].float() @ g["EA"].float()).T * _scale(cfg, module, r)
         else:  # linear LoRA: A (r, in), B (out, r); delta (out, in)
             if "A" not in g or "B" not in g:
-                raise KrllmError(f"{adapter_dir}: {module!r} has lora_{'A' if 'A' not in g else 'B'} missing")
+                raise KrllmError(f"{source}: {module!r} has lora_{'A' if 'A' not in g else 'B'} missing")
             r = g["A"].shape[0]
             delta = (g["B"].float() @ g["A"].float()) * _scale(cfg, module, r)
         if delta.shape != w.shape:
-            raise KrllmError(f"{adapter_dir}: adapter for {module!r} gives shape {tuple(delta.shape)}, "
+            raise KrllmError(f"{source}: adapter for {module!r} gives shape {tuple(delta.shape)}, "
                              f"base weight is {tuple(w.shape)}")
         merged = w + delta
         if "m" in g:  # DoRA: rescale each output row to the learned magnitude
