@@ -17,7 +17,6 @@ hf/, samples.md, summary.json).
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
@@ -38,16 +37,10 @@ _TRL_OWNED = ("prompt",)  # record keys the trainer reads itself; every other ke
 
 
 def reward_functions(cfg: GRPORunConfig) -> tuple[list, list[float]]:
-    """(callables, weights) from the `rewards` section; bound kwargs keep the function's name for logging."""
+    """(callables, weights) from the `rewards` section (krllm.train.rewards.load_reward binds `kwargs`)."""
     from krllm.train.rewards import load_reward
 
-    fns = []
-    for spec in cfg.rewards:
-        fn = load_reward(spec.fn)
-        if spec.kwargs:
-            fn = functools.update_wrapper(functools.partial(fn, **spec.kwargs), fn)
-        fns.append(fn)
-    return fns, [spec.weight for spec in cfg.rewards]
+    return [load_reward(r.fn, **r.kwargs) for r in cfg.rewards], [r.weight for r in cfg.rewards]
 
 
 def make_rollout(cfg: GRPORunConfig, tokenizer):
