@@ -18,7 +18,6 @@ from krllm.train.rewards import (
     length_penalty,
     load_reward,
     math_correct,
-    reward_functions,
 )
 
 TRICKY = [  # (completion, ground truth, math_correct, format)
@@ -107,7 +106,7 @@ def test_length_penalty_soft_and_hard_limits():
 
 def test_builtin_registry_and_options():
     assert set(BUILTIN_REWARDS) == {"math_correct", "format", "length_penalty"}
-    fns = reward_functions(["math_correct", "format", {"name": "length_penalty", "soft_limit": 2, "hard_limit": 6}])
+    fns = [load_reward("math_correct"), load_reward("format"), load_reward("length_penalty", soft_limit=2, hard_limit=6)]
     assert fns[:2] == [math_correct, format_reward]
     assert [f.__name__ for f in fns] == ["math_correct", "format", "length_penalty"]
     assert isinstance(fns[2], functools.partial)
@@ -116,10 +115,6 @@ def test_builtin_registry_and_options():
     assert again(None, ["abcd"]) == [-0.5] and again.__name__ == "length_penalty"
     with pytest.raises(KrllmError, match="unknown option\\(s\\) soft; it takes: hard_limit, soft_limit"):
         load_reward("length_penalty", soft=3)
-    with pytest.raises(KrllmError, match="needs a 'name' key"):
-        reward_functions([{"soft_limit": 3}])
-    with pytest.raises(KrllmError, match="no reward functions given"):
-        reward_functions([])
 
 
 USER_MODULE = '''
@@ -152,7 +147,7 @@ def test_user_reward_from_a_module(user_module):
     scaled = load_reward(f"{user_module}:brevity", per_char=1.0)
     assert scaled.__name__ == "brevity" and scaled(None, ["ab"]) == [-2.0]
     # a data column reaches it as a keyword list
-    by_lang = reward_functions([f"{user_module}:uses_lang"])[0]
+    by_lang = load_reward(f"{user_module}:uses_lang")
     assert by_lang(prompts=["a", "b"], completions=["x", "y"], lang=["ko", "en"], trainer_state=None) == [1.0, 0.0]
 
 

@@ -29,8 +29,9 @@ Built-in (`BUILTIN_REWARDS`):
 
 User rewards: `package.module:function` (the module must be importable, e.g. on PYTHONPATH).
 
-    reward_functions(["math_correct", "format", {"name": "length_penalty", "soft_limit": 128},
-                      "my_pkg.rewards:brevity"])   -> the callables for GRPOTrainer(reward_funcs=...)
+    load_reward("length_penalty", soft_limit=128)   -> the callable for GRPOTrainer(reward_funcs=[...])
+    load_reward("my_pkg.rewards:brevity")
+(`krllm grpo` reads them from its config's `rewards:` list: krllm.train.grpo.reward_functions.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from krllm.data.answers import answers_equal, cued_answers, extract_answer, is_f
 from krllm.errors import KrllmError
 
 __all__ = ["math_correct", "format_reward", "length_penalty", "BUILTIN_REWARDS", "load_reward",
-           "reward_functions", "completion_text", "GROUND_TRUTH_KEYS"]
+           "completion_text", "GROUND_TRUTH_KEYS"]
 
 GROUND_TRUTH_KEYS = ("ground_truth_answer", "answer")  # the column the math reward reads, then its alias
 _TRL_KWARGS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
@@ -182,18 +183,3 @@ def load_reward(spec: str, **options) -> Callable:
     bound.__name__ = getattr(fn, "__name__", spec)
     return bound
 
-
-def reward_functions(specs: list[str | dict]) -> list[Callable]:
-    """Rewards for GRPOTrainer(reward_funcs=...): each a name/`module:function`, or {"name": ..., **options}."""
-    if not specs:
-        raise KrllmError(f"no reward functions given; use some of: {', '.join(BUILTIN_REWARDS)} or 'module:function'")
-    out = []
-    for spec in specs:
-        if isinstance(spec, dict):
-            options = dict(spec)
-            if "name" not in options:
-                raise KrllmError(f"reward {spec!r}: a reward given with options needs a 'name' key")
-            out.append(load_reward(options.pop("name"), **options))
-        else:
-            out.append(load_reward(spec))
-    return out
