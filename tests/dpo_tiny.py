@@ -8,15 +8,20 @@ from __future__ import annotations
 import random
 
 
-def arithmetic_pairs(n: int, seed: int = 0, conversational: bool = True) -> list[dict]:
-    """`n` pairs {"prompt", "chosen", "rejected"}: message lists (the conversational form), or plain strings."""
+def arithmetic_pairs(n: int, seed: int = 0, conversational: bool = True, missing: bool = False) -> list[dict]:
+    """`n` pairs {"prompt", "chosen", "rejected"}: message lists (the conversational form), or plain strings.
+
+    The rejected answer has a wrong final answer; with `missing`, every other one has none at all (a pattern a
+    tiny model can learn to disprefer on unseen questions, unlike arithmetic)."""
     rng = random.Random(seed)
     rows = []
-    for _ in range(n):
+    for i in range(n):
         a, b = rng.randint(2, 40), rng.randint(2, 40)
         wrong = a + b + rng.choice([-3, -2, -1, 1, 2, 3])
         prompt = f"{a} 더하기 {b}는 얼마예요?"
         chosen, rejected = f"{a} + {b} = {a + b}. 답: {a + b}", f"{a} + {b} = {wrong}. 답: {wrong}"
+        if missing and i % 2:
+            rejected = f"{a}와 {b}를 더하면 되는데, 잘 모르겠어요."
         if conversational:
             rows.append({"prompt": [{"role": "user", "content": prompt}],
                          "chosen": [{"role": "assistant", "content": chosen}],

@@ -46,7 +46,9 @@ def _run(ctx: StageContext) -> dict:
 
 
 KIND = StageKind(
-    name="dpo", run=_run, needs={"base": ("pretrain", "sft", "dpo")}, outputs=tuned_outputs,
+    # the base: preferably the latest SFT stage (align a model that already answers), else an earlier DPO, else
+    # the pretrained model
+    name="dpo", run=_run, needs={"base": ("sft", "dpo", "pretrain")}, outputs=tuned_outputs,
     prepare=tuned_prepare, schema=DPORunConfig, resumable=True, progress=tuned_progress,
     estimate_s=_estimate, command="krllm dpo -c {config}",
     description="preference alignment (DPO) with LoRA/DoRA/full (krllm.train.dpo.run_dpo)")
