@@ -138,6 +138,11 @@ def test_bad_pairs_fail_with_file_and_line_through_the_cli(tmp_path):
     # the same check in-process, before any model is loaded or trained
     with pytest.raises(DataError, match=r"bad\.jsonl:2: rejected: required key is missing"):
         run_dpo(cfg_for(tmp_path / "again", data={"train": str(bad)}))
+    # pairs whose prompt alone fills max_length leave nothing to learn: said, not trained on silently
+    from krllm.errors import KrllmError
+
+    with pytest.raises(KrllmError, match="every train pair was dropped.*data.max_length=10"):
+        run_dpo(cfg_for(tmp_path / "short", data={"max_length": 10}))
 
 
 def test_run_layout_resume_and_adapter(tmp_path):

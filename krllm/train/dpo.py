@@ -178,9 +178,10 @@ def make_trainer(cfg: DPORunConfig, p: Prepared, run_dir: Path, counter: B.Token
     finally:
         if quiet:
             datasets.enable_progress_bars()
-    if not trainer.krllm_data["train"]["pairs"]:
-        raise KrllmError(f"every training pair was dropped: each prompt alone fills data.max_length="
-                         f"{cfg.data.max_length} tokens; raise it")
+    for split, counts in trainer.krllm_data.items():
+        if not counts["pairs"]:
+            raise KrllmError(f"every {split} pair was dropped: each prompt alone fills data.max_length="
+                             f"{cfg.data.max_length} tokens; raise it")
     use_krllm_logging(trainer, p.mode, counter)
     return trainer
 
