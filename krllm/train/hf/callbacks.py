@@ -32,6 +32,7 @@ def open_logger(cfg, run_dir) -> MetricsLogger:
 # Trainer log keys -> our names (others pass through; eval_* go to split "eval")
 _RENAME = {"learning_rate": "lr", "train_loss": "final_loss"}
 _SKIP = {"total_flos", "epoch"}
+_PREFERENCE = {"rewards/margins": "margin", "rewards/accuracies": "reward acc"}  # TRL's DPO keys, as printed
 
 
 class KrllmLogCallback(TrainerCallback):
@@ -115,11 +116,16 @@ class KrllmLogCallback(TrainerCallback):
             parts.append(f"loss {train['loss']:.4f}")
         if "lr" in train:
             parts.append(f"lr {train['lr']:.2e}")
+        for k, short in _PREFERENCE.items():  # DPO: chosen - rejected reward margin, share of pairs ranked right
+            if k in train:
+                parts.append(f"{short} {train[k]:.3f}")
         if "tok_per_s" in train:
             parts.append(f"{train['tok_per_s']:,.0f} tok/s")
         for k, v in evals.items():
             if k in ("loss", "accuracy", "f1_macro"):
                 parts.append(f"val {k} {v:.4f}")
+            elif k in _PREFERENCE:
+                parts.append(f"val {_PREFERENCE[k]} {v:.3f}")
         if not parts:
             return
         desc = " | ".join(parts)
