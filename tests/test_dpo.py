@@ -130,7 +130,7 @@ def test_bad_pairs_fail_with_file_and_line_through_the_cli(tmp_path):
     err = out.stderr
     assert "5 invalid dpo record(s)" in err
     for line in (f"{bad}:2: rejected: required key is missing", f"{bad}:3: prompt: is empty",
-                 f"{bad}:4: chosen: must be a list of {{'role', 'content'}} objects, got int",
+                 f"{bad}:4: chosen: must be a string or a list of {{'role', 'content'}} messages, got int",
                  f"{bad}:5: prompt[0].content: must be a string", f"{bad}:6: each line must be a JSON object"):
         assert line in err, err
     assert f"{bad}:1:" not in err

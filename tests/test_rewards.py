@@ -105,7 +105,7 @@ def test_length_penalty_soft_and_hard_limits():
 
 
 def test_builtin_registry_and_options():
-    assert set(BUILTIN_REWARDS) == {"math_correct", "format", "length_penalty"}
+    assert set(BUILTIN_REWARDS) == {"math_correct", "format", "math_steps", "length_penalty"}
     fns = [load_reward("math_correct"), load_reward("format"), load_reward("length_penalty", soft_limit=2, hard_limit=6)]
     assert fns[:2] == [math_correct, format_reward]
     assert [f.__name__ for f in fns] == ["math_correct", "format", "length_penalty"]
@@ -168,3 +168,11 @@ def test_bad_specs_name_the_spec(user_module, spec, match):
 def test_a_users_own_missing_import_is_not_hidden(user_module):
     with pytest.raises(ModuleNotFoundError, match="not_installed_pkg_xyz"):
         load_reward("broken_rewards_mod:fn")
+
+
+def test_math_steps_checks_each_equation():
+    from krllm.train.rewards import math_steps
+
+    got = math_steps(None, ["1. 9 + 5 = 14\n정답: 14", "50 + 5 = 45", "17 ÷ 5 = 3 나머지 2", "3 × 4 = 12\n12 - 2 = 9",
+                            [{"role": "assistant", "content": "1,000 - 250 = 750"}], "정답: 7"])
+    assert got == [1.0, 0.0, 1.0, 0.5, 1.0, 0.0]

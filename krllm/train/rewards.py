@@ -39,6 +39,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import re
+from fractions import Fraction
 from typing import Any, Callable
 
 from krllm.data.answers import answers_equal, cued_answers, extract_answer, is_final_answer_line
@@ -125,8 +127,41 @@ def length_penalty(prompts: list, completions: list, *, soft_limit: int = 256, h
     return [-min(1.0, (n - soft_limit) / (hard_limit - soft_limit)) if n > soft_limit else 0.0 for n in lengths]
 
 
+_EQUATION = re.compile(r"(-?\d[\d,]*)\s*([+\-−×x*÷/])\s*(-?\d[\d,]*)\s*=\s*(-?\d[\d,]*)")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "−": lambda a, b: a - b, "×": lambda a, b: a * b,
+        "x": lambda a, b: a * b, "*": lambda a, b: a * b,
+        "÷": lambda a, b: Fraction(a, b) if b else None, "/": lambda a, b: Fraction(a, b) if b else None}
+
+
+def _steps_right(text: str) -> float:
+    """Share of the `a op b = c` equations in `text` whose arithmetic holds (a division with remainder
+    `a ÷ b = q 나머지 r` / `remainder r` counts when a = q*b + r); 0.0 when there are none."""
+    found = list(_EQUATION.finditer(text))
+    if not found:
+        return 0.0
+    right = 0
+    for m in found:
+        a, op, b, c = int(m[1].replace(",", "")), m[2], int(m[3].replace(",", "")), int(m[4].replace(",", ""))
+        rest = re.match(r"\s*(?:나머지|remainder)\s*(\d+)", text[m.end():])
+        if op in "÷/" and rest:
+            right += b != 0 and a == c * b + int(rest[1])
+        else:
+            right += _OPS[op](a, b) == c
+    return right / len(found)
+
+
+def math_steps(prompts: list, completions: list, **kwargs) -> list[float]:
+    """Dense, verifiable credit for the working: the share of `a op b = c` steps whose arithmetic is right.
+
+    A small model rarely gets a whole problem right at first, so `math_correct` alone gives most groups
+    no signal; this rewards each correct step on the way (it cannot be gamed without right arithmetic).
+    Weight it below math_correct (e.g. 0.2).
+    """
+    return [_steps_right(completion_text(c)) for c in completions]
+
+
 BUILTIN_REWARDS: dict[str, Callable] = {"math_correct": math_correct, "format": format_reward,
-                                        "length_penalty": length_penalty}
+                                        "math_steps": math_steps, "length_penalty": length_penalty}
 
 
 # ---------------------------------------------------------------- loading by name
