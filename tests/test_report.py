@@ -45,7 +45,7 @@ def _eval_run(ctx: StageContext) -> dict:
           "npc": {"base": {"loss": 4.0, "ppl": 54.6}, "tuned": {"loss": 1.5, "ppl": 4.48}},
           "math": {"base": {"accuracy": 0.0, "correct": 0, "n": 20, "examples": []},
                    "tuned": {"accuracy": 0.25, "correct": 5, "n": 20,
-                             "examples": [{"question": "2+2?", "truth": "4", "answer": "정답: 4"}]}},
+                             "examples": [{"question": "2+2?", "truth": "4", "answer": "정답: 4", "correct": True}]}},
           "samples": [{"prompt": "안녕하세요?", "base": "국회는", "tuned": "어서 오세요, 여행자님!"}],
           "data": {"npc": {"data": "builtin:npc", "n": 16, "dropped_in_training": 2}},
           "tokens_scored": 5000, "tokens_per_s": 1000.0, "wall_s": 5.0}
@@ -104,7 +104,9 @@ def test_report_tables_hold_the_run(run_dir):
     assert "16 held-out examples from `builtin:npc` (2 dropped for appearing in training)" in md
     # first/last logged losses from metrics.jsonl ("eval" split of Trainer stages counts as validation)
     assert "| sft | 4.9 | 2 | 4.2 | 2.2 | 33 |" in md
-    assert "어서 오세요, 여행자님!" in md and "truth **4**; model: `정답: 4`" in md
+    assert "어서 오세요, 여행자님!" in md
+    assert "**Problem 1** (truth **4**)\n\n```text\n2+2?\n```\n\n- *fine-tuned* ✓ right: `정답: 4`\n" in md
+    assert "## Math track" not in md  # two models: the metrics table's change column says it all
 
 
 def test_report_commands(run_dir):

@@ -1,7 +1,9 @@
-"""`krllm eval`: perplexity, NPC chat loss, math exact match and sample answers, base vs fine-tuned.
+"""`krllm eval`: perplexity, NPC chat loss, math exact match and sample answers of every model given.
 
     krllm eval -c configs/eval/demo_ko.yaml --base runs/demo_ko/pretrain/hf --tuned runs/demo_ko/sft/merged \\
         --shards runs/demo_ko/data/shards --out runs/my_eval
+    krllm eval -c configs/eval/demo_ko.yaml --base runs/demo_ko/pretrain/hf \\
+        --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ EPILOG = """\
 Writes OUT/eval.json (all metrics), OUT/samples.md (answers side by side) and OUT/config.yaml.
 Losses are mean cross-entropy in nats per token; perplexity = exp(loss). Math exact match compares the
 last number of a greedy answer with the true integer. --tuned may be a merged HF directory or a PEFT
-adapter directory (merged on the fly). See docs/pipeline.md.
+adapter directory (merged on the fly); so may each --model ROLE=DIR (evaluated in order after base and
+tuned, one column each). See docs/pipeline.md.
 """
 
 
@@ -23,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "e.g. configs/eval/demo_ko.yaml")
     p.add_argument("--base", metavar="DIR", help="base model HF directory (sets base=)")
     p.add_argument("--tuned", metavar="DIR", help="fine-tuned model: merged HF dir or adapter dir (sets tuned=)")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="ROLE=DIR",
+                   help="one more model to evaluate, e.g. --model grpo=runs/x/math_grpo/merged (repeatable; "
+                        "sets models.ROLE=)")
     p.add_argument("--shards", metavar="DIR", help="token shards for validation perplexity (sets perplexity.shards=)")
     p.add_argument("--out", metavar="DIR", help="output directory (sets out_dir=; default runs/eval)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -34,6 +40,13 @@ def run(args) -> int:
     from krllm.eval.run import EvalConfig, run_eval
 
     overrides = list(args.overrides)
+    for item in args.models:
+        role, sep, path = item.partition("=")
+        if not sep or not role or not path:
+            from krllm.errors import KrllmError
+
+            raise KrllmError(f"--model {item!r}: expected ROLE=DIR, e.g. --model grpo=runs/x/math_grpo/merged")
+        overrides.append(f"models.{role}={path}")
     for key, val in (("base", args.base), ("tuned", args.tuned), ("perplexity.shards", args.shards),
                      ("out_dir", args.out)):
         if val:

@@ -19,14 +19,17 @@ def chat_prompt_ids(tokenizer, user: str, system: str | None = None) -> list[int
 
 def greedy_answers(lm: LoadedModel, prompts: list[str], max_new_tokens: int = 64, system: str | None = None,
                    batch_size: int = 8) -> list[dict]:
-    """[{"prompt", "answer", "tokens", "finish"}] for each user prompt, in order."""
+    """[{"prompt", "answer", "tokens", "finish"}] for each user prompt, in order.
+
+    All prompts go to the engine in one `generate` call: `batch_size` of them decode together (engine
+    slots) and a finished one's slot takes the next waiting prompt (continuous batching)."""
     from krllm.infer.sampling import SamplingParams
     from krllm.infer.startup import make_engine
 
     ids = [chat_prompt_ids(lm.tokenizer, p, system) for p in prompts]
     longest = max((len(x) for x in ids), default=0) + max_new_tokens
     max_len = min(lm.context_length or longest, longest)
-    engine = make_engine(lm, max_batch=batch_size, max_seq_len=max_len)
+    engine = make_engine(lm, max_batch=max(1, min(batch_size, len(ids))), max_seq_len=max_len)  # no idle KV slots
     seqs = engine.generate(ids, SamplingParams(temperature=0), max_new_tokens=max_new_tokens)
     return [{"prompt": p, "answer": lm.tokenizer.decode(s.output, skip_special_tokens=True).strip(),
              "tokens": len(s.output), "finish": s.finish_reason} for p, s in zip(prompts, seqs)]

@@ -59,6 +59,9 @@ class StageKind:
 
     needs:     role -> kinds of earlier stages that can fill it (first listed = preferred)
     optional:  roles that may stay unwired (e.g. eval without a fine-tuned model)
+    explicit:  optional roles wired only when the pipeline names their stage in `inputs:` (never by
+               default), for a second role of a kind another role already takes (eval's math_sft next to
+               tuned: both sft)
     outputs:   output name -> path inside the stage dir (hashed for downstream lineage); or a function
                of the validated stage config giving that mapping (e.g. sft writes merged/ or hf/ by method)
     prepare:   (config dict, ctx) -> config dict with the pipeline-managed keys set (output dir,
@@ -77,6 +80,7 @@ class StageKind:
     run: str | Callable[[StageContext], dict | None]
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
+    explicit: tuple[str, ...] = ()
     outputs: dict[str, str] | Callable[[Any], dict[str, str]] = field(default_factory=dict)
     prepare: Callable[[dict, StageContext], dict] | None = None
     schema: type | str | None = None

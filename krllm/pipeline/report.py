@@ -4,7 +4,9 @@
 
 Everything comes from files the stages left behind: the runner's state files (wall time, peak
 RSS, per-stage summaries: tokens, tokens/s, parameter counts), each stage's metrics.jsonl (loss and
-learning-rate curves) and the eval stage's eval.json (final metrics, sample answers).
+learning-rate curves; GRPO reward and KL, DPO reward margin and accuracy) and the eval stage's
+eval.json (final metrics of every model, sample answers). When the eval holds more than two models
+with math results (a math track: sft -> dpo -> grpo), a table follows the accuracy stage by stage.
 """
 
 from __future__ import annotations
@@ -79,9 +81,17 @@ def _eval_result(states: dict[str, dict], order: list[str]) -> tuple[str | None,
     return None, None
 
 
-def _metrics_table(ev: dict) -> list[str]:
-    roles = [r for r in ("base", "tuned") if r in ev.get("models", {})]
-    head = "| metric | " + " | ".join({"base": "base (pretrained)", "tuned": "fine-tuned"}[r] for r in roles)
+def _labels(ev: dict, upstream: dict[str, str]) -> dict[str, str]:
+    """Column name of each evaluated model: base / fine-tuned for two, else the stage that made it."""
+    roles = list(ev.get("models", {}))
+    if set(roles) <= {"base", "tuned"}:
+        return {r: {"base": "base (pretrained)", "tuned": "fine-tuned"}[r] for r in roles}
+    return {r: upstream.get(r, r) for r in roles}
+
+
+def _metrics_table(ev: dict, labels: dict[str, str]) -> list[str]:
+    roles = list(labels)
+    head = "| metric | " + " | ".join(labels[r] for r in roles)
     lines = [head + (" | change |" if len(roles) == 2 else " |"), "|---" * (len(roles) + 1 + (len(roles) == 2)) + "|"]
     for section, key, label, better in METRIC_ROWS:
         vals = [(ev.get(section) or {}).get(r, {}).get(key) for r in roles]
@@ -118,6 +128,54 @@ def _training_rows(states: dict, order: list[str], run_dir: Path) -> list[str]:
         return []
     return ["| stage | first train loss | last train loss | first val loss | last val loss | records |",
             "|---|---|---|---|---|---|"] + lines
+
+
+def _pct(m: dict) -> str:
+    return f"{100 * m['accuracy']:.1f}% ({m['correct']}/{m['n']})"
+
+
+def _math_track(ev: dict, upstream: dict[str, str], states: dict, order: list[str]) -> list[str]:
+    """Held-out exact match stage by stage (pipeline order), with the change from the row before."""
+    math = ev.get("math") or {}
+    roles = [r for r in ev.get("models", {}) if r in math]
+    if len(roles) <= 2:
+        return []
+    where = {s: i for i, s in enumerate(order)}
+    roles.sort(key=lambda r: where.get(upstream.get(r, r), len(order)))  # unknown roles last, in eval order
+    lines = ["## Math track", "", "Held-out exact match of every model, in pipeline order (greedy answers, the same "
+             "problems for each):", "", "| stage | kind | exact match | change vs previous |", "|---|---|---|---|"]
+    prev = None
+    for r in roles:
+        stage, m = upstream.get(r, r), math[r]
+        delta = "—" if prev is None else f"{100 * (m['accuracy'] - prev):+.1f} pts"
+        lines.append(f"| {stage} | {(states.get(stage) or {}).get('kind', r)} | {_pct(m)} | {delta} |")
+        prev = m["accuracy"]
+    first, last = math[roles[0]], math[roles[-1]]
+    lines += ["", f"From {upstream.get(roles[0], roles[0])} to {upstream.get(roles[-1], roles[-1])}: "
+              f"{100 * (last['accuracy'] - first['accuracy']):+.1f} pts.", ""]
+    return lines
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ⏎ ".join(ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()).replace("`", "'")
+    return flat[:limit] + ("…" if len(flat) > limit else "") if flat else "(empty)"
+
+
+def _math_answers(ev: dict, labels: dict[str, str], k: int = 3) -> list[str]:
+    """The first k held-out problems: every model's greedy answer and whether its final answer is right."""
+    math = ev.get("math") or {}
+    roles = [r for r in labels if (math.get(r) or {}).get("examples")]
+    if not roles:
+        return []
+    lines = [f"## Math answers (greedy, first {k} held-out problems)", ""]
+    for i, ex in enumerate(math[roles[0]]["examples"][:k], 1):
+        lines += [f"**Problem {i}** (truth **{ex['truth']}**)", "", "```text", ex["question"], "```", ""]
+        for r in roles:
+            got = math[r]["examples"][i - 1] if i <= len(math[r]["examples"]) else {}
+            mark = {True: " ✓ right", False: " ✗ wrong"}.get(got.get("correct"), "")  # absent in older eval.json
+            lines.append(f"- *{labels[r]}*{mark}: `{_one_line(got.get('answer', ''))}`")
+        lines.append("")
+    return lines
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -168,6 +226,8 @@ def build_report(run_dir: str | Path) -> Path:
     params = [(s, k, v) for s in order for k, v in (states[s].get("summary") or {}).items()
               if k in ("params", "trainable_params", "non_embedding_params") and v]
     eval_stage, ev = _eval_result(states, order)
+    upstream = dict(states[eval_stage].get("upstream") or {}) if eval_stage else {}
+    labels = _labels(ev, upstream) if ev else {}
     if ev:
         params += [(eval_stage, f"{role} model params", m.get("params")) for role, m in ev.get("models", {}).items()]
     if params:
@@ -178,7 +238,7 @@ def build_report(run_dir: str | Path) -> Path:
     # metrics
     md += ["## Final metrics", ""]
     if ev:
-        md += _metrics_table(ev) + [""]
+        md += _metrics_table(ev, labels) + [""]
         dm = ev.get("data", {})
         notes = []
         if "perplexity" in dm:
@@ -194,6 +254,9 @@ def build_report(run_dir: str | Path) -> Path:
     if train_rows:
         md += ["Training curves, first and last logged values:", ""] + train_rows + [""]
 
+    if ev:
+        md += _math_track(ev, upstream, states, order)
+
     # plots
     plot_lines = _plots(run_dir, states, order)
     if plot_lines:
@@ -201,18 +264,13 @@ def build_report(run_dir: str | Path) -> Path:
 
     # samples
     if ev and ev.get("samples"):
-        roles = [r for r in ("base", "tuned") if r in ev.get("models", {})]
         md += ["## Sample answers (greedy, fixed NPC prompts)", ""]
         for i, smp in enumerate(ev["samples"], 1):
             md += [f"**Prompt {i}**", "", "```text", smp["prompt"], "```", ""]
-            for r in roles:
-                md += [f"*{'base' if r == 'base' else 'fine-tuned'}*:", "", "```text", smp.get(r) or "(empty)", "```", ""]
-        if ev.get("math"):
-            md += ["Math answers (first problems, fine-tuned model if present):", ""]
-            r = "tuned" if "tuned" in ev["math"] else "base"
-            for ex in ev["math"][r].get("examples", [])[:3]:
-                md += [f"- Q: {ex['question']}  ", f"  truth **{ex['truth']}**; model: `{ex['answer'][:160]}`"]
-            md.append("")
+            for r in labels:
+                md += [f"*{labels[r]}*:", "", "```text", smp.get(r) or "(empty)", "```", ""]
+    if ev:
+        md += _math_answers(ev, labels)
 
     md += _commands(run_dir, states, order)
     text = "\n".join(md).rstrip() + "\n"
@@ -222,8 +280,18 @@ def build_report(run_dir: str | Path) -> Path:
     return report
 
 
+# stage kind -> its own curves: (metrics key, file suffix, what it is, y label, per-function reward lines)
+KIND_PLOTS = {
+    "grpo": (("reward", "reward", "reward", "mean reward of the sampled completions", True),
+             ("kl", "kl", "KL to the reference model", "KL (nats/token)", False)),
+    "dpo": (("rewards/margins", "margin", "reward margin (chosen - rejected)", "beta x log-ratio margin", False),
+            ("rewards/accuracies", "reward_accuracy", "reward accuracy (chosen ranked above rejected)",
+             "share of pairs", False)),
+}
+
+
 def _plots(run_dir: Path, states: dict, order: list[str]) -> list[str]:
-    from krllm.pipeline.plots import plot_loss, plot_lr
+    from krllm.pipeline.plots import plot_loss, plot_lr, plot_metric
 
     lines: list[str] = []
     with atomic_dir(run_dir / "plots") as tmp:
@@ -237,6 +305,10 @@ def _plots(run_dir: Path, states: dict, order: list[str]) -> list[str]:
                 lines += [f"![{s} loss](plots/{loss.name})", ""]
             if lr:
                 lines += [f"![{s} learning rate](plots/{lr.name})", ""]
+            for key, suffix, what, ylabel, per_fn in KIND_PLOTS.get(states[s].get("kind"), ()):
+                png = plot_metric(recs, key, tmp / f"{s}_{suffix}.png", f"{s}: {what}", ylabel, per_function=per_fn)
+                if png:
+                    lines += [f"![{s} {what}](plots/{png.name})", ""]
     return lines
 
 

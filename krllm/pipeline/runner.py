@@ -99,6 +99,8 @@ class Pipeline:
                     else:
                         upstream[role] = src
                     continue
+                if role in kind.explicit:
+                    continue  # wired only by name (stages.<name>.inputs)
                 found = [p for p in plans if p.kind.name in kinds]
                 if found:
                     best = min(found, key=lambda p: (kinds.index(p.kind.name), -plans.index(p)))
