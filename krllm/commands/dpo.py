@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from krllm.commands.sft import key_help
+from krllm.commands.sft import add_run_arguments, key_help
 
 KEYS = ("base_model", "data.train", "data.n", "data.max_length", "dpo.beta", "dpo.loss_type",
         "dpo.label_smoothing", "peft.method", "peft.r", "peft.alpha", "train.lr", "train.epochs",
@@ -32,14 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Settings people change most (--set KEY=VALUE; defaults in parentheses; all in docs/alignment.md):\n"
         + key_help(DPORunConfig, KEYS)
     )
-    p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/dpo/math_lora.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set dpo.beta=0.2 --set train.max_steps=100 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
-
+    add_run_arguments(p, "configs/dpo/math_lora.yaml", "dpo.beta=0.2 --set train.max_steps=100")
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from krllm.commands.sft import key_help
+from krllm.commands.sft import add_run_arguments, key_help
 
 KEYS = ("base_model", "data.train", "data.n", "grpo.num_generations", "grpo.max_completion_length",
         "grpo.temperature", "grpo.beta", "grpo.loss_type", "grpo.rollout", "peft.method", "peft.r", "train.lr",
@@ -31,14 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Settings people change most (--set KEY=VALUE; defaults in parentheses; all in docs/alignment.md):\n"
         + key_help(GRPORunConfig, KEYS)
     )
-    p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/grpo/math_lora.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set grpo.beta=0.04 --set train.max_steps=50 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
-
+    add_run_arguments(p, "configs/grpo/math_lora.yaml", "grpo.beta=0.04 --set train.max_steps=50")
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config

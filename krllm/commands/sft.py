@@ -35,6 +35,17 @@ def key_help(schema, keys=KEYS) -> str:
     return "\n".join(lines)
 
 
+def add_run_arguments(p: argparse.ArgumentParser, example_config: str, example_set: str) -> None:
+    """-c / --set / --resume / --overwrite, the arguments every tuning command (sft, dpo, grpo) takes."""
+    p.add_argument("-c", "--config", required=True, help=f"YAML config (e.g. {example_config})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config key, e.g. --set {example_set} (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from krllm.train.sft_config import SFTRunConfig
 
@@ -47,14 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Settings people change most (--set KEY=VALUE; defaults in parentheses; all in docs/finetuning.md):\n"
         + key_help(SFTRunConfig)
     )
-    p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/sft/npc_lora.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set peft.method=dora --set train.max_steps=100 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")
-
+    add_run_arguments(p, "configs/sft/npc_lora.yaml", "peft.method=dora --set train.max_steps=100")
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config
