@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("krllm.commands.data", "Clean, dedupe, filter, split and tokenize text into shards."),
     "pretrain": ("krllm.commands.pretrain", "Pretrain a model from scratch (resumable; torchrun DDP/FSDP)."),
     "sft": ("krllm.commands.sft", "Supervised fine-tuning with LoRA / DoRA / QLoRA / full."),
+    "dpo": ("krllm.commands.dpo", "Preference alignment (DPO) with LoRA / DoRA / full."),
     "grpo": ("krllm.commands.grpo", "Reinforcement learning with verifiable rewards (GRPO) on krllm's engine."),
     "merge": ("krllm.commands.merge", "Merge a LoRA/DoRA adapter into its base model (HF directory)."),
     "classify-train": ("krllm.commands.classify", "Train a sequence classifier (LoRA) and report accuracy/F1."),

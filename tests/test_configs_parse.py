@@ -61,6 +61,8 @@ SCHEMAS: dict[str, Callable[[Path], object]] = {  # configs/<dir>/ -> how a file
     "data": _schema("krllm.data.prepare.config", "PrepareConfig"),
     "pretrain": _schema("krllm.train.pretrain_config", "PretrainConfig"),
     "sft": _schema("krllm.train.sft_config", "SFTRunConfig"),
+    "dpo": _schema("krllm.train.dpo_config", "DPORunConfig"),
+    "grpo": _schema("krllm.train.grpo_config", "GRPORunConfig"),
     "classify": _schema("krllm.train.classify", "ClassifyRunConfig"),
     "eval": _schema("krllm.eval.run", "EvalConfig"),
     "serve": _schema("krllm.infer.config", "ServeConfig"),

@@ -14,9 +14,9 @@ from krllm.data.sets.generated import (
     generated_records,
     is_generated,
     josa,
+    math_preference_pairs,
     math_problems,
     npc_dialogues,
-    parse_final_answer,
     sentiment_examples,
 )
 
@@ -76,7 +76,6 @@ def test_math_every_step_and_answer_is_exact():
         assert re.fullmatch(r"\d+", r["answer"]), r
         last = r["solution"].splitlines()[-1]
         assert last == (f"정답: {r['answer']}" if r["lang"] == "ko" else f"Answer: {r['answer']}")
-        assert parse_final_answer(r["solution"]) == r["answer"]
         eqs = _EQ.findall(r["solution"])
         assert eqs, r
         for expr, result in eqs:
@@ -116,12 +115,36 @@ def test_math_lang_and_kinds():
         math_problems(3, 0, "fr")
 
 
-def test_parse_final_answer_on_model_like_output():
-    assert parse_final_answer("풀이: 3 + 4 = 7\n정답: 7") == "7"
-    assert parse_final_answer("Answer: 12 ... wait. Answer: 1,234") == "1234"
-    assert parse_final_answer("정답：-5") == "-5"
-    assert parse_final_answer("I think it is 42") is None
-    assert parse_final_answer("") is None
+def test_preference_pairs_are_the_same_problems_with_a_flawed_rejected_side():
+    probs = math_problems(900, 6, "mixed")
+    pairs = math_preference_pairs(900, 6, "mixed")
+    assert pairs == math_preference_pairs(900, 6, "mixed") and math_preference_pairs(40, 6, "mixed") == pairs[:40]
+    assert _digest(math_preference_pairs(50, 0, "mixed")) == "6941489d47849eb0"  # pinned like the other sets
+    flaws = Counter(p["flaw"] for p in pairs)
+    assert set(flaws) == {"slip", "no_final", "wrong_op"} and min(flaws.values()) > 200, flaws
+    for prob, p in zip(probs, pairs):
+        assert (p["question"], p["chosen"], p["answer"], p["lang"]) == \
+            (prob["question"], prob["solution"], prob["answer"], prob["lang"])
+        rej, tail = p["rejected"].splitlines(), ("정답" if p["lang"] == "ko" else "Answer")
+        assert p["rejected"] != p["chosen"] and rej[0] == p["chosen"].splitlines()[0]  # same 풀이:/Solution: head
+        if p["flaw"] == "no_final":  # (b) the right steps, no final line
+            assert p["rejected_answer"] is None and p["rejected"] + f"\n{tail}: {p['answer']}" == p["chosen"]
+            continue
+        wrong = int(p["rejected_answer"])
+        assert wrong != int(p["answer"]) and wrong >= 0, p  # never the truth
+        assert rej[-1] == f"{tail}: {wrong}"  # the final line states the wrong number ...
+        eqs = _EQ.findall(p["rejected"])
+        last_expr, last_result = eqs[-1] if eqs else (None, None)
+        if p["flaw"] == "wrong_op":  # (c) a wrong operation, computed correctly, carried to the end
+            value = eval(last_expr.replace("×", "*").replace("÷", "//"))  # noqa: S307 - digits and operators only
+            assert value == wrong == int(last_result), p
+            assert last_expr not in p["chosen"], p
+        elif "나머지" in p["rejected"] or "remainder" in p["rejected"]:  # (a) slip in the remainder
+            assert re.search(rf"(?:나머지|remainder) {wrong}\b", p["rejected"]) and str(wrong) in rej[-2], p
+        else:  # (a) ... consistent with a slip in the last computation: same expression, another result
+            assert int(last_result) == wrong and f"{last_expr} = {p['answer']}" in p["chosen"], p
+    with pytest.raises(ValueError, match="lang"):
+        math_preference_pairs(3, 0, "fr")
 
 
 # --------------------------------------------------------------------------- NPC

@@ -24,7 +24,7 @@ def test_pipeline_config_wires_and_validates(path, tmp_path):
     cfg = load_pipeline(path, [f"runs_dir={tmp_path}"])
     pipe = Pipeline(cfg, config_path=path)
     kinds = [p.kind.name for p in pipe.plans]
-    assert kinds == ["tokenizer", "generate", "data", "pretrain", "sft", "eval", "report"]
+    assert kinds == ["tokenizer", "generate", "data", "pretrain", "sft", "sft", "dpo", "grpo", "eval", "report"]
     run = tmp_path / cfg.name
     by = {p.name: p for p in pipe.plans}
     assert by["data"].ctx.config["tokenizer"] == str(run / "tokenizer")
@@ -38,9 +38,18 @@ def test_pipeline_config_wires_and_validates(path, tmp_path):
     sft_data = by["sft"].ctx.config["data"]
     assert {"data": "builtin:npc", "n": sft_data["n"], "seed": 0} in ev["npc"]["holdout_from"]
     texts = by["texts"].ctx.config["sets"]
-    assert [h["data"] for h in ev["math"]["holdout_from"]] == [t["data"] for t in texts if "math" in t["data"]]
+    math_texts = [{"data": t["data"], "n": t["n"], "seed": t["seed"]} for t in texts if "math" in t["data"]]
+    assert all(t in ev["math"]["holdout_from"] for t in math_texts)
+    # the math track: pretrain -> math_sft (full: hf/) -> math_dpo (LoRA: merged/) -> math_grpo, all evaluated
+    assert by["math_sft"].ctx.config["base_model"] == str(run / "pretrain" / "hf")
+    assert by["math_dpo"].ctx.config["base_model"] == str(run / "math_sft" / "hf")
+    assert by["math_grpo"].ctx.config["base_model"] == str(run / "math_dpo" / "merged")
+    assert ev["models"] == {"math_sft": str(run / "math_sft" / "hf"), "dpo": str(run / "math_dpo" / "merged"),
+                            "grpo": str(run / "math_grpo" / "merged")}
+    held = {(h["data"], h["seed"]) for h in ev["math"]["holdout_from"]}
+    assert {("builtin:math:ko", 0), ("builtin:math:ko", 2), ("builtin:math:ko", 1)} <= held
     plans = pipe.run(dry_run=True)
-    assert [p.action for p in plans] == ["run"] * 7
+    assert [p.action for p in plans] == ["run"] * 10
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)

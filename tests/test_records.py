@@ -6,7 +6,7 @@ import json
 import pytest
 
 from krllm.data.sets import records as R
-from krllm.data.sets.generated import math_problems, npc_dialogues, sentiment_examples
+from krllm.data.sets.generated import math_preference_pairs, math_problems, npc_dialogues, sentiment_examples
 from krllm.errors import DataError
 
 
@@ -128,25 +128,82 @@ def test_dpo_records(tmp_path):
          "chosen": "b", "rejected": "c"},  # 3
         {"chosen": "b", "rejected": "c"},  # 4
         {"prompt": "q", "chosen": [{"role": "user", "content": "b"}], "rejected": "c"},  # 5
+        {"prompt": "  ", "chosen": "a", "rejected": "b"},  # 6 empty prompt
+        {"prompt": [], "chosen": "a", "rejected": "b"},  # 7
+        {"prompt": "q", "chosen": 5, "rejected": "b"},  # 8 wrong types
+        {"prompt": {"role": "user", "content": "q"}, "chosen": "a", "rejected": "b"},  # 9
+        {"prompt": "q", "chosen": "a", "rejected": [{"role": "assistant", "content": 7}]},  # 10
+        {"prompt": "q", "chosen": "a", "rejected": ""},  # 11
     ]
     with pytest.raises(DataError) as e:
         R.load_jsonl(write(tmp_path, bad), "dpo")
     msg = str(e.value)
+    assert msg.startswith("11 invalid dpo record(s)")
     for expected in ["d.jsonl:1: rejected: required key is missing",
                      "d.jsonl:2: rejected: is identical to 'chosen'",
                      "d.jsonl:3: prompt: must end with a user turn",
                      "d.jsonl:4: prompt: required key is missing",
-                     "d.jsonl:5: chosen: has no assistant message"]:
+                     "d.jsonl:5: chosen: has no assistant message",
+                     "d.jsonl:6: prompt: is empty",
+                     "d.jsonl:7: prompt: is an empty list",
+                     "d.jsonl:8: chosen: must be a string or a list of {'role', 'content'} messages, got int",
+                     "d.jsonl:9: prompt: must be a string or a list of {'role', 'content'} messages, got dict",
+                     "d.jsonl:10: rejected[0].content: must be a string",
+                     "d.jsonl:11: rejected: is empty"]:
         assert expected in msg, expected
 
 
 def test_grpo_records(tmp_path):
-    out = R.load_jsonl(write(tmp_path, [{"prompt": "3*4?", "answer": 12}]), "grpo")
-    assert out == [{"prompt": [{"role": "user", "content": "3*4?"}], "answer": "12"}]
+    good = [
+        {"prompt": "3*4?", "ground_truth_answer": 12},
+        {"prompt": "3*4?", "answer": " 12 "},  # the alias, trimmed
+        {"prompt": [{"role": "user", "content": "1/2 + 1/4?"}], "ground_truth_answer": "3/4",
+         "answer": "worked text", "level": 2, "tags": ["frac"], "meta": {"src": "x", "ok": True}, "note": None},
+    ]
+    out = R.load_jsonl(write(tmp_path, good), "grpo", system="calc")
+    sys_user = [{"role": "system", "content": "calc"}, {"role": "user", "content": "3*4?"}]
+    assert out[0] == {"prompt": sys_user, "ground_truth_answer": "12"}
+    assert out[1] == {"prompt": sys_user, "ground_truth_answer": "12"}  # 'answer' as the alias is not kept twice
+    assert out[2] == {"prompt": [{"role": "system", "content": "calc"}, {"role": "user", "content": "1/2 + 1/4?"}],
+                      "ground_truth_answer": "3/4", "answer": "worked text", "level": 2, "tags": ["frac"],
+                      "meta": {"src": "x", "ok": True}, "note": None}  # extras kept: they reach the rewards
+    bad = [
+        {"prompt": "q"},  # 1
+        {"prompt": "q", "answer": [1]},  # 2
+        {"prompt": "", "ground_truth_answer": "1"},  # 3 empty prompt
+        {"ground_truth_answer": "1"},  # 4
+        {"prompt": "q", "ground_truth_answer": True},  # 5
+        {"prompt": "q", "ground_truth_answer": "  "},  # 6
+        {"prompt": "q", "ground_truth_answer": "1", "completions": ["x"]},  # 7 a name TRL passes itself
+        {"prompt": "q", "ground_truth_answer": "1", "trainer_state": 1},  # 8
+        {"prompt": 3, "ground_truth_answer": "1"},  # 9
+        {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+         "ground_truth_answer": "1"},  # 10
+    ]
     with pytest.raises(DataError) as e:
-        R.load_jsonl(write(tmp_path, [{"prompt": "q"}, {"prompt": "q", "answer": [1]}]), "grpo")
-    assert "d.jsonl:1: answer: required key is missing" in str(e.value)
-    assert "d.jsonl:2: answer: must be a string" in str(e.value)
+        R.load_jsonl(write(tmp_path, bad), "grpo")
+    msg = str(e.value)
+    assert msg.startswith("10 invalid grpo record(s)")
+    for expected in ["d.jsonl:1: ground_truth_answer: required key is missing (the alias 'answer' is accepted too)",
+                     "d.jsonl:2: answer: must be a string (or a number), got list",
+                     "d.jsonl:3: prompt: is empty",
+                     "d.jsonl:4: prompt: required key is missing",
+                     "d.jsonl:5: ground_truth_answer: must be a string (or a number), got bool",
+                     "d.jsonl:6: ground_truth_answer: is empty",
+                     "d.jsonl:7: completions: is a name TRL passes to reward functions itself",
+                     "d.jsonl:8: trainer_state: is a name TRL passes",
+                     "d.jsonl:9: prompt: must be a string or a list",
+                     "d.jsonl:10: prompt: must end with a user turn"]:
+        assert expected in msg, expected
+
+
+def test_grpo_extras_must_be_json_values():
+    ok = R.grpo_record({"prompt": "q", "ground_truth_answer": 1, "x": [1, {"a": [None, 2.5]}]})
+    assert ok["x"] == [1, {"a": [None, 2.5]}]
+    with pytest.raises(R.RecordError, match=r"^x\[1\]\.a: must be a JSON value .* got set"):
+        R.grpo_record({"prompt": "q", "ground_truth_answer": 1, "x": [1, {"a": {3}}]})
+    with pytest.raises(R.RecordError, match=r"^y: object keys must be strings, got int"):
+        R.grpo_record({"prompt": "q", "ground_truth_answer": 1, "y": {1: 2}})
 
 
 def test_builtin_sets_convert_from_the_generators():
@@ -158,8 +215,16 @@ def test_builtin_sets_convert_from_the_generators():
     ref = math_problems(4, seed=1, lang="en")
     assert math[2]["messages"] == [{"role": "user", "content": ref[2]["question"]},
                                    {"role": "assistant", "content": ref[2]["solution"]}]
-    grpo = R.load_examples("builtin:math", "grpo", n=3)
-    assert grpo[0]["answer"] == math_problems(3)[0]["answer"]
+    grpo = R.load_examples("builtin:math:mixed", "grpo", n=3, seed=2)
+    src = math_problems(3, seed=2, lang="mixed")
+    assert grpo == [{"prompt": [{"role": "user", "content": r["question"]}], "ground_truth_answer": r["answer"],
+                     "lang": r["lang"]} for r in src]
+    dpo = R.load_examples("builtin:math:en", "dpo", n=4, seed=1, system="solve")
+    pairs = math_preference_pairs(4, seed=1, lang="en")
+    assert dpo == [{"prompt": [{"role": "system", "content": "solve"}, {"role": "user", "content": p["question"]}],
+                    "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    assert dpo[2]["chosen"] == math[2]["messages"][1:]  # the same problem and solution as the SFT set
     sent = R.load_examples("builtin:sentiment", "classify", n=6, seed=2)
     assert sent == sentiment_examples(6, seed=2)
 
@@ -169,6 +234,12 @@ def test_builtin_errors():
         R.load_examples("builtin:poems", "sft")
     with pytest.raises(DataError, match="builtin:npc cannot feed classify"):
         R.load_examples("builtin:npc", "classify")
+    with pytest.raises(DataError, match="builtin:sentiment cannot feed dpo"):
+        R.load_examples("builtin:sentiment", "dpo")
+    with pytest.raises(DataError, match="unknown option in 'builtin:math:fr'"):
+        R.load_examples("builtin:math:fr", "grpo")
+    with pytest.raises(DataError, match="unknown option in 'builtin:npc:en'"):
+        R.load_examples("builtin:npc:en", "sft")
 
 
 def test_file_n_takes_the_first_records(tmp_path):

@@ -4,7 +4,7 @@
     krllm grpo -c configs/grpo/math_lora.yaml --set grpo.num_generations=4 --set grpo.beta=0.04
     krllm grpo -c configs/grpo/math_lora.yaml --set 'rewards=[math_correct,format]'
     krllm grpo -c configs/grpo/math_lora.yaml --resume          # continue from the last checkpoint
-    accelerate launch --config_file configs/accelerate/fsdp.yaml -m krllm grpo -c ...   # several GPUs
+    torchrun --nproc_per_node 2 -m krllm grpo -c ...           # data parallel (each process samples its share)
 """
 
 from __future__ import annotations

@@ -1,44 +1,18 @@
-"""Exact-match accuracy on arithmetic word problems: the last number in the answer must equal the truth.
+"""Exact-match accuracy on arithmetic word problems, read the way the GRPO reward reads them.
 
-The answer is read the way a grader reads a student's sheet: the number after a final-answer cue
-(`정답`, `답`, `answer`, `=`, `####`) if there is one, else the last number in the text. Thousands
-separators are dropped ("1,234" -> 1234), so is a trailing ".0"; anything that is not an integer
-(e.g. "3.5") never matches an integer truth.
+The final answer comes from `krllm.data.answers.extract_answer` (a cued answer such as `정답: 42`,
+`#### 42`, `\\boxed{42}`, else the last number; two different cued answers count as none) and is
+compared with the truth as an exact number (`3/4 == 0.75`, `12.0 == 12`). One reader for eval and
+reward, so a model is scored the way it was trained.
 """
 
 from __future__ import annotations
 
-import re
-
-_NUM = r"-?\d[\d,]*(?:\.\d+)?"
-_CUES = re.compile(r"(?:####|정답|답|answer|Answer|ANSWER|=)\s*(?:은|는|:|is)?\s*[:：]?\s*(" + _NUM + ")")
-_ANY = re.compile(_NUM)
+from krllm.data.answers import answers_equal, extract_answer
 
 
-def normalize_number(text: str) -> str | None:
-    """'1,234' -> '1234', '-7' -> '-7', '012.50' -> '12.5', '12.0' -> '12'; None for a non-number."""
-    t = text.replace(",", "").strip()
-    if not re.fullmatch(r"-?\d+(?:\.\d+)?", t):
-        return None
-    negative, t = t.startswith("-"), t.lstrip("-")
-    whole, _, frac = t.partition(".")
-    frac = frac.rstrip("0")
-    out = (whole.lstrip("0") or "0") + ("." + frac if frac else "")
-    return "-" + out if negative and out != "0" else out
-
-
-def extract_answer(text: str) -> str | None:
-    """The final numeric answer in a model's text (see the module docstring), normalized; or None."""
-    cued = _CUES.findall(text)
-    if cued:
-        return normalize_number(cued[-1])
-    found = _ANY.findall(text)
-    return normalize_number(found[-1]) if found else None
-
-
-def is_correct(prediction: str, truth: str) -> bool:
-    got = extract_answer(prediction)
-    return got is not None and got == normalize_number(str(truth))
+def is_correct(prediction: str, truth: str | int | float) -> bool:
+    return answers_equal(extract_answer(prediction), truth)
 
 
 def exact_match(predictions: list[str], truths: list[str]) -> dict:

@@ -64,7 +64,8 @@ class ChatLossSection(StrictModel):
 
 class MathSection(StrictModel):
     enabled: bool = True
-    data: str = Field("builtin:math:ko", description="GRPO-style JSONL {prompt, answer} or builtin:math[:ko|en|mixed]")
+    data: str = Field("builtin:math:ko",
+                      description="GRPO-style JSONL {prompt, ground_truth_answer} or builtin:math[:ko|en|mixed]")
     n: int = Field(40, ge=1, description="problems (before dropping overlap with training)")
     seed: int = Field(9002)
     max_new_tokens: int = Field(96, ge=1, description="answer length limit (tokens)")
@@ -257,9 +258,9 @@ def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: di
         questions = [r["prompt"][-1]["content"] for r in data["math"]]
         got = greedy_answers(lm, questions, max_new_tokens=cfg.math.max_new_tokens, system=cfg.system,
                              batch_size=cfg.decode_batch)
-        em = exact_match([g["answer"] for g in got], [r["answer"] for r in data["math"]])
-        em["examples"] = [{"question": q, "truth": r["answer"], "answer": g["answer"],
-                           "correct": is_correct(g["answer"], r["answer"])}
+        em = exact_match([g["answer"] for g in got], [r["ground_truth_answer"] for r in data["math"]])
+        em["examples"] = [{"question": q, "truth": r["ground_truth_answer"], "answer": g["answer"],
+                           "correct": is_correct(g["answer"], r["ground_truth_answer"])}
                           for q, r, g in zip(questions, data["math"], got)]
         out["math"][role] = em
         tokens += sum(g["tokens"] for g in got) + sum(len(chat_prompt_ids(lm.tokenizer, q, cfg.system))

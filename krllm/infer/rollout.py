@@ -69,6 +69,8 @@ class PolicyCopy:
 
     def __init__(self, policy):
         base, _ = unwrap_peft(policy)
+        if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
+            raise KrllmError("a quantized (QLoRA) policy has no full-precision weights to copy")
         cfg = _krllm_config(base.config)
         if cfg is None:
             raise KrllmError(f"krllm's engine has no fast path for {type(base).__name__}")

@@ -94,8 +94,16 @@ def make_trainer(cfg: GRPORunConfig, run_dir: Path, tokenizer, model, train_reco
     trainer = grpo_trainer_class(GRPOTrainer)(model=model, reward_funcs=fns, args=args, train_dataset=_dataset(train_records),
                           eval_dataset=_dataset(eval_records), processing_class=tokenizer,
                           peft_config=peft_config, rollout_func=make_rollout(cfg, tokenizer))
+    if cfg.grpo.rollout == "krllm" and (trainer.is_fsdp_enabled or _zero3(trainer)):
+        raise KrllmError("grpo.rollout=krllm reads the whole policy in every process, but FSDP / ZeRO-3 shard it: "
+                         "use grpo.rollout=vllm (CUDA) or transformers, or data parallel (torchrun / DDP)")
     use_krllm_logging(trainer, "grpo", None)
     return trainer
+
+
+def _zero3(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", 0) == 3
 
 
 def grpo_trainer_class(base):

@@ -26,7 +26,7 @@ import torch
 
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
-from krllm.runs import write_json, write_lineage
+from krllm.runs import write_json
 from krllm.train.hf import batching as B
 from krllm.train.hf import outputs as O
 from krllm.train.hf import samples as S
@@ -159,9 +159,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
         if logger is not None:
             trainer.add_callback(KrllmLogCallback(logger, counter if p.mode != "padding_free" else None,
                                                   label=f"sft {cfg.name}"))
-            write_lineage(run_dir, _lineage_inputs(cfg), extra={"data": {
-                "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
-                "resumed_from": str(resume_from) if resume_from else None}})
+            O.write_run_lineage(cfg, run_dir, resume_from)
         # the base model's validation loss (fresh adapters are a no-op), logged at step 0
         loss_before = trainer.evaluate()["eval_loss"] if has_eval and not resume_from else None
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -200,10 +198,3 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
         write_json(run_dir / "summary.json", summary)
     return summary
 
-
-def _lineage_inputs(cfg: SFTRunConfig) -> dict:
-    inputs = {"base_model": cfg.base_model, "tokenizer": cfg.tokenizer or cfg.base_model}
-    for role, spec in (("data", cfg.data.train), ("eval_data", cfg.data.eval)):
-        if spec and not str(spec).startswith("builtin:"):
-            inputs[role] = spec
-    return inputs

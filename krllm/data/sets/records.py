@@ -5,7 +5,8 @@ bad line should say *where* and *what* (`data/sft.jsonl:17: messages[2].role: ..
 model is loaded, not crash an hour into training. All problems of a file are reported at once
 (up to `MAX_REPORTED`), so a user fixes them in one pass.
 
-Formats (one JSON object per line; blank lines are skipped; unknown extra keys are ignored):
+Formats (one JSON object per line; blank lines are skipped; unknown extra keys are ignored, except
+in GRPO records, where they are kept because TRL passes every column to the reward functions):
 
     chat            {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
     instruction     {"instruction": str, "input": str (optional), "output": str}  -> chat
@@ -13,12 +14,14 @@ Formats (one JSON object per line; blank lines are skipped; unknown extra keys a
     classification  {"text": str, "label": str | int}
     dpo             {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
                     or {"messages": [...prompt turns], "chosen": ..., "rejected": ...}
-    grpo            {"prompt": str | messages, "answer": str}
+    grpo            {"prompt": str | messages, "ground_truth_answer": str | number, ...extra fields}
+                    ("answer" is accepted for "ground_truth_answer" when that key is absent)
 
 `load_examples(spec, kind)` reads a JSONL path or a `builtin:` generated set and returns
 normalized dicts: SFT -> {"messages": [...]} or {"text": str}; classification -> {"text", "label"};
 DPO -> {"prompt": messages, "chosen": messages, "rejected": messages}; GRPO -> {"prompt": messages,
-"answer": str}.
+"ground_truth_answer": str, **extras}. GRPO extras must be JSON values and must not take a name TRL
+itself passes to reward functions (`GRPO_RESERVED`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ MAX_REPORTED = 20
 # builtin:NAME -> which record kinds it can feed (the generators live in krllm.data.sets.generated)
 BUILTIN_SETS = {
     "npc": ("sft",),
-    "math": ("sft", "grpo"),
+    "math": ("sft", "dpo", "grpo"),
     "sentiment": ("classify", "sft"),
 }
+
+
+# keyword arguments TRL's GRPOTrainer passes to reward functions itself; a data column of that name would clash
+GRPO_RESERVED = ("prompts", "completions", "completion_ids", "trainer_state", "completion", "log_extra",
+                 "log_metric", "environments")
 
 
 class RecordError(ValueError):
@@ -110,12 +118,37 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return messages
 
 
+def _string_or_list(value: Any, key: str) -> None:
+    if not isinstance(value, list):
+        raise RecordError(key, f"must be a string or a list of {{'role', 'content'}} messages, "
+                          f"got {type(value).__name__}")
+
+
+def _json_value(value: Any, key: str) -> None:
+    """Strings, numbers, booleans, null, and lists/objects of them (what a JSON line can hold)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_value(v, f"{key}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RecordError(key, f"object keys must be strings, got {type(k).__name__}")
+            _json_value(v, f"{key}.{k}")
+        return
+    raise RecordError(key, f"must be a JSON value (string, number, boolean, null, list or object), "
+                      f"got {type(value).__name__}")
+
+
 def _prompt_messages(value: Any, key: str) -> list[dict]:
     """A prompt given as a string or as chat turns -> chat turns (must not end with the assistant)."""
     if isinstance(value, str):
         if not value.strip():
             raise RecordError(key, "is empty")
         return [{"role": "user", "content": value}]
+    _string_or_list(value, key)
     msgs = check_messages(value, key, need_assistant=False)
     if msgs[-1]["role"] == "assistant":
         raise RecordError(key, "must end with a user turn (the model answers it)")
@@ -128,6 +161,7 @@ def _completion_messages(value: Any, key: str) -> list[dict]:
         if not value.strip():
             raise RecordError(key, "is empty")
         return [{"role": "assistant", "content": value}]
+    _string_or_list(value, key)
     msgs = check_messages(value, key, need_assistant=True)
     if any(m["role"] != "assistant" for m in msgs):
         raise RecordError(key, "must contain assistant turns only")
@@ -187,17 +221,28 @@ def dpo_record(obj: Any, system: str | None = None) -> dict:
 
 
 def grpo_record(obj: Any, system: str | None = None) -> dict:
+    """{"prompt", "ground_truth_answer" (or "answer"), ...extras} -> {"prompt": messages, "ground_truth_answer": str,
+    **extras}; the extras reach the reward functions as keyword arguments (lists over the batch)."""
     if not isinstance(obj, dict):
         raise RecordError("", f"each line must be a JSON object, got {type(obj).__name__}")
     if "prompt" not in obj:
         raise RecordError("prompt", "required key is missing")
     prompt = _prompt_messages(obj["prompt"], "prompt")
-    answer = obj.get("answer")
+    key = "ground_truth_answer" if "ground_truth_answer" in obj or "answer" not in obj else "answer"
+    answer = obj.get(key)
     if answer is None:
-        raise RecordError("answer", "required key is missing")
+        raise RecordError("ground_truth_answer", "required key is missing (the alias 'answer' is accepted too)")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise RecordError("answer", f"must be a string (or a number), got {type(answer).__name__}")
-    return {"prompt": _with_system(prompt, system), "answer": str(answer)}
+        raise RecordError(key, f"must be a string (or a number), got {type(answer).__name__}")
+    if not str(answer).strip():
+        raise RecordError(key, "is empty")
+    extras = {k: v for k, v in obj.items() if k not in ("prompt", key)}
+    for k, v in extras.items():
+        if k in GRPO_RESERVED:
+            raise RecordError(k, f"is a name TRL passes to reward functions itself ({', '.join(GRPO_RESERVED)}); "
+                              "rename this field")
+        _json_value(v, k)
+    return {"prompt": _with_system(prompt, system), "ground_truth_answer": str(answer).strip(), **extras}
 
 
 def _convert(obj: Any, kind: str, system: str | None) -> dict:
@@ -234,18 +279,28 @@ def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[d
     return out
 
 
-def _builtin_rows(name: str, option: str | None, n: int, seed: int) -> list[dict]:
+def _builtin_rows(name: str, option: str | None, kind: str, n: int, seed: int) -> list[dict]:
+    """The generator's rows of a built-in set, already in the record format of `kind`."""
     try:
         from krllm.data.sets import generated
     except ImportError as e:  # the generators are a separate module; say what is missing
         raise DataError(f"builtin:{name} needs krllm.data.sets.generated, which failed to import: {e}") from None
     if name == "npc":
         return generated.npc_dialogues(n, seed=seed)
+    if name == "math" and kind == "dpo":
+        return [{"prompt": r["question"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                for r in generated.math_preference_pairs(n, seed=seed, lang=option or "ko")]
     if name == "math":
-        return generated.math_problems(n, seed=seed, lang=option or "ko")
-    if name == "sentiment":
-        return generated.sentiment_examples(n, seed=seed)
-    raise AssertionError(name)
+        rows = generated.math_problems(n, seed=seed, lang=option or "ko")
+        if kind == "grpo":
+            return [{"prompt": r["question"], "ground_truth_answer": r["answer"], "lang": r["lang"]} for r in rows]
+        return [{"messages": [{"role": "user", "content": r["question"]},
+                              {"role": "assistant", "content": r["solution"]}]} for r in rows]
+    rows = generated.sentiment_examples(n, seed=seed)
+    if kind == "classify":
+        return rows
+    return [{"messages": [{"role": "user", "content": r["text"]},  # sentiment as SFT: answer with the label
+                          {"role": "assistant", "content": str(r["label"])}]} for r in rows]
 
 
 def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | None = None) -> list[dict]:
@@ -256,21 +311,10 @@ def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | N
                         + ", ".join(f"builtin:{k}" for k in BUILTIN_SETS))
     if kind not in BUILTIN_SETS[name]:
         raise DataError(f"builtin:{name} cannot feed {kind} training (it feeds: {', '.join(BUILTIN_SETS[name])})")
-    rows = _builtin_rows(name, option or None, n, seed)
+    if (option and name != "math") or (name == "math" and option not in ("", "ko", "en", "mixed")):
+        raise DataError(f"unknown option in {spec!r}: builtin:math takes :ko, :en or :mixed; other sets take none")
     out = []
-    for i, row in enumerate(rows):
-        if name == "npc":
-            obj = row
-        elif name == "math" and kind == "sft":
-            obj = {"messages": [{"role": "user", "content": row["question"]},
-                                {"role": "assistant", "content": row["solution"]}]}
-        elif name == "math":  # grpo
-            obj = {"prompt": row["question"], "answer": row["answer"]}
-        elif kind == "classify":
-            obj = row
-        else:  # sentiment as SFT: answer with the label
-            obj = {"messages": [{"role": "user", "content": row["text"]},
-                                {"role": "assistant", "content": str(row["label"])}]}
+    for i, obj in enumerate(_builtin_rows(name, option or None, kind, n, seed)):
         try:
             out.append(_convert(obj, kind, system))
         except RecordError as e:  # a generator bug, but still say where

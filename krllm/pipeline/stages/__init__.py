@@ -24,6 +24,8 @@ BUILTIN_KINDS: dict[str, str] = {  # kind name -> the module that defines its KI
     "data": "krllm.pipeline.stages.data",
     "pretrain": "krllm.pipeline.stages.pretrain",
     "sft": "krllm.pipeline.stages.sft",
+    "dpo": "krllm.pipeline.stages.dpo",
+    "grpo": "krllm.pipeline.stages.grpo",
     "eval": "krllm.pipeline.stages.eval",
     "report": "krllm.pipeline.stages.report",
 }

@@ -1,4 +1,5 @@
-"""Helpers the built-in stage adapters share: copying a config dict, reading a metrics tail, counting parameters."""
+"""Helpers the built-in stage adapters share: copying a config dict, reading a metrics tail, counting parameters,
+and the wiring every tuning stage (sft, dpo) has in common."""
 
 from __future__ import annotations
 
@@ -65,3 +66,42 @@ def count_params(model_dir: Path) -> int | None:
                     n *= dim
                 total += n
     return total
+
+
+# ---------------------------------------------------------------- tuning stages (sft, dpo: a TunedRunConfig)
+
+def tuned_prepare(cfg: dict, ctx) -> dict:
+    """The pipeline-managed keys of a tuning stage: its name and runs_dir (the stage directory), the base model."""
+    cfg = copy_config(cfg)
+    cfg["name"], cfg["runs_dir"] = ctx.stage, ctx.run_dir
+    if ctx.has_input("base"):
+        cfg["base_model"] = str(ctx.input("base", "model"))
+    return cfg
+
+
+def tuned_outputs(cfg) -> dict[str, str]:
+    """full -> hf/; adapters -> adapter/ (+ merged/ as the model when `merge`, except qlora)."""
+    if cfg.peft.method == "full":
+        return {"model": "hf"}
+    out = {"adapter": "adapter"}
+    if cfg.merge and cfg.peft.method != "qlora":
+        out["model"] = "merged"
+    return out
+
+
+def tuned_total_steps(cfg) -> int:
+    """Optimizer steps: max_steps, else epochs over the train records (a file's size is a guess: BUILTIN_N)."""
+    from krllm.data.sets.records import BUILTIN_N
+
+    t, d = cfg.train, cfg.data
+    if t.max_steps > 0:
+        return t.max_steps
+    n = (d.n or BUILTIN_N) * ((1 - d.eval_fraction) if d.eval is None else 1)
+    return int(-(-n // (t.batch_size * t.grad_accum)) * t.epochs)
+
+
+def tuned_progress(ctx, cfg):
+    """(last logged train step, total steps) of a running tuning stage, or None before its first log."""
+    step = last_train_step(ctx.stage_dir)
+    total = tuned_total_steps(cfg)
+    return (step, total) if step and total else None

@@ -7,48 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from krllm.data.sets.records import BUILTIN_N
 from krllm.pipeline.kinds import StageContext, StageKind
-from krllm.pipeline.stages.common import copy_config, last_train_step, median_speed
+from krllm.pipeline.stages.common import (median_speed, tuned_outputs, tuned_prepare, tuned_progress,
+                                         tuned_total_steps)
 from krllm.train.sft_config import SFTRunConfig
 
 CPU_S_PER_STEP = 1.0  # per 8 examples, tiny model on 2 CPU cores: the first-run ETA guess
 
 
-def _prepare(cfg: dict, ctx: StageContext) -> dict:
-    cfg = copy_config(cfg)
-    cfg["name"], cfg["runs_dir"] = ctx.stage, ctx.run_dir
-    if ctx.has_input("base"):
-        cfg["base_model"] = str(ctx.input("base", "model"))
-    return cfg
-
-
-def _outputs(cfg: SFTRunConfig) -> dict[str, str]:
-    if cfg.peft.method == "full":
-        return {"model": "hf"}
-    out = {"adapter": "adapter"}
-    if cfg.merge and cfg.peft.method != "qlora":
-        out["model"] = "merged"
-    return out
-
-
-def _total_steps(cfg: SFTRunConfig) -> int:
-    """Optimizer steps: max_steps, else epochs over the train examples (a file's size is a guess: BUILTIN_N)."""
-    t, d = cfg.train, cfg.data
-    if t.max_steps > 0:
-        return t.max_steps
-    n = (d.n or BUILTIN_N) * ((1 - d.eval_fraction) if d.eval is None else 1)
-    return int(-(-n // (t.batch_size * t.grad_accum)) * t.epochs)
-
-
-def _progress(ctx: StageContext, cfg: SFTRunConfig):
-    step = last_train_step(ctx.stage_dir)
-    total = _total_steps(cfg)
-    return (step, total) if step and total else None
-
-
 def _estimate(cfg: SFTRunConfig) -> float:
-    return 30.0 + CPU_S_PER_STEP * _total_steps(cfg) * cfg.train.batch_size / 8
+    return 30.0 + CPU_S_PER_STEP * tuned_total_steps(cfg) * cfg.train.batch_size / 8
 
 
 def _run(ctx: StageContext) -> dict:
@@ -72,7 +40,7 @@ def _run(ctx: StageContext) -> dict:
 
 
 KIND = StageKind(
-    name="sft", run=_run, needs={"base": ("pretrain", "sft")}, outputs=_outputs, prepare=_prepare,
-    schema=SFTRunConfig, resumable=True, progress=_progress,
+    name="sft", run=_run, needs={"base": ("pretrain", "sft")}, outputs=tuned_outputs, prepare=tuned_prepare,
+    schema=SFTRunConfig, resumable=True, progress=tuned_progress,
     estimate_s=_estimate, command="krllm sft -c {config}",
     description="supervised fine-tuning with LoRA/DoRA/full (krllm.train.sft.run_sft)")

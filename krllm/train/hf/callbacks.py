@@ -32,6 +32,9 @@ def open_logger(cfg, run_dir) -> MetricsLogger:
 # Trainer log keys -> our names (others pass through; eval_* go to split "eval")
 _RENAME = {"learning_rate": "lr", "train_loss": "final_loss"}
 _SKIP = {"total_flos", "epoch"}
+# TRL's alignment keys, as printed: DPO's reward margin and share of pairs ranked right; GRPO's mean
+# reward and KL to the reference
+_SHOWN = {"rewards/margins": "margin", "rewards/accuracies": "reward acc", "reward": "reward", "kl": "kl"}
 
 
 class KrllmLogCallback(TrainerCallback):
@@ -115,11 +118,16 @@ class KrllmLogCallback(TrainerCallback):
             parts.append(f"loss {train['loss']:.4f}")
         if "lr" in train:
             parts.append(f"lr {train['lr']:.2e}")
+        for k, short in _SHOWN.items():
+            if k in train:
+                parts.append(f"{short} {train[k]:.3f}")
         if "tok_per_s" in train:
             parts.append(f"{train['tok_per_s']:,.0f} tok/s")
         for k, v in evals.items():
             if k in ("loss", "accuracy", "f1_macro"):
                 parts.append(f"val {k} {v:.4f}")
+            elif k in _SHOWN:
+                parts.append(f"val {_SHOWN[k]} {v:.3f}")
         if not parts:
             return
         desc = " | ".join(parts)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from krllm.config import write_resolved
 from krllm.errors import KrllmError
-from krllm.runs import replace_dir
+from krllm.runs import replace_dir, write_lineage
 
 CHECKPOINTS = "checkpoints"
 STALE_FILES = ("metrics.jsonl", "summary.json", "samples.md", "samples.jsonl", "eval.json", "predictions.jsonl")
@@ -59,6 +59,18 @@ def start_run(cfg, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(cfg, run_dir / "config.yaml")
     return run_dir, resume_from
+
+
+def write_run_lineage(cfg, run_dir: Path, resume_from: Path | None) -> None:
+    """lineage.json of a tuning run (rank 0): base model, tokenizer and data files hashed as inputs; the data
+    spec (built-in sets are regenerated from it) and the checkpoint a resumed run continued from."""
+    inputs = {"base_model": cfg.base_model, "tokenizer": cfg.tokenizer or cfg.base_model}
+    for role, spec in (("data", cfg.data.train), ("eval_data", cfg.data.eval)):
+        if spec and not str(spec).startswith("builtin:"):
+            inputs[role] = spec
+    write_lineage(run_dir, inputs, extra={"data": {
+        "train": cfg.data.train, "eval": cfg.data.eval, "n": cfg.data.n, "seed": cfg.data.seed,
+        "resumed_from": str(resume_from) if resume_from else None}})
 
 
 # ---------------------------------------------------------------- final directories
