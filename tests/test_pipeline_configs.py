@@ -24,7 +24,7 @@ def test_pipeline_config_wires_and_validates(path, tmp_path):
     cfg = load_pipeline(path, [f"runs_dir={tmp_path}"])
     pipe = Pipeline(cfg, config_path=path)
     kinds = [p.kind.name for p in pipe.plans]
-    assert kinds == ["tokenizer", "generate", "data", "pretrain", "sft", "sft", "dpo", "grpo", "eval", "report"]
+    assert kinds == ["tokenizer", "generate", "data", "pretrain", "sft", "dpo", "grpo", "sft", "eval", "report"]
     run = tmp_path / cfg.name
     by = {p.name: p for p in pipe.plans}
     assert by["data"].ctx.config["tokenizer"] == str(run / "tokenizer")

@@ -17,7 +17,7 @@ from krllm.pipeline.state import read_all_states
 from krllm.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["tokenizer", "texts", "data", "pretrain", "sft", "eval", "report"]
+STAGES = ["tokenizer", "texts", "data", "pretrain", "math_sft", "math_dpo", "math_grpo", "sft", "eval", "report"]
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,9 @@ def test_every_stage_ran_and_was_measured(demo):
 def test_metrics_are_present_and_sensible(demo):
     run_dir, _ = demo
     ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
-    assert set(ev["models"]) == {"base", "tuned"}
+    assert set(ev["models"]) == {"base", "tuned", "math_sft", "dpo", "grpo"}
+    assert ev["models"]["grpo"]["path"] == str(run_dir / "math_grpo" / "merged")
+    assert all(0 <= ev["math"][role]["accuracy"] <= 1 for role in ev["models"])
     assert ev["models"]["base"]["path"] == str(run_dir / "pretrain" / "hf")
     vocab_log = math.log(1024)
     for role in ("base", "tuned"):
@@ -66,7 +68,7 @@ def test_metrics_are_present_and_sensible(demo):
     # the point of fine-tuning: held-out NPC replies are more likely under the tuned model
     assert ev["npc"]["tuned"]["loss"] < ev["npc"]["base"]["loss"] - 0.1
     assert ev["npc"]["tuned"]["tokens"] == ev["npc"]["base"]["tokens"] > 100
-    assert len(ev["samples"]) == 5 and all(set(s) == {"prompt", "base", "tuned"} for s in ev["samples"])
+    assert len(ev["samples"]) == 5 and all(set(s) == {"prompt", *ev["models"]} for s in ev["samples"])
     # pretraining validation loss fell
     val = [r["loss"] for r in read_metrics(run_dir / "pretrain") if r.get("split") == "val"]
     assert len(val) >= 3 and val[-1] < val[0] - 0.5
@@ -77,14 +79,17 @@ def test_report_card_content(demo):
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
     for stage in STAGES[:-1]:
-        assert f"| {stage} | {'generate' if stage == 'texts' else stage} | done |" in md
+        kind = {"texts": "generate", "math_sft": "sft", "math_dpo": "dpo", "math_grpo": "grpo"}.get(stage, stage)
+        assert f"| {stage} | {kind} | done |" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| NPC chat loss"))
-    assert f"{ev['npc']['base']['loss']:.4f}" in row and "(better)" in row
+    assert f"{ev['npc']['base']['loss']:.4f}" in row and row.count("|") == len(ev["models"]) + 2  # a column a model
     assert "| validation loss (pretraining text, nats/token) |" in md
     assert "| math exact match (held-out) |" in md
     assert "krllm pipeline run configs/pipelines/demo_ko_ci.yaml" in md
     assert f"krllm serve {run_dir / 'sft' / 'merged'}" in md
-    for png in ("pretrain_loss.png", "pretrain_lr.png", "sft_loss.png", "sft_lr.png"):
+    assert "## Math track" in md and "| math_grpo | grpo |" in md
+    for png in ("pretrain_loss.png", "pretrain_lr.png", "sft_loss.png", "sft_lr.png", "math_grpo_reward.png",
+                "math_dpo_margin.png"):
         path = run_dir / "plots" / png
         assert f"](plots/{png})" in md
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,7 +97,7 @@ def test_report_card_content(demo):
             im.verify()
         with Image.open(path) as im:
             assert im.size == (770, 440)
-    assert (run_dir / "report.html").read_text(encoding="utf-8").count("<img ") == 4
+    assert (run_dir / "report.html").read_text(encoding="utf-8").count("<img ") == md.count("](plots/")
 
 
 def test_second_run_skips_finished_stages(demo):
