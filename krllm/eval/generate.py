@@ -8,13 +8,13 @@ reproducible: the same model gives the same answers.
 
 from __future__ import annotations
 
+from krllm.data.tokens.chat_tokens import generation_prompt_ids
 from krllm.model.load import LoadedModel
 
 
 def chat_prompt_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
-    return list(enc["input_ids"])
+    return generation_prompt_ids(tokenizer, messages)
 
 
 def greedy_answers(lm: LoadedModel, prompts: list[str], max_new_tokens: int = 64, system: str | None = None,

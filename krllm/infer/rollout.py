@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from krllm.data.tokens.chat_tokens import generation_prompt_ids
 from krllm.errors import KrllmError
 from krllm.infer.engine import Engine
 from krllm.infer.sampling import SamplingParams
@@ -144,9 +145,7 @@ class EngineRollout:
         """A conversational prompt through the chat template (+ generation prompt), a string as it is."""
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt)["input_ids"])
-        out = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True, **self.chat_template_kwargs)
-        return list(out["input_ids"])
+        return generation_prompt_ids(self.tokenizer, prompt, **self.chat_template_kwargs)
 
     # ------------------------------------------------------------------ the engine
     def engine_for(self, policy, version, n_rows: int, max_len: int) -> Engine:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from krllm.data.tokens.chat_tokens import generation_prompt_ids
 from krllm.errors import KrllmError
 from krllm.model.adapters import (
     BASE_KEY,
@@ -68,16 +69,12 @@ class LoadedModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict]) -> list[int]:
         """messages [{"role", "content"}] -> prompt ids with the tokenizer's chat template."""
         if not self.has_chat_template:
             raise KrllmError(f"{self.path}: the tokenizer has no chat_template, so chat is not available "
                              "(use `krllm generate` / the completions endpoint, or a krllm tokenizer)")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                 tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return generation_prompt_ids(self.tokenizer, messages)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import KrllmError
-from krllm.runs import write_json, write_lineage
+from krllm.runs import write_json
 from krllm.tracking import read_metrics
 from krllm.train.grpo_config import GRPORunConfig
 from krllm.train.hf import outputs as O
@@ -32,9 +32,6 @@ from krllm.train.hf.callbacks import KrllmLogCallback, open_logger
 from krllm.train.hf.data import split_records
 from krllm.train.hf.model import load_causal_lm, load_tokenizer, parameter_counts, peft_config_for
 from krllm.train.hf.trainer import trainer_arguments, use_krllm_logging
-
-_TRL_OWNED = ("prompt",)  # record keys the trainer reads itself; every other key reaches the rewards
-
 
 def reward_functions(cfg: GRPORunConfig) -> tuple[list, list[float]]:
     """(callables, weights) from the `rewards` section (krllm.train.rewards.load_reward binds `kwargs`)."""
@@ -179,9 +176,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, overwrite: bool = False) 
     try:
         if logger is not None:
             trainer.add_callback(KrllmLogCallback(logger, None, label=f"grpo {cfg.name}"))
-            write_lineage(run_dir, {"base_model": cfg.base_model, "tokenizer": cfg.tokenizer or cfg.base_model},
-                          extra={"data": {"train": cfg.data.train, "n": cfg.data.n, "seed": cfg.data.seed,
-                                          "resumed_from": str(resume_from) if resume_from else None}})
+            O.write_run_lineage(cfg, run_dir, resume_from)
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         if logger is not None:

@@ -91,6 +91,14 @@ def _as_ids(eos) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
+def generation_prompt_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[int]:
+    """Chat turns through the tokenizer's template, ending with the assistant's generation prompt -> ids:
+    what every generator (chat, serve, eval, training samples, RL rollouts) feeds the model."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        **template_kwargs)
+    return [int(i) for i in out["input_ids"]]
+
+
 def _render(tokenizer, messages, **kw) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from krllm.config import atomic_write_text
-from krllm.data.tokens.chat_tokens import stop_ids
+from krllm.data.tokens.chat_tokens import generation_prompt_ids, stop_ids
 
 
 def prompt_of(record: dict) -> list[dict] | None:
@@ -34,8 +34,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
 
     if not prompts:
         return []
-    ids = [list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"]) for msgs in prompts]
+    ids = [generation_prompt_ids(tokenizer, msgs) for msgs in prompts]
     was_training = model.training
     try:
         needed = max(map(len, ids)) + max_new_tokens + 1
