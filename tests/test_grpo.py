@@ -142,3 +142,19 @@ def test_cli_help_lists_the_grpo_keys():
     out = subprocess.run([sys.executable, "-m", "krllm", "grpo", "--help"], capture_output=True, text=True, check=True)
     for key in ("grpo.num_generations", "grpo.beta", "grpo.rollout", "train.lr"):
         assert key in out.stdout, key
+
+
+def test_overwrite_with_bad_inputs_keeps_the_previous_run(tmp_path):
+    """--overwrite clears an old run only once the new inputs are known to be good."""
+    from krllm.train.grpo import run_grpo
+
+    run_grpo(_cfg(tmp_path, train__max_steps=1, samples__n=0))
+    before = (tmp_path / "g" / "metrics.jsonl").read_text(encoding="utf-8")
+    with pytest.raises(KrllmError, match="no_such_module"):
+        run_grpo(_cfg(tmp_path, rewards=["no_such_module:fn"]), overwrite=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\n', encoding="utf-8")
+    with pytest.raises(KrllmError, match="bad.jsonl:1: prompt: is empty"):
+        run_grpo(_cfg(tmp_path, data__train=str(bad)), overwrite=True)
+    assert (tmp_path / "g" / "metrics.jsonl").read_text(encoding="utf-8") == before
+    assert (tmp_path / "g" / "adapter").is_dir()

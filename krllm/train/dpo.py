@@ -203,9 +203,8 @@ def run_dpo(cfg: DPORunConfig, resume: bool = False, overwrite: bool = False) ->
     """
     t_start = time.time()
     main, single = O.rank() == 0, O.world_size() == 1
+    p = prepare(cfg)  # every input validated before an old run directory is touched (--overwrite clears it)
     run_dir, resume_from = O.start_run(cfg, resume, overwrite)
-
-    p = prepare(cfg)
     tokenizer = p.tokenizer
     source = p.eval_records or p.train_records
     sample_src = source[: cfg.samples.n] if single else []

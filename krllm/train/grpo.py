@@ -149,13 +149,13 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, overwrite: bool = False) 
     """Train, save adapter/merged (or hf/), write samples and summary. Returns the summary dict."""
     t_start = time.time()
     main, single = O.rank() == 0, O.world_size() == 1
-    run_dir, resume_from = O.start_run(cfg, resume, overwrite)
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.data.chat_template)
     train_records, eval_records = split_records(cfg.data, "grpo")
     _check_records(train_records, cfg)
     reward_functions(cfg)  # a bad reward spec fails before the model loads
+    run_dir, resume_from = O.start_run(cfg, resume, overwrite)  # inputs valid: now an old run may be cleared
     model = load_causal_lm(cfg.base_model, tokenizer, cfg.peft, dtype, cfg.train.gradient_checkpointing)
     g = cfg.grpo
     if main:

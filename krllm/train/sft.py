@@ -130,9 +130,8 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
     """
     t_start = time.time()
     main, single = O.rank() == 0, O.world_size() == 1
+    p = prepare(cfg)  # every input validated before an old run directory is touched (--overwrite clears it)
     run_dir, resume_from = O.start_run(cfg, resume, overwrite)
-
-    p = prepare(cfg)
     tokenizer, stats = p.tokenizer, p.stats
     if main:
         print(f"sft {cfg.name}: {cfg.peft.method} on {cfg.base_model} | device {p.device.type} | compute dtype "
