@@ -119,6 +119,14 @@ def test_sampling_follows_the_distribution():
     torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.03, rtol=0)
 
 
+def test_sampling_never_draws_a_zero_probability_token():
+    """Inverse-CDF draws: masked tokens at the ends and between kept ones have zero width."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.5, 0.0]])
+    rows = SamplingRows.build([SamplingParams(temperature=1.0, seed=s) for s in range(64)], 6)
+    draws = torch.cat([sample(torch.log(probs).expand(64, 6), rows) for _ in range(50)])
+    assert set(draws.tolist()) == {1, 4}
+
+
 def test_top_k_one_is_greedy_when_sampling():
     logits = _logits()
     rows = SamplingRows.build([SamplingParams(temperature=1.5, top_k=1, seed=s) for s in range(3)], V)
