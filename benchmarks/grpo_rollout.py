@@ -1,11 +1,17 @@
-"""GRPO optimizer-step time: rollouts on krllm's engine vs TRL's default generation, side by side.
+"""GRPO optimizer-step time: `krllm grpo` vs TRL's GRPOTrainer as it comes, side by side.
 
-Same model, same data (built-in Korean math prompts), same GRPO settings, same seed; only
-`grpo.rollout` differs: `krllm` (krllm.infer.rollout: a merged copy of the live policy, all
-completions of the step in one batched pass, the C step on CPU) vs `transformers` (TRL's own
-`generate` on the PEFT-wrapped policy). Each repeat trains both sides in turn for `--steps` optimizer
-steps from the same starting weights; the first step of each run (start-up) is not counted, and the
-median step time over repeats is reported, so a busy machine slows both alike.
+Same model, same data (built-in Korean math prompts), same GRPO settings, same seed. Three sides:
+
+    krllm          krllm grpo: rollouts on krllm's engine (krllm.infer.rollout: a merged copy of the live
+                   policy, all completions of the step in one batched pass, the C step on CPU) and the
+                   log-probabilities of krllm.train.grpo_loss (each prompt once, head on completions)
+    trl-generate   TRL's own `generate` on the PEFT-wrapped policy, krllm's log-probabilities: isolates
+                   what the rollouts alone are worth
+    trl            TRL's generate and TRL's log-probabilities: the stock GRPOTrainer
+
+Each repeat trains every side in turn for `--steps` optimizer steps from the same starting weights;
+the first step of each run (start-up) is not counted, and the median step time over repeats is
+reported, so a busy machine slows all alike.
 
     python benchmarks/grpo_rollout.py                                  # ≈31M random model + the demo model
     python benchmarks/grpo_rollout.py --models demo --steps 4 --repeats 3
@@ -61,8 +67,11 @@ def _vocab(tokenizer_dir: Path) -> int:
     return len(AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
-def run_side(model_dir: Path, rollout: str, args, work: Path) -> tuple[list[float], dict]:
-    """Train `args.steps` GRPO steps with one rollout backend -> (step seconds after the first, summary)."""
+SIDES = {"krllm": ("krllm", True), "trl-generate": ("transformers", True), "trl": ("transformers", False)}
+
+
+def run_side(model_dir: Path, side: str, args, work: Path) -> tuple[list[float], dict]:
+    """Train `args.steps` GRPO steps on one side -> (step seconds after the first, summary)."""
     from krllm.config import validate
     from krllm.device import pick_device, pick_dtype
     from krllm.train.grpo import make_trainer
@@ -70,7 +79,8 @@ def run_side(model_dir: Path, rollout: str, args, work: Path) -> tuple[list[floa
     from krllm.train.hf.data import split_records
     from krllm.train.hf.model import load_causal_lm, load_tokenizer
 
-    cfg = validate({"name": f"bench_{rollout}", "runs_dir": str(work), "base_model": str(model_dir),
+    rollout, krllm_logps = SIDES[side]
+    cfg = validate({"name": f"bench_{side}", "runs_dir": str(work), "base_model": str(model_dir),
                     "data": {"train": "builtin:math:ko", "n": 64, "seed": 0},
                     "grpo": {"num_generations": args.generations, "max_completion_length": args.max_new,
                              "rollout": rollout, "beta": args.beta},
@@ -84,6 +94,7 @@ def run_side(model_dir: Path, rollout: str, args, work: Path) -> tuple[list[floa
     torch.manual_seed(0)
     model = load_causal_lm(str(model_dir), tok, cfg.peft, dtype)
     trainer = make_trainer(cfg, work / cfg.name, tok, model, train, [], device, dtype)
+    trainer.krllm_compact_logps = krllm_logps
     timer = StepTimes()
     trainer.add_callback(timer)
     trainer.train()
@@ -95,22 +106,21 @@ def run_side(model_dir: Path, rollout: str, args, work: Path) -> tuple[list[floa
 
 
 def bench(name: str, model_dir: Path, args) -> None:
-    times = {"krllm": [], "transformers": []}
+    times = {side: [] for side in SIDES}
     info = {}
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.repeats):
             for side in times:
                 t, info[side] = run_side(model_dir, side, args, Path(d) / f"r{r}")
                 times[side].append(statistics.median(t))
-    ours, theirs = statistics.median(times["krllm"]), statistics.median(times["transformers"])
+    step = {side: statistics.median(t) for side, t in times.items()}
     print(f"\n{name}: {args.prompts} prompts x {args.generations} generations, <= {args.max_new} new tokens, "
           f"LoRA, fp32, {torch.get_num_threads()} threads")
-    for side, t in (("krllm engine", ours), ("TRL generate", theirs)):
-        key = "krllm" if side.startswith("krllm") else "transformers"
-        length = info[key]["completion_len"]
-        print(f"  {side:13s} {t:7.2f} s/step   (mean completion {length:.0f} tokens)" if length else
-              f"  {side:13s} {t:7.2f} s/step")
-    print(f"  speed-up: {theirs / ours:.2f}x   ({info['krllm'].get('path')})")
+    for side, t in step.items():
+        length = info[side]["completion_len"]
+        print(f"  {side:13s} {t:7.2f} s/step" + (f"   (mean completion {length:.0f} tokens)" if length else ""))
+    print(f"  krllm grpo vs stock TRL: {step['trl'] / step['krllm']:.2f}x faster steps   ({info['krllm'].get('path')})")
+    print(f"  rollouts alone (same log-probabilities): {step['trl-generate'] / step['krllm']:.2f}x")
 
 
 def main() -> None:

@@ -36,11 +36,15 @@ def _cfg(tmp_path, **over) -> GRPORunConfig:
     return validate(base, GRPORunConfig)
 
 
-def test_compact_logps_equal_trl_values_and_gradients(tmp_path):
-    """Our head-on-completions path vs TRL's fused head on every position: same numbers, same grads."""
+@pytest.mark.parametrize("batch_size", [2, None])
+def test_shared_prompt_logps_equal_trl_values_and_gradients(tmp_path, batch_size):
+    """Our path (each prompt once, its cache repeated for its completions in chunks of 2 rows or all of
+    them, the head on completion tokens only) vs TRL's fused head on every position of the whole batch:
+    same numbers, same gradients, rows in the batch's order."""
     from trl import GRPOTrainer
 
     from krllm.train.grpo import make_trainer
+    from krllm.train.grpo_loss import prompt_groups, shared_prompt_ok
     from krllm.train.hf.model import load_causal_lm, load_tokenizer
 
     cfg = _cfg(tmp_path, grpo__temperature=0.7)
@@ -50,21 +54,32 @@ def test_compact_logps_equal_trl_values_and_gradients(tmp_path):
                                                               "ground_truth_answer": "1"}] * 8, [],
                            torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 500, (3, 12), generator=g)
+    keep, P = 6, 6
+    ids = torch.randint(4, 500, (6, P + keep), generator=g)
+    ids[1:4, :P] = ids[0, :P]  # rows 0-3 share a prompt, rows 4-5 another
+    ids[5, :P] = ids[4, :P]
     mask = torch.ones_like(ids)
-    mask[0, :3] = 0  # left-padded prompt
-    mask[1, -4:] = 0  # right-padded completion
-    keep = 6
+    mask[:4, :2] = 0  # left-padded prompt
+    mask[1, -4:] = 0  # right-padded completions of different lengths
+    mask[2, -1:] = 0
+    mask[3, P:] = 0  # a truncated completion masked out whole (mask_truncated_completions)
+    mask[4:, :1] = mask[4, -5:] = 0
+    ids[0, :P] = ids[1, :P].masked_fill(mask[1, :P] == 0, 3)  # a different pad id under the mask: same prompt
+    assert sorted(sorted(r.tolist()) for r in prompt_groups(ids, mask, keep)) == [[0, 1, 2, 3], [4, 5]]
+    assert shared_prompt_ok(trainer, trainer.model, mask, keep, {})
+    holes = mask.clone()
+    holes[0, 3] = 0  # not left padding: TRL's method takes it
+    assert not shared_prompt_ok(trainer, trainer.model, holes, keep, {})
     results = []
     for fn in (trainer._get_per_token_logps_and_entropies,
                lambda *a, **k: GRPOTrainer._get_per_token_logps_and_entropies(trainer, *a, **k)):
         trainer.model.zero_grad()
-        logps, ent, _ = fn(trainer.model, ids, mask, keep, batch_size=2, compute_entropy=True)
+        logps, ent, _ = fn(trainer.model, ids, mask, keep, batch_size=batch_size, compute_entropy=True)
         (logps * mask[:, -keep:]).sum().backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         results.append((logps.detach() * mask[:, -keep:], ent.detach() * mask[:, -keep:], grads))
     (ours, ours_ent, ours_g), (trl, trl_ent, trl_g) = results
-    assert ours.shape == trl.shape == (3, keep)
+    assert ours.shape == trl.shape == (6, keep)
     assert torch.allclose(ours, trl, atol=1e-5)
     assert torch.allclose(ours_ent, trl_ent, atol=1e-5)
     assert ours_g.keys() == trl_g.keys() and ours_g

@@ -104,8 +104,9 @@ def _zero3(trainer) -> bool:
 
 
 def grpo_trainer_class(base):
-    """GRPOTrainer whose log-probabilities skip the output head on prompt and padding positions on CPU."""
-    from krllm.train.grpo_loss import compact_logps, compact_logps_ok
+    """GRPOTrainer whose log-probabilities run each prompt once and the output head on completion tokens
+    only, on CPU (krllm.train.grpo_loss)."""
+    from krllm.train.grpo_loss import shared_prompt_logps, shared_prompt_ok
 
     class KrllmGRPO(base):
         krllm_compact_logps = True
@@ -113,9 +114,10 @@ def grpo_trainer_class(base):
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                                **extra):
-            if self.krllm_compact_logps and not compute_aux_loss and compact_logps_ok(self, model, extra):
-                return compact_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
-                                     compute_entropy)
+            if (self.krllm_compact_logps and not compute_aux_loss
+                    and shared_prompt_ok(self, model, attention_mask, logits_to_keep, extra)):
+                return shared_prompt_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                           compute_entropy)
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
