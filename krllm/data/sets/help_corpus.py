@@ -184,6 +184,7 @@ def build_cache(ko_deb: Path, en_deb: Path, out: Path) -> dict:
     """Parse both packages into `out` (paragraphs, text, pairs); returns the manifest it writes."""
     import orjson
 
+    ko_deb, en_deb = Path(ko_deb), Path(en_deb)
     ko, en = read_help_deb(ko_deb, "ko"), read_help_deb(en_deb, "en")
     en_by_page = {page: dict(paras) for page, paras in en.items()}
     rows, texts = [], []
