@@ -29,7 +29,7 @@ def config_keys_help() -> str:
             default = field.get_default(call_default_factory=True)
             if name == "sources":
                 default = "builtin:ko-law"
-                desc = ("list of files, directories, globs, builtin:ko-law; or mappings {" +
+                desc = ("list of files, directories, globs, builtin:ko-law, builtin:ko-help; or mappings {" +
                         ", ".join(SourceConfig.model_fields) + "}")
             else:
                 desc = field.description or ""

@@ -19,7 +19,7 @@ cache directory (`$KRLLM_CACHE`, else `$XDG_CACHE_HOME/krllm`, else `~/.cache/kr
 The directory is built under a temporary name and renamed into place, so an interrupted fetch leaves
 nothing half-written and a present cache is never downloaded again (`--force` rebuilds it).
 
-Untranslated text: ~30% of the paragraphs of the Korean pages are still English (`lang: "en"`, no
+Untranslated text: about half the paragraphs of the Korean pages are still English (`lang: "en"`, no
 Hangul). `builtin:ko-help` keeps only paragraphs with Hangul (`lang: "ko"`, mixed Korean/English
 ones included); pairs need a Korean side with Hangul that differs from the English.
 
@@ -214,7 +214,7 @@ def build_cache(ko_deb: Path, en_deb: Path, out: Path) -> dict:
         "source": {lang: {"package": PACKAGES[lang], "version": _deb.deb_version(deb), "file": deb.name,
                           "sha256": _sha256(deb), "bytes": deb.stat().st_size}
                    for lang, deb in (("ko", ko_deb), ("en", en_deb))},
-        "license": "MPL-2.0 (LibreOffice help content; see /usr/share/doc/libreoffice-help-ko/copyright)",
+        "license": "MPL-2.0 (parts Apache-2.0; © Oracle and LibreOffice contributors; the packages' copyright file)",
         "split": f"page held out when int(sha256(page)[:8], 16) % 100 < {HELDOUT_PERCENT}",
         "counts": _counts(ko, en, rows, texts, pairs),
     }
