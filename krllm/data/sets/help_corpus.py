@@ -333,21 +333,25 @@ def help_documents() -> Iterator[tuple[str, str]]:
             yield f"ko-help/{i}", doc.strip("\n")
 
 
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    """Our own cache files (not krllm.data.sources, which imports this module through builtin.py)."""
+    import orjson
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        for line in fh:
+            yield orjson.loads(line)
+
+
 def paragraphs() -> Iterator[dict]:
     """Every id'd paragraph of the Korean pages (both splits): {"page", "id", "ko", "en", "lang"}."""
-    from krllm.data.sources import iter_jsonl
-
-    for _, row in iter_jsonl(fetch() / "paragraphs.jsonl.gz"):
-        yield row
+    yield from _read_jsonl(fetch() / "paragraphs.jsonl.gz")
 
 
 def help_pairs(split: str = "train") -> list[dict]:
     """Korean↔English pairs {"id", "ko", "en"} of one split (train | heldout), in page order."""
-    from krllm.data.sources import iter_jsonl
-
     if split not in SPLITS:
         raise DataError(f"builtin:ko-en-help split {split!r}: use one of {', '.join(SPLITS)}")
-    return [row for _, row in iter_jsonl(fetch() / f"pairs-{split}.jsonl")]
+    return list(_read_jsonl(fetch() / f"pairs-{split}.jsonl"))
 
 
 TRANSLATE_KO_EN = "다음 문장을 영어로 번역하세요."  # the user turn of a pair as an SFT record
