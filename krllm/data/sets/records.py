@@ -283,14 +283,14 @@ def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[d
 
 def _builtin_rows(name: str, option: str | None, kind: str, n: int | None, seed: int) -> list[dict]:
     """The generator's rows of a built-in set, already in the record format of `kind`."""
-    try:
-        from krllm.data.sets import generated
-    except ImportError as e:  # the generators are a separate module; say what is missing
-        raise DataError(f"builtin:{name} needs krllm.data.sets.generated, which failed to import: {e}") from None
     if name == "ko-en-help":
         from krllm.data.sets.help_corpus import sample_pairs, translation_messages
 
         return [{"messages": translation_messages(p)} for p in sample_pairs(option or "train", n, seed)]
+    try:
+        from krllm.data.sets import generated
+    except ImportError as e:  # the generators are a separate module; say what is missing
+        raise DataError(f"builtin:{name} needs krllm.data.sets.generated, which failed to import: {e}") from None
     n = BUILTIN_N if n is None else n
     if name == "npc":
         return generated.npc_dialogues(n, seed=seed)
