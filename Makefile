@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # CPU build of PyTorch; on a CUDA box install your CUDA torch first, then `make setup TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast browser-deps clean
+.PHONY: setup demo test test-fast browser-deps ko-help clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/krllm pipeline run configs/pipelines/demo_ko.yaml
+
+# builtin:ko-help / builtin:ko-en-help ahead of time (otherwise fetched on first use): Debian's
+# LibreOffice help packages via `apt-get download` (no root), parsed once into ~/.cache/krllm.
+ko-help: setup
+	$(BIN)/krllm data fetch ko-help
 
 # Browser tests need Debian's chromium + chromium-driver; installed here when we are root with apt,
 # otherwise those tests skip with a reason.

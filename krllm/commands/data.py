@@ -1,7 +1,9 @@
-"""`krllm data prepare|info`: raw text -> token shards on datatrove; inspect a shard directory.
+"""`krllm data prepare|info|fetch`: raw text -> token shards on datatrove; inspect a shard directory;
+download a built-in corpus ahead of time.
 
     krllm data prepare -c configs/data/ko_pretrain.yaml --set executor.workers=4 --out data/ko
     krllm data info data/ko --decode 2
+    krllm data fetch ko-help
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def config_keys_help() -> str:
             default = field.get_default(call_default_factory=True)
             if name == "sources":
                 default = "builtin:ko-law"
-                desc = ("list of files, directories, globs, builtin:ko-law; or mappings {" +
+                desc = ("list of files, directories, globs, builtin:ko-law, builtin:ko-help; or mappings {" +
                         ", ".join(SourceConfig.model_fields) + "}")
             else:
                 desc = field.description or ""
@@ -72,8 +74,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--verify", action="store_true", help="also scan every token (ids < vocab size); reads all shards")
 
 
+    f = sub.add_parser("fetch", help="Download and cache builtin:ko-help / builtin:ko-en-help now (else: on first use).",
+                       description="Fetch Debian's libreoffice-help-ko and libreoffice-help-en-us packages with "
+                       "`apt-get download` (no root needed once package lists exist), parse the help pages once and "
+                       "cache Korean text and Korean-English pairs under $KRLLM_CACHE (default "
+                       "$XDG_CACHE_HOME/krllm or ~/.cache/krllm). A cache that is there is never downloaded again.")
+    f.add_argument("name", choices=("ko-help",), help="ko-help: builtin:ko-help and builtin:ko-en-help (one source)")
+    f.add_argument("--deb", action="append", default=[], metavar="FILE",
+                   help="use these .deb files (both packages) instead of apt-get, e.g. downloaded by hand on macOS")
+    f.add_argument("--force", action="store_true", help="rebuild the cache even if it is there")
+
+
 def run(args: argparse.Namespace) -> int:
-    return {"prepare": _prepare, "info": _info}[args.data_command](args)
+    return {"prepare": _prepare, "info": _info, "fetch": _fetch}[args.data_command](args)
+
+
+def _fetch(args) -> int:
+    from krllm.data.sets.help_corpus import fetch, read_manifest
+
+    out = fetch(debs=args.deb or None, force=args.force)
+    m = read_manifest()
+    c = m["counts"]
+    src = ", ".join(f"{s['package']} {s['version']}" for s in m["source"].values())
+    print(f"{out}\n  source: {src} ({m['license'].split()[0]})\n"
+          f"  builtin:ko-help: {c['ko_help_text']['documents']:,} pages, {c['ko_help_text']['chars']:,} characters, "
+          f"{c['ko_help_text']['hangul_syllables']:,} Hangul syllables (held-out pages excluded)\n"
+          f"  builtin:ko-en-help: {c['pairs']['train']:,} train + {c['pairs']['heldout']:,} held-out pairs")
+    return 0
 
 
 def _prepare(args) -> int:

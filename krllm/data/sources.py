@@ -2,6 +2,7 @@
 
 A source spec is one of
     builtin:ko-law                 konlpy's law and bill texts (krllm.data.sets.builtin)
+    builtin:ko-help                LibreOffice's Korean help, one document per page (fetched once; help_corpus)
     builtin:npc | builtin:math[:ko|en|mixed] | builtin:sentiment
                                    generated sets (krllm.data.sets.generated; `iter_texts` only)
     path/to/file.txt[.gz]          plain text: one document per file, per paragraph, or per ~1 MB block

@@ -115,10 +115,10 @@ def external_inputs(config: Any, run_dir: str | Path) -> dict[str, str]:
                 walk(v)
         elif isinstance(node, str) and node and len(node) < 4096 and "\n" not in node:
             if node.startswith("builtin:"):
-                from krllm.data.sets.builtin import builtin_files
+                from krllm.data.sets.builtin import builtin_inputs
 
                 try:
-                    files = builtin_files(node)
+                    files = builtin_inputs(node)
                 except (ValueError, FileNotFoundError):
                     return  # the stage reports the bad spec with its own message
                 h = hashlib.sha256()

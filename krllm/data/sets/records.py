@@ -17,7 +17,8 @@ in GRPO records, where they are kept because TRL passes every column to the rewa
     grpo            {"prompt": str | messages, "ground_truth_answer": str | number, ...extra fields}
                     ("answer" is accepted for "ground_truth_answer" when that key is absent)
 
-`load_examples(spec, kind)` reads a JSONL path or a `builtin:` generated set and returns
+`load_examples(spec, kind)` reads a JSONL path or a `builtin:` set (generated, or the Korean↔English
+help pairs `builtin:ko-en-help[:train|heldout]` as Korean->English translation turns) and returns
 normalized dicts: SFT -> {"messages": [...]} or {"text": str}; classification -> {"text", "label"};
 DPO -> {"prompt": messages, "chosen": messages, "rejected": messages}; GRPO -> {"prompt": messages,
 "ground_truth_answer": str, **extras}. GRPO extras must be JSON values and must not take a name TRL
@@ -41,6 +42,7 @@ BUILTIN_SETS = {
     "npc": ("sft",),
     "math": ("sft", "dpo", "grpo"),
     "sentiment": ("classify", "sft"),
+    "ko-en-help": ("sft",),  # real pairs, fetched once (krllm.data.sets.help_corpus); not generated
 }
 
 
@@ -279,12 +281,17 @@ def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[d
     return out
 
 
-def _builtin_rows(name: str, option: str | None, kind: str, n: int, seed: int) -> list[dict]:
+def _builtin_rows(name: str, option: str | None, kind: str, n: int | None, seed: int) -> list[dict]:
     """The generator's rows of a built-in set, already in the record format of `kind`."""
+    if name == "ko-en-help":
+        from krllm.data.sets.help_corpus import sample_pairs, translation_messages
+
+        return [{"messages": translation_messages(p)} for p in sample_pairs(option or "train", n, seed)]
     try:
         from krllm.data.sets import generated
     except ImportError as e:  # the generators are a separate module; say what is missing
         raise DataError(f"builtin:{name} needs krllm.data.sets.generated, which failed to import: {e}") from None
+    n = BUILTIN_N if n is None else n
     if name == "npc":
         return generated.npc_dialogues(n, seed=seed)
     if name == "math" and kind == "dpo":
@@ -303,16 +310,19 @@ def _builtin_rows(name: str, option: str | None, kind: str, n: int, seed: int) -
                           {"role": "assistant", "content": str(r["label"])}]} for r in rows]
 
 
-def builtin_records(spec: str, kind: str, n: int, seed: int = 0, system: str | None = None) -> list[dict]:
-    """`builtin:npc`, `builtin:math[:ko|en|mixed]`, `builtin:sentiment` -> normalized records of `kind`."""
+def builtin_records(spec: str, kind: str, n: int | None = None, seed: int = 0, system: str | None = None) -> list[dict]:
+    """`builtin:npc`, `builtin:math[:ko|en|mixed]`, `builtin:sentiment`, `builtin:ko-en-help[:train|heldout]`
+    -> normalized records of `kind`. n=None: BUILTIN_N generated records, or every help pair of the split."""
     name, _, option = str(spec).removeprefix("builtin:").partition(":")
     if name not in BUILTIN_SETS:
         raise DataError(f"unknown built-in set {spec!r}; available: "
                         + ", ".join(f"builtin:{k}" for k in BUILTIN_SETS))
     if kind not in BUILTIN_SETS[name]:
         raise DataError(f"builtin:{name} cannot feed {kind} training (it feeds: {', '.join(BUILTIN_SETS[name])})")
-    if (option and name != "math") or (name == "math" and option not in ("", "ko", "en", "mixed")):
-        raise DataError(f"unknown option in {spec!r}: builtin:math takes :ko, :en or :mixed; other sets take none")
+    allowed = {"math": ("", "ko", "en", "mixed"), "ko-en-help": ("", "train", "heldout")}.get(name, ("",))
+    if option not in allowed:
+        raise DataError(f"unknown option in {spec!r}: builtin:math takes :ko, :en or :mixed; builtin:ko-en-help "
+                        ":train or :heldout; other sets take none")
     out = []
     for i, obj in enumerate(_builtin_rows(name, option or None, kind, n, seed)):
         try:
@@ -329,6 +339,6 @@ def load_examples(spec: str | Path, kind: str, n: int | None = None, seed: int =
                   system: str | None = None) -> list[dict]:
     """A JSONL path or a `builtin:` spec -> validated, normalized records (the first `n` of a file)."""
     if str(spec).startswith("builtin:"):
-        return builtin_records(str(spec), kind, n=n if n is not None else BUILTIN_N, seed=seed, system=system)
+        return builtin_records(str(spec), kind, n=n, seed=seed, system=system)
     records = load_jsonl(spec, kind, system)
     return records[:n] if n is not None else records
