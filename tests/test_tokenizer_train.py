@@ -247,7 +247,7 @@ def test_shipped_configs_load():
     for path in sorted(root.glob("*.yaml")):
         cfg = load_config(path, TokenizerTrainConfig)
         kinds[path.name] = cfg.pre_tokenizer
-    assert kinds == {"ko_bpe.yaml": "korean", "plain_bpe.yaml": "gpt2"}
+    assert kinds == {"ko_bpe.yaml": "korean", "plain_bpe.yaml": "gpt2", "ko_bpe_help.yaml": "llama3"}
 
 
 def test_file_kinds_txt_gz_parquet_and_directory(tmp_path):
@@ -284,3 +284,142 @@ def test_other_normal_forms(tmp_path, form):
         assert back == unicodedata.normalize("NFKC", decomposed) == "한글 1항 ABC"
     else:  # no normalizer at all: every string round-trips byte for byte, even NFD jamo
         assert back == decomposed
+
+
+# ---------------------------------------------------------------- llama.cpp-exportable modes
+# The reference: llama.cpp's own regexes for each `tokenizer.ggml.pre` name, copied from
+# src/llama-vocab.cpp (llm_tokenizer_bpe), applied the way its unicode_regex_split does: each regex
+# cuts every piece into matches and the gaps between them. Independent of krllm's patterns.
+_LC = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+LLAMA_CPP_REGEXES = {
+    "gpt-2": [r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"],
+    "qwen2": [_LC + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    "llama-bpe": [_LC + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+}
+TRICKY = MIXED + [
+    "", " ", "\n", "  \n\t ", "a", "가", "1", "12345678901", " 0.5%를 ", "제37조제2항에 따라", "(주)한국 'Calc'에서 F2키",
+    "It's 3’s “따옴표” and 'll", "Ctrl+Shift+F10을 누르십시오.", "x²+y³=z¹⁰ ½ Ⅻ ①②", "탭\t\t다음 \r\n\r\n줄",
+    "ᄒᆞᆫ글 옛한글 ㄱㄴㄷ ㅏㅑ", "🇰🇷🇺🇸 👩🏽‍💻 ❤️ #1위!!!", "​제로폭\u200b공백\ufeffBOM", "ＡＢＣ１２３ ｶﾀｶﾅ",
+]
+
+
+def _llama_cpp_split(text: str, name: str) -> list[str]:
+    import regex
+
+    pieces = [text] if text else []
+    for pattern in LLAMA_CPP_REGEXES[name]:
+        out = []
+        for piece in pieces:
+            pos = 0
+            for m in regex.finditer(pattern, piece):
+                if m.start() > pos:
+                    out.append(piece[pos:m.start()])
+                if m.end() > m.start():
+                    out.append(m.group())
+                pos = m.end()
+            if pos < len(piece):
+                out.append(piece[pos:])
+        pieces = out
+    return pieces
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2", "llama3"])
+def test_split_equals_llama_cpp_reference(kind):
+    from krllm.tokenizer.pretokenize import LLAMA_CPP_PRE
+
+    name = LLAMA_CPP_PRE[kind]
+    for text in TRICKY:
+        assert split_preview(text, kind) == _llama_cpp_split(text, name), text
+    rng = random.Random(kind)  # random strings over the characters where the regexes differ
+    alphabet = list("가나다 한국어\n\t\r 0123456789abcXYZ'.,!?()-+:;/·…“”ㄱㅏ😀é\u3000\u00a0") + ["'s", "'LL", "  "]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        assert split_preview(text, kind) == _llama_cpp_split(text, name), repr(text)
+    assert LLAMA_CPP_PRE["korean"] is None  # ours has no llama.cpp equivalent: export must not claim one
+
+
+@pytest.fixture(scope="module")
+def char_dir(tmp_path_factory):
+    """The recommended mode (llama3 split, merges over characters), trained on the real built-in corpus."""
+    out = tmp_path_factory.mktemp("tok") / "llama3_char"
+    train_tokenizer(out, vocab_size=1500, pre_tokenizer="llama3", merge_unit="char", progress=False,
+                    sources=["builtin:ko-law", {"path": "builtin:npc", "n": 200}, {"path": "builtin:math", "n": 200}])
+    return out
+
+
+def test_char_mode_directory_and_llama_cpp_name(char_dir):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    summary = json.loads((char_dir / "summary.json").read_text())
+    assert summary["vocab_size"] == 1500 and summary["llama_cpp_pre"] == "llama-bpe"
+    assert summary["merge_unit"] == "char" and summary["characters"] > 500
+    tj = json.loads((char_dir / "tokenizer.json").read_text())
+    assert tj["model"]["ignore_merges"] is True  # llama.cpp's llama-bpe skips merges for whole-vocab pieces too
+    assert tj["pre_tokenizer"]["pretokenizers"][1]["use_regex"] is False
+    hf, raw = AutoTokenizer.from_pretrained(str(char_dir)), Tokenizer.from_file(str(char_dir / "tokenizer.json"))
+    for token, i in SPECIAL_IDS.items():
+        assert hf.convert_tokens_to_ids(token) == i
+    for text in TRICKY:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert ids == raw.encode(text, add_special_tokens=False).ids, text
+        if unicodedata.is_normalized("NFC", text):
+            assert hf.decode(ids) == text, text
+        # what BPE saw: exactly the llama.cpp pieces (offsets of the pre-tokenizer, before byte mapping)
+        if text and unicodedata.is_normalized("NFC", text):
+            pieces = [text[a:b] for _, (a, b) in raw.pre_tokenizer.pre_tokenize_str(text)]
+            assert pieces == _llama_cpp_split(text, "llama-bpe"), text
+
+
+def test_char_mode_round_trip_property(char_dir):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(char_dir))
+    rng = random.Random(1)
+    for i in range(400):  # random code points of any plane, or tricky strings glued together
+        if i % 2:
+            text = "".join(chr(c) for c in (rng.randint(0, 0x2FFFF) for _ in range(rng.randint(0, 40)))
+                           if not 0xD800 <= c <= 0xDFFF)
+        else:
+            text = rng.choice([" ", "", "\n", "  "]).join(rng.sample(TRICKY, 3))
+        back = hf.decode(hf(text, add_special_tokens=False)["input_ids"])
+        assert back == unicodedata.normalize("NFC", text), repr(text)
+
+
+def test_char_mode_tokens_never_cross_a_character(char_dir):
+    """Every learned token is whole characters, or the UTF-8 prefix of one character (how a character
+    is assembled); byte-level training also learns tokens that end mid-syllable and start mid-next."""
+    from krllm.tokenizer.pretokenize import _bytes_to_unicode
+
+    dec = {v: k for k, v in _bytes_to_unicode().items()}
+
+    def bad_tokens(tok_dir):
+        vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+        bad = []
+        for tok in vocab:
+            raw = bytes(dec[c] for c in tok) if all(c in dec for c in tok) else None
+            if raw is None or len(raw) == 1:
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                lead_only_prefix = raw[0] >= 0xC0 and all(0x80 <= b < 0xC0 for b in raw[1:])
+                if not lead_only_prefix:
+                    bad.append(tok)
+        return bad
+
+    assert bad_tokens(char_dir) == []
+    # the byte-level trainer on the same corpus does learn such tokens (what char mode avoids)
+    byte_dir = char_dir.parent / "byte"
+    train_tokenizer(byte_dir, vocab_size=1500, pre_tokenizer="llama3", merge_unit="byte", progress=False,
+                    sources=["builtin:ko-law", {"path": "builtin:npc", "n": 200}, {"path": "builtin:math", "n": 200}])
+    assert len(bad_tokens(byte_dir)) > 20
+
+
+def test_char_mode_vocab_too_small_for_the_alphabet(tmp_path):
+    from krllm.errors import KrllmError
+
+    with pytest.raises(KrllmError, match="merge_unit: char"):
+        train_tokenizer(tmp_path / "t", texts=["".join(chr(0xAC00 + i) for i in range(300))] * 3, vocab_size=300,
+                        merge_unit="char", pre_tokenizer="qwen2", min_frequency=1, progress=False)
+    assert not (tmp_path / "t").exists()

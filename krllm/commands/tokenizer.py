@@ -18,7 +18,10 @@ TRAIN_KEYS = """config keys (YAML or --set KEY=VALUE; defaults in brackets):
   vocab_size       total tokens incl. 256 bytes + 4 special tokens, >= 261 [4096]
   min_frequency    a pair must occur this often to be merged [2]
   normalization    nfc | nfkc | none; round trip is exact on text already in this form [nfc]
-  pre_tokenizer    korean (Hangul runs, single digits) | gpt2 (baseline) [korean]
+  pre_tokenizer    korean (Hangul runs, single digits; no llama.cpp equivalent) | gpt2 (baseline) |
+                   qwen2 (letters of any script together, single digits) | llama3 (same, 1-3 digit groups);
+                   summary.json records the llama.cpp `tokenizer.ggml.pre` name [korean]
+  merge_unit       byte | char (merges over whole characters, stored as byte-level BPE) [byte]
   model_max_length longest sequence in tokens, written to tokenizer_config.json [4096]
   out_dir          output directory [runs/tokenizer]; written atomically, a failed run keeps the old one
 See docs/tokenizer.md."""

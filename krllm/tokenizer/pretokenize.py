@@ -43,6 +43,9 @@ SPECIAL_IDS: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
 #   \s+(?!\S) | \s+            other whitespace; the last space before a word is left for the word
 # The "other letters" class is written as a negated class (no `&&` intersection) so regex engines
 # other than Oniguruma read it the same way.
+# GPT-2's regex as ByteLevel(use_regex=True) applies it (for char-level training with `gpt2`).
+GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
 KOREAN_SPLIT_PATTERN = (
     r"'(?i:[sdmt]|ll|ve|re)"
     r"| ?\p{Hangul}+"
@@ -54,8 +57,30 @@ KOREAN_SPLIT_PATTERN = (
     r"|\s+"
 )
 
+# llama.cpp-compatible splits (tokenizer.json's original regexes; llama.cpp's src/llama-vocab.cpp
+# runs the same pattern, with `(?i:...)` spelled out as `'[sS]|...`, under the name in LLAMA_CPP_PRE).
+#   qwen2:  a letter run (any script, Hangul and Latin together) with one optional leading
+#           non-letter/digit/newline character (a space or one punctuation mark); every digit alone;
+#           the space before a number is a token of its own
+#   llama3: the same with numbers in groups of one to three digits from the left (2024 -> 202 4)
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 Normalization = Literal["nfc", "nfkc", "none"]
-PreTokenizerKind = Literal["korean", "gpt2"]
+PreTokenizerKind = Literal["korean", "gpt2", "qwen2", "llama3"]
+
+# `tokenizer.ggml.pre` of each kind: the name under which llama.cpp splits text exactly as our
+# tokenizer.json does (None: llama.cpp has no such pre-tokenizer, a GGUF export would split differently).
+LLAMA_CPP_PRE: dict[str, str | None] = {"korean": None, "gpt2": "gpt-2", "qwen2": "qwen2", "llama3": "llama-bpe"}
+# llama.cpp's `llama-bpe` also skips merges for a piece that is itself a vocabulary entry; the HF BPE
+# model must do the same (`ignore_merges`) for the two to give identical ids.
+IGNORE_MERGES: dict[str, bool] = {"korean": False, "gpt2": False, "qwen2": False, "llama3": True}
+SPLIT_PATTERNS: dict[str, str] = {"korean": KOREAN_SPLIT_PATTERN, "qwen2": QWEN2_SPLIT_PATTERN,
+                                  "llama3": LLAMA3_SPLIT_PATTERN}
 
 
 def build_normalizer(form: Normalization):
@@ -72,29 +97,39 @@ def build_normalizer(form: Normalization):
 
 
 def build_pre_tokenizer(kind: PreTokenizerKind):
-    """`korean`: our Split regex then byte mapping. `gpt2`: GPT-2's own ByteLevel regex (the
-    baseline without Korean-aware splitting: digits grouped, Hangul split only at spaces)."""
+    """`korean` / `qwen2` / `llama3`: that Split regex, then byte mapping. `gpt2`: GPT-2's own
+    ByteLevel regex (the baseline: digits grouped, Hangul split only at spaces)."""
     from tokenizers import Regex, pre_tokenizers
 
-    if kind == "korean":
+    if kind in SPLIT_PATTERNS:
         return pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(KOREAN_SPLIT_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.Split(Regex(SPLIT_PATTERNS[kind]), behavior="isolated", invert=False),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
             ]
         )
     if kind == "gpt2":
         return pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    raise ValueError(f"unknown pre_tokenizer {kind!r}; use korean or gpt2")
+    raise ValueError(f"unknown pre_tokenizer {kind!r}; use {', '.join(LLAMA_CPP_PRE)}")
+
+
+def build_splitter(kind: PreTokenizerKind):
+    """The pre-tokenizer without the byte mapping: pieces are plain text (char-level training, previews)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if kind in SPLIT_PATTERNS:
+        return pre_tokenizers.Split(Regex(SPLIT_PATTERNS[kind]), behavior="isolated")
+    if kind == "gpt2":
+        return pre_tokenizers.Split(Regex(GPT2_SPLIT_PATTERN), behavior="isolated")
+    raise ValueError(f"unknown pre_tokenizer {kind!r}; use {', '.join(LLAMA_CPP_PRE)}")
 
 
 def split_preview(text: str, kind: PreTokenizerKind = "korean") -> list[str]:
     """The pieces BPE sees for `text`, as readable strings (for docs, tests and debugging)."""
-    from tokenizers import Regex, pre_tokenizers
+    from tokenizers import pre_tokenizers
 
-    if kind == "korean":
-        splitter = pre_tokenizers.Split(Regex(KOREAN_SPLIT_PATTERN), behavior="isolated")
-        return [piece for piece, _ in splitter.pre_tokenize_str(text)]
+    if kind in SPLIT_PATTERNS:
+        return [piece for piece, _ in build_splitter(kind).pre_tokenize_str(text)]
     byte_level = build_pre_tokenizer(kind)
     decode = {v: k for k, v in _bytes_to_unicode().items()}
     return [bytes(decode[c] for c in piece).decode("utf-8", errors="replace")

@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from krllm.config import StrictModel, to_plain, validate, write_resolved
 from krllm.errors import DataError, KrllmError
 from krllm.tokenizer.pretokenize import (
+    IGNORE_MERGES,
+    LLAMA_CPP_PRE,
     SPECIAL_IDS,
     SPECIAL_TOKENS,
     Normalization,
@@ -57,7 +59,9 @@ class TokenizerTrainConfig(StrictModel):
     vocab_size: int = Field(4096, description="total size including the 256 bytes and special tokens")
     min_frequency: int = Field(2, ge=1, description="a pair must occur this often to be merged")
     normalization: Normalization = "nfc"
-    pre_tokenizer: PreTokenizerKind = "korean"
+    pre_tokenizer: PreTokenizerKind = Field("korean", description="korean | gpt2 | qwen2 | llama3 (docs/tokenizer.md)")
+    merge_unit: Literal["byte", "char"] = Field(
+        "byte", description="byte: merges over UTF-8 bytes; char: over whole characters, stored as byte-level BPE")
     model_max_length: int = Field(4096, ge=1, description="longest sequence, in tokens, a model may take")
     out_dir: str = "runs/tokenizer"
 
@@ -108,7 +112,7 @@ def build_tokenizer(cfg: TokenizerTrainConfig):
     """An untrained `tokenizers.Tokenizer` with our normalizer, pre-tokenizer and decoder."""
     from tokenizers import Tokenizer, decoders, models
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(ignore_merges=IGNORE_MERGES[cfg.pre_tokenizer]))
     norm = build_normalizer(cfg.normalization)
     if norm is not None:
         tok.normalizer = norm
@@ -222,12 +226,25 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
     console, bar = _progress_bar() if progress else (None, None)
     stream = _given_texts(texts, stats) if texts is not None else _training_texts(cfg, stats, bar)
 
+    char_info: dict = {}
+
+    def fit():
+        nonlocal tok, char_info
+        if cfg.merge_unit == "char":
+            from krllm.tokenizer.char_merges import train_char_bpe
+
+            tok, char_info = train_char_bpe(stream, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                            special_tokens=list(SPECIAL_TOKENS), normalization=cfg.normalization,
+                                            kind=cfg.pre_tokenizer, show_progress=progress)
+        else:
+            tok.train_from_iterator(stream, trainer=trainer)
+
     if bar:
         with bar:
-            tok.train_from_iterator(stream, trainer=trainer)
+            fit()
         console.print(f"learned {tok.get_vocab_size()} tokens in {time.time() - t0:.1f}s; writing {out}")
     else:
-        tok.train_from_iterator(stream, trainer=trainer)
+        fit()
     seconds = time.time() - t0
 
     corpus_chars = sum(s.chars for s in stats)
@@ -243,6 +260,10 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
         "special_tokens": dict(SPECIAL_IDS),
         "normalization": cfg.normalization,
         "pre_tokenizer": cfg.pre_tokenizer,
+        "merge_unit": cfg.merge_unit,
+        # what a GGUF export writes as `tokenizer.ggml.pre` (null: llama.cpp cannot split like this tokenizer)
+        "llama_cpp_pre": LLAMA_CPP_PRE[cfg.pre_tokenizer],
+        **char_info,
         "corpus_documents": sum(s.documents for s in stats),
         "corpus_chars": corpus_chars,
         "corpus_bytes": sum(s.bytes for s in stats),
