@@ -4,7 +4,7 @@ Everything here is representable in tokenizer.json, so transformers, tokenizers 
 (llama.cpp, MLX) load the same pipeline without our code:
 
     normalizer      NFC (default) | NFKC | none      -- see "Round trip" below
-    pre_tokenizer   Sequence([Split(Regex(KOREAN_SPLIT_PATTERN), "isolated"),
+    pre_tokenizer   Sequence([Split(Regex(SPLIT_PATTERNS[kind]), "isolated"),
                               ByteLevel(add_prefix_space=False, use_regex=False)])
     model           BPE over the 256 byte symbols (never an unknown token)
     decoder         ByteLevel
