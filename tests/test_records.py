@@ -75,7 +75,7 @@ def test_error_list_is_capped_but_counts_all(tmp_path):
     with pytest.raises(DataError) as e:
         R.load_jsonl(p, "sft")
     assert str(e.value).startswith(f"{R.MAX_REPORTED + 5} invalid")
-    assert "and 5 more bad lines" in str(e.value)
+    assert "and 5 more bad rows" in str(e.value)
 
 
 def test_file_level_errors(tmp_path):

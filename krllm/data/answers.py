@@ -130,6 +130,15 @@ def extract_answer(text: str) -> str | None:
     return normalize_number(found[-1]) if found else None
 
 
+def reference_answer(truth: str | int | float) -> str | int | float:
+    """The answer a reference states: itself when it is a number or plain text, else its cued final answer,
+    so a worked solution such as GSM8K's `... #### 72` works as a ground truth as it is."""
+    if parse_number(truth) is not None or not isinstance(truth, str):
+        return truth
+    cued = cued_answers(truth)
+    return extract_answer(truth) if cued and extract_answer(truth) is not None else truth
+
+
 def answers_equal(a: str | int | float | None, b: str | int | float | None) -> bool:
     """Equal as exact numbers when both are numbers (3/4 == 0.75 == '0.750'), else as trimmed, case-folded text."""
     if a is None or b is None:

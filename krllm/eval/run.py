@@ -64,8 +64,10 @@ class ChatLossSection(StrictModel):
 
 class MathSection(StrictModel):
     enabled: bool = True
-    data: str = Field("builtin:math:ko",
-                      description="GRPO-style JSONL {prompt, ground_truth_answer} or builtin:math[:ko|en|mixed]")
+    data: str = Field("builtin:math:ko", description="GRPO-style JSONL {prompt, ground_truth_answer}, "
+                      "builtin:math[:ko|en|mixed], or a Hub dataset hf:NAME[:CONFIG][@SPLIT]")
+    columns: dict[str, str] = Field(default_factory=dict, description="rename file / Hub columns to our keys, e.g. "
+                                    "{question: prompt, answer: ground_truth_answer} for hf:openai/gsm8k:main@test")
     n: int = Field(40, ge=1, description="problems (before dropping overlap with training)")
     seed: int = Field(9002)
     max_new_tokens: int = Field(96, ge=1, description="answer length limit (tokens)")
@@ -217,7 +219,8 @@ def _load_data(cfg: EvalConfig) -> dict:
         meta["npc"] = {"data": cfg.npc.data, "n": len(npc), "dropped_in_training": dropped}
     math: list[dict] = []
     if cfg.math.enabled:
-        recs = load_examples(cfg.math.data, "grpo", n=cfg.math.n, seed=cfg.math.seed, system=cfg.system)
+        recs = load_examples(cfg.math.data, "grpo", n=cfg.math.n, seed=cfg.math.seed, system=cfg.system,
+                             columns=cfg.math.columns)
         math, dropped = _held_out(recs, "grpo", cfg.math.holdout_from, cfg.system)
         if not math:
             raise KrllmError(f"math: every one of the {len(recs)} problems is in the training set; change math.seed")

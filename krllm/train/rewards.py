@@ -11,6 +11,7 @@ Built-in (`BUILTIN_REWARDS`):
     math_correct    1.0 when the completion's final answer (krllm.data.answers.extract_answer: a cued
                     answer, else the last number; two different cued answers count as none) equals the
                     row's `ground_truth_answer` (or `answer`) as an exact number (3/4 == 0.75), else 0.0;
+                    a worked-solution ground truth (GSM8K's `... #### 72`) counts by its own cued answer;
                     None for a row whose ground truth is null.
     format          1.0 when the completion is reasoning followed by one final-answer line, exactly:
                     (1) the last non-blank line is a final-answer line (krllm.data.answers.
@@ -43,7 +44,7 @@ import re
 from fractions import Fraction
 from typing import Any, Callable
 
-from krllm.data.answers import answers_equal, cued_answers, extract_answer, is_final_answer_line
+from krllm.data.answers import answers_equal, cued_answers, extract_answer, is_final_answer_line, reference_answer
 from krllm.errors import KrllmError
 
 __all__ = ["math_correct", "format_reward", "length_penalty", "BUILTIN_REWARDS", "load_reward",
@@ -91,7 +92,7 @@ def _column(reward: str, kwargs: dict, keys: tuple[str, ...], n: int) -> list:
 def math_correct(prompts: list, completions: list, **kwargs) -> list[float | None]:
     """1.0 when the completion's final answer equals the row's ground truth exactly, else 0.0."""
     truths = _column("math_correct", kwargs, GROUND_TRUTH_KEYS, len(completions))
-    return [None if t is None else float(answers_equal(extract_answer(completion_text(c)), t))
+    return [None if t is None else float(answers_equal(extract_answer(completion_text(c)), reference_answer(t)))
             for c, t in zip(completions, truths)]
 
 

@@ -17,7 +17,8 @@ in GRPO records, where they are kept because TRL passes every column to the rewa
     grpo            {"prompt": str | messages, "ground_truth_answer": str | number, ...extra fields}
                     ("answer" is accepted for "ground_truth_answer" when that key is absent)
 
-`load_examples(spec, kind)` reads a JSONL path or a `builtin:` set (generated, or the Korean↔English
+`load_examples(spec, kind)` reads a JSONL path, a Hub dataset (`hf:NAME[:CONFIG][@SPLIT]`,
+krllm.data.sets.hub) or a `builtin:` set (generated, or the Korean↔English
 help pairs `builtin:ko-en-help[:train|heldout]` as Korean->English translation turns) and returns
 normalized dicts: SFT -> {"messages": [...]} or {"text": str}; classification -> {"text", "label"};
 DPO -> {"prompt": messages, "chosen": messages, "rejected": messages}; GRPO -> {"prompt": messages,
@@ -261,23 +262,38 @@ def _convert(obj: Any, kind: str, system: str | None) -> dict:
 
 # ---------------------------------------------------------------- files and built-in sets
 
-def load_jsonl(path: str | Path, kind: str, system: str | None = None) -> list[dict]:
+def load_jsonl(path: str | Path, kind: str, system: str | None = None, columns: dict[str, str] | None = None) -> list[dict]:
     """Validate every line of a JSONL file; raise one DataError listing every bad line (file:line: key: why)."""
+    records = validate_rows(((f"{path}:{lineno}", obj) for lineno, obj in iter_jsonl(path)), kind, str(path),
+                            system, columns)
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty)")
+    return records
+
+
+def rename_columns(obj: Any, columns: dict[str, str] | None) -> Any:
+    """A row with its keys renamed by `columns` (source key -> record key); other keys stay."""
+    if not columns or not isinstance(obj, dict):
+        return obj
+    return {columns.get(k, k): v for k, v in obj.items()}
+
+
+def validate_rows(rows, kind: str, source: str, system: str | None = None,
+                  columns: dict[str, str] | None = None) -> list[dict]:
+    """(where, row) pairs -> normalized records, or one DataError listing every bad row (where: key: why)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
     out, problems, n_bad = [], [], 0
-    for lineno, obj in iter_jsonl(path):
+    for where, obj in rows:
         try:
-            out.append(_convert(obj, kind, system))
+            out.append(_convert(rename_columns(obj, columns), kind, system))
         except RecordError as e:
             n_bad += 1
             if len(problems) < MAX_REPORTED:
-                problems.append(f"{path}:{lineno}: {e}")
+                problems.append(f"{where}: {e}")
     if problems:
-        more = f"\n  ... and {n_bad - len(problems)} more bad lines" if n_bad > len(problems) else ""
-        raise DataError(f"{n_bad} invalid {kind} record(s) in {path}:\n  " + "\n  ".join(problems) + more)
-    if not out:
-        raise DataError(f"{path}: no records (the file is empty)")
+        more = f"\n  ... and {n_bad - len(problems)} more bad rows" if n_bad > len(problems) else ""
+        raise DataError(f"{n_bad} invalid {kind} record(s) in {source}:\n  " + "\n  ".join(problems) + more)
     return out
 
 
@@ -336,9 +352,18 @@ BUILTIN_N = 1000  # records generated for a `builtin:` spec when no n is given
 
 
 def load_examples(spec: str | Path, kind: str, n: int | None = None, seed: int = 0,
-                  system: str | None = None) -> list[dict]:
-    """A JSONL path or a `builtin:` spec -> validated, normalized records (the first `n` of a file)."""
+                  system: str | None = None, columns: dict[str, str] | None = None) -> list[dict]:
+    """A JSONL path, a `builtin:` spec or a Hub dataset `hf:NAME[:CONFIG][@SPLIT]` -> validated, normalized
+    records (the first `n` of a file or dataset). `columns` renames keys of file / dataset rows first."""
     if str(spec).startswith("builtin:"):
         return builtin_records(str(spec), kind, n=n, seed=seed, system=system)
-    records = load_jsonl(spec, kind, system)
+    from krllm.data.sets.hub import hub_rows, is_hub_spec
+
+    if is_hub_spec(spec):
+        records = validate_rows(((f"{spec} row {i}", row) for i, row in hub_rows(str(spec), n)), kind, str(spec),
+                                system, columns)
+        if not records:
+            raise DataError(f"{spec}: no rows")
+        return records
+    records = load_jsonl(spec, kind, system, columns)
     return records[:n] if n is not None else records

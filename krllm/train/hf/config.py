@@ -76,7 +76,7 @@ class DataSourceSection(StrictModel):
     """Where a method's records come from: a JSONL file or a built-in generated set, and the validation split.
     Methods subclass it to name their default set and add their own knobs (loss_on, max_length, ...)."""
 
-    train: str = Field(..., description="JSONL path or a builtin: generated set")
+    train: str = Field(..., description="JSONL path, a builtin: set, or a Hub dataset hf:NAME[:CONFIG][@SPLIT]")
     eval: str | None = Field(None, description="JSONL path (or builtin: spec, generated with seed + 1) for "
                              "validation; None = hold out eval_fraction of train")
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of train held out when eval is None; "
@@ -86,6 +86,8 @@ class DataSourceSection(StrictModel):
     seed: int = Field(0, description="seed of the built-in generator and of the train/eval split")
     system_prompt: str | None = Field(None, description="system message prepended to every chat without one")
     chat_template: str | None = Field(None, description="path to a .jinja chat template replacing the tokenizer's")
+    columns: dict[str, str] = Field(default_factory=dict, description="rename file / Hub dataset columns to our "
+                                    "keys, e.g. {question: prompt, answer: ground_truth_answer}")
 
 
 class TunedRunConfig(StrictModel):
