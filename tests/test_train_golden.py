@@ -28,8 +28,8 @@ GOLDEN = {  # recorded on the code before krllm/train/hf/ existed (sft_* modules
     "sft": [8.181136131286621, 8.039856910705566],
     "classify": [0.8535965085029602, 0.5048006176948547],
     "dpo": [0.6931471824645996, 0.5816029906272888],  # recorded with the DPO trainer's first version (krllm.train.dpo)
-    "grpo": [-2.8312206268310547e-07, 0.0001267393381567672],  # the GRPO trainer's first version (krllm.train.grpo)
-    "grpo_reward": [0.4895833134651184, 0.46875],
+    "grpo": [-2.3345153010723152e-07, 8.176701521733776e-05],  # re-recorded for inverse-CDF sampling
+    "grpo_reward": [0.4791666567325592, 0.3958333134651184],  # inverse-CDF sampling (krllm.infer.sampling)
 }
 RTOL = 1e-4
 
