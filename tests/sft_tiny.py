@@ -154,3 +154,22 @@ def one_thread():
             torch.set_num_threads(n)
 
     return _cm()
+
+
+def torchrun_krllm(command: str, cfg, tmp_path: Path, processes: int = 2):
+    """`torchrun --nproc_per_node N -m krllm COMMAND -c <cfg as YAML>` on CPU (gloo), one thread each ->
+    the CompletedProcess, asserted successful (the last 3000 characters of stderr otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / f"{command}_ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          str(processes), "-m", "krllm", command, "-c", str(path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out

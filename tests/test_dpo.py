@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from dpo_tiny import arithmetic_pairs, completion_ids, sequence_logps
-from sft_tiny import one_thread, tiny_base, write_jsonl
+from sft_tiny import one_thread, tiny_base, torchrun_krllm, write_jsonl
 
 from krllm.config import ConfigError, load_config, validate
 from krllm.errors import DataError
@@ -281,12 +281,7 @@ def test_pipeline_stage_takes_its_base_from_sft(tmp_path):
 def test_two_cpu_processes(tmp_path):
     """torchrun --nproc_per_node 2 (DDP over gloo): each step consumes a batch on each process; rank 0 writes."""
     cfg = cfg_for(tmp_path, name="ddp", merge=True, train={"max_steps": -1, "epochs": 1, "batch_size": 2})
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "krllm", "dpo", "-c", str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = torchrun_krllm("dpo", cfg, tmp_path)
     assert out.stdout.count("done:") == 1
     run = tmp_path / "runs" / "ddp"
     summary = json.loads((run / "summary.json").read_text())

@@ -180,18 +180,11 @@ def test_two_cpu_processes_with_krllm_rollouts(tmp_path):
     """torchrun --nproc_per_node 2 (DDP over gloo): each process decodes its own prompts' completions on
     krllm's engine from the DDP-wrapped policy; rank 0 alone writes the run."""
     import json
-    import os
-    import subprocess
 
-    import yaml
+    from sft_tiny import torchrun_krllm
 
     cfg = _cfg(tmp_path, name="ddp", train__max_steps=2, train__batch_size=4, samples__n=0)
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "krllm", "grpo", "-c", str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = torchrun_krllm("grpo", cfg, tmp_path)
     assert out.stdout.count("done:") == 1
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2 and "krllm engine" in summary["rollout"]

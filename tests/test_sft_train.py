@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sft_tiny import one_thread, tiny_base, write_jsonl
+from sft_tiny import one_thread, tiny_base, torchrun_krllm, write_jsonl
 
 from krllm.config import ConfigError, load_config, validate
 from krllm.errors import DataError, KrllmError
@@ -270,22 +270,13 @@ def test_cli_runs_a_config_with_overrides(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_cpu_processes_split_the_data(tmp_path):
     """torchrun --nproc_per_node 2 (DDP over gloo): half the steps per epoch, one set of outputs from rank 0."""
-    import os
-    import subprocess
-    import sys
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     cfg = cfg_for(tmp_path, name="ddp", merge=True, data={"n": 44, "eval_fraction": 0.1},
                   train={"max_steps": -1, "epochs": 1, "batch_size": 4, "eval_steps": 100})
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "krllm", "sft", "-c", str(path)],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = torchrun_krllm("sft", cfg, tmp_path)
     assert out.stdout.count("done:") == 1  # rank 0 reports
     run = tmp_path / "runs" / "ddp"
     summary = json.loads((run / "summary.json").read_text())
