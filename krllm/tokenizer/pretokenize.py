@@ -126,7 +126,6 @@ def build_splitter(kind: PreTokenizerKind):
 
 def split_preview(text: str, kind: PreTokenizerKind = "korean") -> list[str]:
     """The pieces BPE sees for `text`, as readable strings (for docs, tests and debugging)."""
-
     if kind in SPLIT_PATTERNS:
         return [piece for piece, _ in build_splitter(kind).pre_tokenize_str(text)]
     byte_level = build_pre_tokenizer(kind)
