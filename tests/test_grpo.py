@@ -38,13 +38,13 @@ def _cfg(tmp_path, **over) -> GRPORunConfig:
 
 @pytest.mark.parametrize("batch_size", [2, None])
 def test_shared_prompt_logps_equal_trl_values_and_gradients(tmp_path, batch_size):
-    """Our path (each prompt once, its cache repeated for its completions in chunks of 2 rows or all of
-    them, the head on completion tokens only) vs TRL's fused head on every position of the whole batch:
-    same numbers, same gradients, rows in the batch's order."""
+    """Our path (each prompt once, its cache handed to its completions, which run sorted by length in
+    chunks of 2 rows or all in one, the head on completion tokens only) vs TRL's fused head on every
+    position of the whole batch: same numbers, same gradients, rows in the batch's order."""
     from trl import GRPOTrainer
 
     from krllm.train.grpo import make_trainer
-    from krllm.train.grpo_loss import prompt_groups, shared_prompt_ok
+    from krllm.train.grpo_loss import prompt_index, shared_prompt_ok
     from krllm.train.hf.model import load_causal_lm, load_tokenizer
 
     cfg = _cfg(tmp_path, grpo__temperature=0.7)
@@ -65,7 +65,8 @@ def test_shared_prompt_logps_equal_trl_values_and_gradients(tmp_path, batch_size
     mask[3, P:] = 0  # a truncated completion masked out whole (mask_truncated_completions)
     mask[4:, :1] = mask[4, -5:] = 0
     ids[0, :P] = ids[1, :P].masked_fill(mask[1, :P] == 0, 3)  # a different pad id under the mask: same prompt
-    assert sorted(sorted(r.tolist()) for r in prompt_groups(ids, mask, keep)) == [[0, 1, 2, 3], [4, 5]]
+    first, which = prompt_index(ids, mask, keep)
+    assert sorted(first.tolist()) == [0, 4] and first[which].tolist() == [0, 0, 0, 0, 4, 4]
     assert shared_prompt_ok(trainer, trainer.model, mask, keep, {})
     holes = mask.clone()
     holes[0, 3] = 0  # not left padding: TRL's method takes it

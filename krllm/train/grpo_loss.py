@@ -5,10 +5,10 @@ TRL runs every row of a GRPO batch as prompt + completion in one padded pass and
 position on non-Triton devices. But a batch holds `num_generations` completions of each prompt: the
 same prompt tokens go through the model that many times, and the head (the largest matmul of a small
 model, in fp32, forward and backward) runs on prompt and padding positions whose output is thrown
-away. Here the rows of one prompt share it: the prompt runs once, its keys and values (still in the
-autograd graph, so the prompt's positions get their gradient) are repeated for the completions, which
-run in groups of ROWS_PER_GROUP cut to their own length; krllm.train.hf.compact_head projects only
-the real completion tokens with TRL's kernel and temperature. Position ids are the ones TRL's single
+away. Here every distinct prompt runs once (one batched pass); its keys and values, still in the
+autograd graph so the prompt's positions get their gradient, are handed to each of its completions,
+which run sorted by length in chunks of ROWS_PER_GROUP rows cut to their own length; and
+krllm.train.hf.compact_head projects only the real completion tokens with TRL's kernel and temperature. Position ids are the ones TRL's single
 pass gives, so the numbers are the same for every model; tests/test_grpo.py checks values and
 gradients against TRL's own method. Text-only, left-padded batches of full-attention models where
 `can_compact` holds and activations are not recomputed; anything else goes to TRL.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from krllm.train.hf.compact_head import backbone_and_head, can_compact, head_logprobs
 
-ROWS_PER_GROUP = 8  # completions per forward call: fewer rows, less padding but more (smaller) calls
+ROWS_PER_GROUP = 8  # completions per forward call: fewer rows, less padding but more calls (8 measured best)
 
 
 def shared_prompt_ok(trainer, model, attention_mask: torch.Tensor, logits_to_keep: int, extra_inputs: dict) -> bool:
@@ -42,18 +42,15 @@ def shared_prompt_ok(trainer, model, attention_mask: torch.Tensor, logits_to_kee
     return bool((prompt.cummax(dim=1).values == prompt).all())  # left padding only: 0...0 1...1
 
 
-def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> list[torch.Tensor]:
-    """Row indices of each distinct prompt (the first T - K columns, padding ignored), every group's
-    rows sorted by where their completion ends, so a chunk of them shares little padding."""
+def prompt_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first row of each distinct prompt (U,), the prompt of each row (B,) as an index into it);
+    a prompt is the first T - K columns with padding ignored."""
     P = input_ids.size(1) - logits_to_keep
     key = input_ids[:, :P].masked_fill(attention_mask[:, :P] == 0, -1)
-    _, which = torch.unique(key, dim=0, return_inverse=True)  # (B,) group of each row
-    ends = attention_mask[:, P:].sum(dim=1)  # (B,) real completion tokens
-    groups = []
-    for g in which.unique(sorted=False).tolist():
-        rows = (which == g).nonzero().squeeze(1)
-        groups.append(rows[torch.argsort(ends[rows], stable=True)])
-    return groups
+    _, which = torch.unique(key, dim=0, return_inverse=True)  # (B,)
+    first = torch.full((int(which.max()) + 1,), input_ids.size(0), dtype=torch.long, device=which.device)
+    first.scatter_reduce_(0, which, torch.arange(input_ids.size(0), device=which.device), reduce="amin")
+    return first, which
 
 
 def _cache_kwarg(backbone) -> str:
@@ -61,14 +58,14 @@ def _cache_kwarg(backbone) -> str:
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
-def _repeated(prompt_cache, n: int):
-    """A new DynamicCache holding the prompt's keys / values for n rows (views until a layer appends)."""
+def _rows_of(cache, rows: torch.Tensor):
+    """A new DynamicCache with the given batch rows of `cache` (a row may repeat), still in the graph."""
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    for i, layer in enumerate(prompt_cache.layers):
-        cache.update(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1), i)
-    return cache
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys[rows], layer.values[rows], i)
+    return out
 
 
 def shared_prompt_logps(trainer, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
@@ -82,31 +79,34 @@ def shared_prompt_logps(trainer, model, input_ids: torch.Tensor, attention_mask:
     outputs = ("log_probs", "entropy") if compute_entropy else ("log_probs",)
     B, T = input_ids.shape
     P = T - logits_to_keep  # first completion column
-    rows_per_call = min(ROWS_PER_GROUP, batch_size or B)
     device = input_ids.device
-    pieces_lp, pieces_ent, order = [], [], []
-    for rows in prompt_groups(input_ids, attention_mask, logits_to_keep):
-        first = int(attention_mask[rows[0], :P].argmax())  # first real prompt column
-        prompt_cache = DynamicCache()
+    first, which = prompt_index(input_ids, attention_mask, logits_to_keep)
+    prompt_mask = attention_mask[first, :P]  # (U, P)
+    lo = int(prompt_mask.argmax(dim=1).min())  # no prompt starts before this column
+    prompt_mask = prompt_mask[:, lo:]
+    prompt_cache = DynamicCache()
+    with trainer.accelerator.autocast():  # every distinct prompt once
+        out = backbone(input_ids=input_ids[first, lo:P], attention_mask=prompt_mask,
+                       position_ids=torch.arange(lo, P, device=device).expand(len(first), -1),  # as in TRL's pass
+                       use_cache=True, **{cache_kw: prompt_cache})
+    last = out.last_hidden_state[:, -1:]  # (U, 1, C): predicts completion slot 0
+    lengths = attention_mask[:, P:].sum(dim=1)  # (B,) real completion tokens
+    pieces_lp, pieces_ent, done = [], [], []
+    for chunk in torch.argsort(lengths, stable=True).split(min(ROWS_PER_GROUP, batch_size or B)):
+        n, prompts = len(chunk), which[chunk]
+        end = max(int(lengths[chunk].max()), 1)  # the chunk's completion slots (>= 1)
+        ids, mask = input_ids[chunk, P:P + end], attention_mask[chunk, P:P + end]  # (n, k)
         with trainer.accelerator.autocast():
-            out = backbone(input_ids=input_ids[rows[:1], first:P], position_ids=torch.arange(first, P, device=device)[None],
-                           use_cache=True, **{cache_kw: prompt_cache})
-        last = out.last_hidden_state[:, -1:]  # (1, 1, C): predicts completion slot 0
-        for chunk in rows.split(rows_per_call):
-            n = len(chunk)
-            end = max(int(attention_mask[chunk, P:].sum(dim=1).max()), 1)  # real completion slots (>= 1)
-            ids, mask = input_ids[chunk, P:P + end], attention_mask[chunk, P:P + end]  # (n, k)
-            with trainer.accelerator.autocast():
-                hidden = backbone(input_ids=ids, attention_mask=torch.cat([mask.new_ones(n, P - first), mask], dim=1),
-                                  position_ids=torch.arange(P, P + end, device=device).expand(n, -1),
-                                  use_cache=True, **{cache_kw: _repeated(prompt_cache, n)}).last_hidden_state
-                hidden = torch.cat([last.expand(n, 1, -1), hidden[:, :-1]], dim=1)  # (n, k, C): slot t's predictor
-                keep = mask.bool()
-                lp, ent, *_ = head_logprobs(head, hidden[keep], ids[keep], trainer.temperature, outputs)
-            pad = (0, logits_to_keep - end)  # back to K slots
-            pieces_lp.append(F.pad(lp.new_zeros(keep.shape).masked_scatter(keep, lp), pad))
-            if compute_entropy:
-                pieces_ent.append(F.pad(ent.new_zeros(keep.shape).masked_scatter(keep, ent), pad))
-            order.append(chunk)
-    back = torch.argsort(torch.cat(order))  # chunks -> the batch's row order
+            hidden = backbone(input_ids=ids, attention_mask=torch.cat([prompt_mask[prompts], mask], dim=1),
+                              position_ids=torch.arange(P, P + end, device=device).expand(n, -1),
+                              use_cache=True, **{cache_kw: _rows_of(prompt_cache, prompts)}).last_hidden_state
+            hidden = torch.cat([last[prompts], hidden[:, :-1]], dim=1)  # (n, k, C): slot t's predictor
+            keep = mask.bool()
+            lp, ent, *_ = head_logprobs(head, hidden[keep], ids[keep], trainer.temperature, outputs)
+        pad = (0, logits_to_keep - end)  # back to K slots
+        pieces_lp.append(F.pad(lp.new_zeros(keep.shape).masked_scatter(keep, lp), pad))
+        if compute_entropy:
+            pieces_ent.append(F.pad(ent.new_zeros(keep.shape).masked_scatter(keep, ent), pad))
+        done.append(chunk)
+    back = torch.argsort(torch.cat(done))  # chunks -> the batch's row order
     return torch.cat(pieces_lp)[back], torch.cat(pieces_ent)[back] if compute_entropy else None, None
