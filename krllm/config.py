@@ -20,8 +20,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read once at import: reading it means setting it, which races with other threads
 os.umask(_UMASK)
+UMASK = _UMASK
+"""The process umask: outputs get the mode a plain open() would give (0666 / 0777 minus this)."""
 
 
 class StrictModel(BaseModel):
@@ -212,7 +214,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary shared files
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
