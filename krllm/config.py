@@ -14,20 +14,60 @@ import copy
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read once at import: reading it means setting it, which races with other threads
 os.umask(_UMASK)
+UMASK = _UMASK
+"""The process umask: outputs get the mode a plain open() would give (0666 / 0777 minus this)."""
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+    """Base for every config section: unknown keys are errors, assignments are re-validated, and floats
+    must be finite (`lr: inf` or `.nan` is a typo that would otherwise train on NaN weights)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
+
+
+def check_run_name(value: str) -> str:
+    """A run name becomes one directory under the output directory: `../x` or `a/b` would write elsewhere."""
+    if not value or any(c in value for c in "/\\\0") or value.startswith("."):
+        raise ValueError("must be a plain directory name (no '/' or '\\', not starting with '.')")
+    return value
+
+
+RunName = Annotated[str, AfterValidator(check_run_name)]
+
+
+class _DuplicateKey(Exception):
+    """Raised by the YAML loader; read_yaml turns it into a ConfigError."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # `<<: *anchor` merges may be overridden; complex keys are not ours
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"line {line}: key {key!r} is given twice (first on line {seen[key]}); "
+                                        "remove one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -68,7 +108,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise ConfigError("--set", [f"{item!r}: empty key"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
+    except _DuplicateKey as e:
+        raise ConfigError("--set", [f"{item!r}: {str(e).split(': ', 1)[1]}"]) from None
     except yaml.YAMLError:
         value = raw
     # Only explicit flow syntax makes a mapping/list; `?`, `!` or `a: b` stay the string typed.
@@ -87,8 +129,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def _merge(old: Any, new: Any) -> Any:
+    """`new` laid over `old`: mappings merge key by key (recursively); anything else, `{}` included, replaces
+    (as a stage's `set:` does in a pipeline, krllm.pipeline.config.flatten_set)."""
+    if isinstance(old, dict) and isinstance(new, dict) and new:
+        out = dict(old)
+        for k, v in new.items():
+            out[k] = _merge(old.get(k), v)
+        return out
+    return new
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Return a copy of `data` with each `key.path=value` set (creating sections as needed)."""
+    """Return a copy of `data` with each `key.path=value` set (creating sections as needed).
+
+    A mapping value merges into the section it names: `--set 'train={lr: 1e-3}'` changes train.lr and
+    keeps the file's other train keys (replacing the whole section would silently reset them)."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         keys, value = parse_override(item)
@@ -97,17 +153,21 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(node.get(k), dict):
                 node[k] = {}
             node = node[k]
-        node[keys[-1]] = value
+        node[keys[-1]] = _merge(node.get(keys[-1]), value)
     return data
 
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(str(path), ["is a directory; give a YAML file (e.g. configs/<stage>/<name>.yaml)"])
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
+    except _DuplicateKey as e:
+        raise ConfigError(str(path), [str(e)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -154,7 +214,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary shared files
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

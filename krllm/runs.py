@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from krllm.config import atomic_write_text
+from krllm.config import UMASK, atomic_write_text
 
 
 @contextlib.contextmanager
@@ -52,6 +52,7 @@ def replace_dir(build: Path, final: Path) -> None:
 
     The old directory is first renamed aside, so at no moment does `final` hold a mix of both.
     """
+    share_modes(build)
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
@@ -59,6 +60,19 @@ def replace_dir(build: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(build, final)
+
+
+def share_modes(root: Path) -> None:
+    """Give everything under `root` the mode a plain open() / mkdir() gives (0666 / 0777 minus the umask;
+    execute bits of files kept). safetensors and tempfile.mkstemp create files 0600, which a serving
+    account cannot read while the rest of the directory is 0644."""
+    for p in (root, *root.rglob("*")):
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode & 0o777
+        want = (0o777 if p.is_dir() else 0o666 | (mode & 0o111)) & ~UMASK
+        if mode != want:
+            os.chmod(p, want)
 
 
 def hash_file(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:

@@ -165,3 +165,16 @@ def test_run_eval_writes_eval_json_for_both_models(tmp_path):
     assert [s["prompt"] for s in saved["samples"]] == ["안녕?", "어디 가?"]
     assert (tmp_path / "ev" / "samples.md").read_text(encoding="utf-8").count("**tuned**") == 2
     assert (tmp_path / "ev" / "config.yaml").exists()
+
+
+def test_plain_text_chat_data_says_it_has_no_chat_records(tmp_path):
+    """Not "every one of the 0 eval conversations is in the training set": the file holds no conversations."""
+    from krllm.eval.run import EvalConfig, _load_data
+
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"그냥 글 {i}"}, ensure_ascii=False) + "\n" for i in range(3)),
+                    encoding="utf-8")
+    cfg = EvalConfig(npc={"data": str(data)}, math={"enabled": False}, perplexity={"enabled": False})
+    with pytest.raises(KrllmError, match=r"no chat records in the 3 rows read") as e:
+        _load_data(cfg)
+    assert str(data) in str(e.value) and "training set" not in str(e.value)

@@ -245,3 +245,18 @@ def test_builtin_errors():
 def test_file_n_takes_the_first_records(tmp_path):
     p = write(tmp_path, [{"text": f"t{i}"} for i in range(5)])
     assert R.load_examples(p, "sft", n=2) == [{"text": "t0"}, {"text": "t1"}]
+
+
+def test_utf8_bom_is_accepted_by_every_record_kind(tmp_path):
+    """Windows editors start files with a byte-order mark; sft, classify, grpo and eval read it like
+    `data prepare` does (one reader, krllm.data.sources.iter_jsonl)."""
+    rows = {"sft": {"messages": [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "네"}]},
+            "grpo": {"prompt": "1+1은?", "answer": "2"},
+            "classify": {"text": "좋아요", "label": "pos"}}
+    for kind, row in rows.items():
+        p = tmp_path / f"{kind}.jsonl"
+        p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        plain = tmp_path / f"{kind}_plain.jsonl"
+        plain.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+        assert R.load_examples(p, kind) == R.load_examples(plain, kind)
+    assert R.load_examples(tmp_path / "grpo.jsonl", "grpo")[0]["ground_truth_answer"] == "2"

@@ -47,3 +47,38 @@ def test_atomic_write_text_makes_ordinary_readable_files(tmp_path):
     atomic_write_text(p, "안녕")
     assert p.read_text(encoding="utf-8") == "안녕"
     assert p.stat().st_mode & 0o044 == 0o044  # group/other can read, as with open(..., "w")
+
+
+def _mode(path):
+    return path.stat().st_mode & 0o777
+
+
+def test_saved_model_files_get_the_mode_of_a_plain_file(tmp_path):
+    """safetensors writes 0600; a serving account must be able to read the weights like config.json."""
+    from krllm.model.config import model_config_from
+    from krllm.model.hf import save_hf
+    from krllm.model.llama import Llama
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # the mode the umask gives an ordinary file
+    out = save_hf(Llama(model_config_from("tiny", ["num_hidden_layers=1"], vocab_size=300)), tmp_path / "hf")
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert oct(_mode(out / name)) == oct(_mode(plain)), name
+
+
+def test_atomic_dir_gives_private_temporaries_the_plain_modes(tmp_path):
+    import os
+    import tempfile
+
+    (tmp_path / "plain").write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    final = tmp_path / "out"
+    with atomic_dir(final) as d:
+        fd, name = tempfile.mkstemp(dir=d)  # 0600
+        os.close(fd)
+        tempfile.mkdtemp(dir=d, prefix="sub")  # 0700
+        (d / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(d / "run.sh", 0o700)
+    assert _mode(final / os.path.basename(name)) == _mode(tmp_path / "plain")
+    assert _mode(next(final.glob("sub*"))) == _mode(tmp_path / "plain_dir") == _mode(final)
+    assert _mode(final / "run.sh") == _mode(tmp_path / "plain") | 0o100  # its execute bit kept

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                "train.batch_size")))
     p.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/classify/sentiment_lora.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+                   help="override a config key, e.g. --set train.epochs=5 "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an existing run directory (deletes its checkpoints, metrics and outputs)")

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config, e.g. configs/data/ko_pretrain.yaml (without it: the defaults, "
                    "builtin:ko-law with tokenizer runs/tok_ko into data/ko_pretrain)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set filters.min_chars=50 --set split.val=0.05 (repeatable)")
+                   help="override a config key, e.g. --set filters.min_chars=50 --set split.val=0.05 "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     p.add_argument("--out", help="output directory (overrides out_dir)")
     p.add_argument("--tokenizer", help="tokenizer directory or tokenizer.json (overrides tokenizer)")
     p.add_argument("--workers", type=int, help="worker processes (overrides executor.workers; default 2)")

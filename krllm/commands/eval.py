@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", metavar="DIR", help="token shards for validation perplexity (sets perplexity.shards=)")
     p.add_argument("--out", metavar="DIR", help="output directory (sets out_dir=; default runs/eval)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set math.n=100 (repeatable)")
+                   help="override a config key, e.g. --set math.n=100 "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
 
 
 def run(args) -> int:

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, metavar="YAML",
                    help="pretrain config, e.g. configs/pretrain/tiny_ko.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.lr=1e-3 (repeatable)")
+                   help="override a config key, e.g. --set train.lr=1e-3 "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     p.add_argument("--resume", action="store_true",
                    help="continue runs/<run.name> from its newest complete checkpoint (corrupt ones are "
                         "reported and skipped; with none, start from step 0)")

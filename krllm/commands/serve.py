@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
                    "in adapter_config.json)")
     p.add_argument("--config", default=None, help="YAML serving config (see configs/serve/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set limits.max_tokens=512 (repeatable)")
+                   help="override a config key, e.g. --set limits.max_tokens=512 "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1 = this machine only; "
                    "0.0.0.0 exposes the server: set an API key then)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; 0 = any free port)")

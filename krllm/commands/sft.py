@@ -39,7 +39,8 @@ def add_run_arguments(p: argparse.ArgumentParser, example_config: str, example_s
     """-c / --set / --resume / --overwrite, the arguments every tuning command (sft, dpo, grpo) takes."""
     p.add_argument("-c", "--config", required=True, help=f"YAML config (e.g. {example_config})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config key, e.g. --set {example_set} (repeatable)")
+                   help=f"override a config key, e.g. --set {example_set} "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run from its last checkpoint (weights, optimizer, scheduler, data position)")
     p.add_argument("--overwrite", action="store_true",

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("-c", "--config", help="YAML config (e.g. configs/tokenizer/ko_bpe.yaml); "
                    "without it the defaults train on builtin:ko-law + builtin:npc + builtin:math:mixed, vocab 4096")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set vocab_size=8000 --set normalization=nfkc (repeatable)")
+                   help="override a config key, e.g. --set vocab_size=8000 --set normalization=nfkc "
+                   "(repeatable; KEY={a: 1} merges into section KEY)")
     t.add_argument("--out", help="output directory (overrides out_dir; replaced atomically if it exists)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -211,7 +211,11 @@ def _load_data(cfg: EvalConfig) -> dict:
     npc: list[dict] = []
     if cfg.npc.enabled:
         recs = load_examples(cfg.npc.data, "sft", n=cfg.npc.n, seed=cfg.npc.seed, system=cfg.system)
-        recs = [r for r in recs if "messages" in r]
+        chats = [r for r in recs if "messages" in r]
+        if not chats:  # a plain-text set (`{"text": ...}` rows) has nothing to score as a conversation
+            raise KrllmError(f"npc.data {cfg.npc.data}: no chat records in the {len(recs)} rows read (all plain "
+                             "text); the chat loss needs {\"messages\": [...]} or {instruction, output} rows")
+        recs = chats
         npc, dropped = _held_out(recs, "sft", cfg.npc.holdout_from, cfg.system)
         if not npc:
             raise KrllmError(f"npc: every one of the {len(recs)} eval conversations is in the training set; "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import Field
 
-from krllm.config import StrictModel, atomic_write_text
+from krllm.config import RunName, StrictModel, atomic_write_text
 from krllm.data.sets.records import load_examples
 from krllm.device import pick_device, pick_dtype
 from krllm.errors import DataError, KrllmError
@@ -47,7 +47,7 @@ class ClassifyData(StrictModel):
 
 
 class ClassifyRunConfig(StrictModel):
-    name: str = "classify"
+    name: RunName = Field("classify", description="run name: outputs go to <runs_dir>/<name>/")
     runs_dir: str = "runs"
     base_model: str = Field(..., description="HF causal-LM directory; its backbone gets a classification head")
     tokenizer: str | None = None

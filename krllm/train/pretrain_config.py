@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from krllm.config import StrictModel
+from krllm.config import RunName, StrictModel
 
 DEFAULT_PROMPTS = ["대한민국은", "국회는 법률을", "모든 국민은"]
 
@@ -103,7 +103,7 @@ class LogSection(StrictModel):
 
 
 class RunSection(StrictModel):
-    name: str = "pretrain"
+    name: RunName = Field("pretrain", description="run name: outputs go to <out_dir>/<name>/")
     out_dir: Path = Path("runs")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun (FSDP2 = fully_shard)")

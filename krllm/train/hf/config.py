@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from krllm.config import StrictModel
+from krllm.config import StrictModel, check_run_name
 
 
 class PeftSection(StrictModel):
@@ -106,9 +106,7 @@ class TunedRunConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
-        return v
+        return check_run_name(v)  # subclasses redefine `name` (their default); this validator still applies
 
     @model_validator(mode="after")
     def _check_steps(self) -> "TunedRunConfig":
