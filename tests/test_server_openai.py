@@ -320,3 +320,47 @@ def test_token_id_prompt(client, reference):
     r = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0)
     assert r.choices[0].text == reference.complete("모험가여", 10)[0]
     assert r.usage.prompt_tokens == len(ids)
+
+
+@pytest.mark.parametrize("param,raw", [
+    ("repetition_penalty", "Infinity"), ("repetition_penalty", "NaN"), ("temperature", "NaN"),
+    ("top_p", "NaN"), ("min_p", "-Infinity"), ("presence_penalty", "NaN"), ("top_k", "1e400"),
+    ("seed", "18446744073709551616"), ("seed", "-9223372036854775809"), ("top_k", str(2**70)),
+    ("max_tokens", str(2**70)),
+])
+def test_non_finite_or_out_of_range_numbers_are_400_naming_the_parameter(server, param, raw):
+    """Python's JSON reader accepts NaN / Infinity and unbounded ints: each must be a 400, never a 500."""
+    for path, rest in (("/v1/chat/completions", '"messages": [{"role": "user", "content": "hi"}]'),
+                       ("/v1/completions", '"prompt": "hi"')):
+        body = f'{{{rest}, "max_tokens": 2, "{param}": {raw}}}' if param != "max_tokens" else \
+            f'{{{rest}, "{param}": {raw}}}'
+        r = httpx.post(server[0] + path, content=body.encode(), headers={"Content-Type": "application/json"},
+                       timeout=30)
+        err = _error(r, 400)
+        assert err["type"] == "invalid_request_error" and err["param"] == param, err
+
+
+def test_seed_at_the_int64_edges_is_accepted(client):
+    for seed in (-(2**63), 2**63 - 1):
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                           seed=seed)
+        assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_more_prompts_than_the_server_ever_runs_is_400_not_429(model_dir):
+    """A retry of a request bigger than max_concurrent can never succeed: 400, not 429 'retry shortly'."""
+    sched, bg = _serve(model_dir, limits={"max_concurrent": 2})
+    with bg as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt=["가", "나", "다"], max_tokens=2)
+        err = e.value.body
+        assert e.value.status_code == 400 and err["param"] == "prompt" and "2" in err["message"], err
+        assert len(c.completions.create(model=MODEL, prompt=["가", "나"], max_tokens=2).choices) == 2
+    sched.close()
+
+
+def test_head_requests_on_the_page_and_health(server):
+    for path in ("/", "/health"):
+        r = httpx.head(server[0] + path)
+        assert r.status_code == 200 and r.content == b"", path

@@ -207,16 +207,22 @@ class ServerState:
         if n_prompt == 0:
             raise ApiError(400, "the prompt is empty", param=param, code="invalid_value")
 
-    def check_capacity(self, n: int = 1) -> None:
+    def check_capacity(self, n: int = 1, param: str | None = None) -> None:
         limit = self.cfg.limits.max_concurrent
+        if n > limit:  # never fits, however long the client waits: a retry would fail the same way
+            raise ApiError(400, f"{n} prompts in one request; this server runs at most {limit} at once "
+                                "(limits.max_concurrent): send fewer per request", param=param, code="invalid_value")
         if self.scheduler.pending + n > limit:
             raise ApiError(429, f"server is busy: {self.scheduler.pending} requests in progress "
                                 f"(limit {limit}); retry shortly", type="rate_limit_error",
                            code="too_many_requests")
 
     def sampling(self, req) -> SamplingParams:
-        return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
-                              repetition_penalty=req.repetition_penalty, seed=req.seed)
+        try:
+            return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
+                                  repetition_penalty=req.repetition_penalty, seed=req.seed)
+        except ValueError as e:  # the schema should catch these first; a value it let through is still the client's
+            raise ApiError(400, str(e), code="invalid_value") from None
 
 
 def _sse(obj) -> bytes:
@@ -261,7 +267,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         return JSONResponse(ApiError(500, f"internal server error: {type(exc).__name__}: {exc}",
                                      type="server_error").body(), status_code=500)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": state.model_id, **scheduler.stats()}
 
@@ -326,7 +332,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         sampling = state.sampling(req)
         gens = [Generation(state, ids, sampling, state.max_new_tokens(req, len(ids)), req.stop, req.ignore_eos)
                 for ids in encoded]
-        state.check_capacity(len(gens))
+        state.check_capacity(len(gens), "prompt")
         echoes = [(p if isinstance(p, str) else lm.decode(p)) if req.echo else "" for p in prompts]
         cid = new_id("cmpl")
         n_prompt = sum(len(i) for i in encoded)
@@ -377,7 +383,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
