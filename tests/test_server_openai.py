@@ -2,6 +2,8 @@
 OpenAI shapes, streaming, stop strings, concurrency (continuous batching), limits, auth, disconnects."""
 
 import json
+import logging
+import socket
 import threading
 import time
 
@@ -364,3 +366,42 @@ def test_head_requests_on_the_page_and_health(server):
     for path in ("/", "/health"):
         r = httpx.head(server[0] + path)
         assert r.status_code == 200 and r.content == b"", path
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_client_that_leaves_while_sending_its_body_is_one_log_line(model_dir):
+    """Each such client costs one short line in the log, not two tracebacks."""
+    sched, bg = _serve(model_dir)
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "krllm.infer")]
+    with bg as url:
+        for lg in loggers:  # after uvicorn configured its loggers (they do not propagate to the root)
+            lg.addHandler(handler)
+        try:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            for _ in range(3):
+                with socket.create_connection((host, int(port))) as s:
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\": [")
+                    time.sleep(0.2)  # the app is reading the body when the client goes
+            deadline = time.time() + 10
+            while len([r for r in handler.records if "disconnect" in r.getMessage()]) < 3:
+                assert time.time() < deadline, [r.getMessage() for r in handler.records]
+                time.sleep(0.05)
+            time.sleep(0.3)  # anything logged after the line would show up now
+            assert httpx.get(url + "/health").status_code == 200
+        finally:
+            for lg in loggers:
+                lg.removeHandler(handler)
+    sched.close()
+    assert [r for r in handler.records if r.exc_info] == []
+    lines = [r.getMessage() for r in handler.records]
+    assert len(lines) == 3 and all("\n" not in m and "/v1/chat/completions" in m for m in lines), lines

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from krllm.infer.config import ServeConfig
 from krllm.infer.protocol import (
@@ -159,10 +160,16 @@ class ServerState:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                            code="request_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        except ClientDisconnect:  # the client's business, not a server bug: one line, no traceback
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.warning("%s disconnected while sending its request body (%d bytes read) to %s",
+                        client, len(body), request.url.path)
+            raise ApiError(499, "client disconnected", code="client_closed_request") from None
         try:
             data = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
