@@ -3,6 +3,7 @@ OpenAI shapes, streaming, stop strings, concurrency (continuous batching), limit
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -211,7 +212,8 @@ def test_bad_requests_get_openai_errors(server):
     url = server[0]
     post = lambda path, **kw: httpx.post(url + path, timeout=30, **kw)  # noqa: E731
     msgs = [{"role": "user", "content": "hi"}]
-    assert "JSON" in _error(post("/v1/chat/completions", content=b"{not json"), 400)["message"]
+    bad = post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert "JSON" in _error(bad, 400)["message"]
     err = _error(post("/v1/chat/completions", json={"model": MODEL}), 400)
     assert err["param"] == "messages"
     err = _error(post("/v1/chat/completions", json={"messages": msgs, "temprature": 0.5}), 400)
@@ -405,3 +407,114 @@ def test_client_that_leaves_while_sending_its_body_is_one_log_line(model_dir):
     assert [r for r in handler.records if r.exc_info] == []
     lines = [r.getMessage() for r in handler.records]
     assert len(lines) == 3 and all("\n" not in m and "/v1/chat/completions" in m for m in lines), lines
+
+
+def test_api_takes_only_json_bodies(server, client):
+    """A page on another site can POST text/plain without a CORS preflight; it must not reach the model."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": ctype} if ctype else {}
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            err = _error(httpx.post(server[0] + path, content=body, headers=headers, timeout=30), 415)
+            assert err["code"] == "unsupported_media_type", (ctype, err)
+    ok = httpx.post(server[0] + "/v1/chat/completions", content=body, timeout=30,
+                    headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].message.role == "assistant"  # the openai client sends application/json
+
+
+@pytest.mark.parametrize("host,status", [
+    ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.nip.io", 400), ("", 400),
+    ("localhost", 200), ("LOCALHOST:8000", 200), ("127.0.0.1:1", 200), ("[::1]:8000", 200),
+])
+def test_loopback_server_answers_only_loopback_host_names(server, host, status):
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name: its Host header gives it away."""
+    for path in ("/v1/models", "/", "/health"):
+        r = httpx.get(server[0] + path, headers={"Host": host})
+        assert r.status_code == status, (host, path, r.text)
+    if status == 400:
+        err = _error(httpx.post(server[0] + "/v1/chat/completions", headers={"Host": host},
+                                json={"messages": [{"role": "user", "content": "hi"}]}), 400)
+        assert err["code"] == "invalid_host" and "--allowed-host" in err["message"]
+
+
+def test_allowed_hosts_and_a_server_bound_beyond_loopback(model_dir):
+    from krllm.infer.server import allowed_host_names
+
+    assert allowed_host_names("127.0.0.1", ["MyHost.lan:80"]) == {"myhost.lan", "localhost", "127.0.0.1", "[::1]"}
+    assert allowed_host_names("::1", []) == {"localhost", "127.0.0.1", "[::1]"}
+    assert allowed_host_names("0.0.0.0", []) is None  # exposed on purpose: any name (use --api-key)
+    assert allowed_host_names("127.0.0.1", ["*"]) is None
+    assert allowed_host_names("0.0.0.0", ["api.example"]) == {"api.example", "localhost", "127.0.0.1", "[::1]"}
+    lm = load(model_dir, device="cpu")
+    sched = Scheduler(make_engine(lm, max_batch=2))
+    with BackgroundServer(create_app(lm, sched, ServeConfig(), allowed_hosts=["myhost.lan"])) as url:
+        assert httpx.get(url + "/v1/models", headers={"Host": "myhost.lan:8000"}).status_code == 200
+        assert httpx.get(url + "/v1/models", headers={"Host": "other.lan"}).status_code == 400
+    with BackgroundServer(create_app(lm, sched, ServeConfig(host="0.0.0.0"), api_key="k")) as url:
+        r = httpx.get(url + "/v1/models", headers={"Host": "any.name", "Authorization": "Bearer k"})
+        assert r.status_code == 200
+    sched.close()
+
+
+def test_cors_is_off_by_default_and_on_for_named_origins(server, model_dir):
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    r = httpx.options(server[0] + "/v1/chat/completions", headers=preflight)
+    assert r.status_code >= 400 and "access-control-allow-origin" not in r.headers
+    r = httpx.get(server[0] + "/v1/models", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # the browser hides it
+
+    lm = load(model_dir, device="cpu")
+    sched = Scheduler(make_engine(lm, max_batch=2))
+    with BackgroundServer(create_app(lm, sched, ServeConfig(), cors_origins=["http://localhost:3000/"])) as url:
+        ok = httpx.options(url + "/v1/chat/completions", headers={**preflight, "Origin": "http://localhost:3000"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "POST" in ok.headers["access-control-allow-methods"]
+        r = httpx.get(url + "/v1/models", headers={"Origin": "http://localhost:3000"})
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        bad = httpx.options(url + "/v1/chat/completions", headers=preflight)
+        assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+    sched.close()
+
+
+def test_chat_page_forbids_framing_and_foreign_scripts(server):
+    page = httpx.get(server[0] + "/")
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text and not re.search(r"\son[a-z]+=", page.text)  # nothing inline
+    js = httpx.get(server[0] + "/static/app.js").text
+    assert '"Content-Type": "application/json"' in js  # the page's own requests pass the JSON-only rule
+
+
+@pytest.mark.slow
+def test_serve_command_passes_allowed_host_and_cors_origin(model_dir):
+    """`krllm serve --allowed-host NAME --cors-origin ORIGIN` in a real process: both reach the app."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model_dir), "--port", "0",
+                             "--allowed-host", "myhost.lan", "--cors-origin", "http://localhost:3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "300", "KRLLM_API_KEY": ""})
+    try:
+        out, deadline = "", time.time() + 120
+        while not (m := re.search(r"OpenAI API (http://127\.0\.0\.1:\d+)/v1", out)):
+            assert time.time() < deadline and proc.poll() is None, out
+            out += proc.stdout.readline()
+        url = m.group(1)
+        while True:
+            try:
+                r = httpx.get(url + "/v1/models", headers={"Host": "myhost.lan", "Origin": "http://localhost:3000"})
+                break
+            except httpx.ConnectError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert httpx.get(url + "/v1/models", headers={"Host": "evil.example"}).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(30)
