@@ -2,6 +2,9 @@
 OpenAI shapes, streaming, stop strings, concurrency (continuous batching), limits, auth, disconnects."""
 
 import json
+import logging
+import re
+import socket
 import threading
 import time
 
@@ -209,7 +212,8 @@ def test_bad_requests_get_openai_errors(server):
     url = server[0]
     post = lambda path, **kw: httpx.post(url + path, timeout=30, **kw)  # noqa: E731
     msgs = [{"role": "user", "content": "hi"}]
-    assert "JSON" in _error(post("/v1/chat/completions", content=b"{not json"), 400)["message"]
+    bad = post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert "JSON" in _error(bad, 400)["message"]
     err = _error(post("/v1/chat/completions", json={"model": MODEL}), 400)
     assert err["param"] == "messages"
     err = _error(post("/v1/chat/completions", json={"messages": msgs, "temprature": 0.5}), 400)
@@ -320,3 +324,197 @@ def test_token_id_prompt(client, reference):
     r = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0)
     assert r.choices[0].text == reference.complete("모험가여", 10)[0]
     assert r.usage.prompt_tokens == len(ids)
+
+
+@pytest.mark.parametrize("param,raw", [
+    ("repetition_penalty", "Infinity"), ("repetition_penalty", "NaN"), ("temperature", "NaN"),
+    ("top_p", "NaN"), ("min_p", "-Infinity"), ("presence_penalty", "NaN"), ("top_k", "1e400"),
+    ("seed", "18446744073709551616"), ("seed", "-9223372036854775809"), ("top_k", str(2**70)),
+    ("max_tokens", str(2**70)),
+])
+def test_non_finite_or_out_of_range_numbers_are_400_naming_the_parameter(server, param, raw):
+    """Python's JSON reader accepts NaN / Infinity and unbounded ints: each must be a 400, never a 500."""
+    for path, rest in (("/v1/chat/completions", '"messages": [{"role": "user", "content": "hi"}]'),
+                       ("/v1/completions", '"prompt": "hi"')):
+        body = f'{{{rest}, "max_tokens": 2, "{param}": {raw}}}' if param != "max_tokens" else \
+            f'{{{rest}, "{param}": {raw}}}'
+        r = httpx.post(server[0] + path, content=body.encode(), headers={"Content-Type": "application/json"},
+                       timeout=30)
+        err = _error(r, 400)
+        assert err["type"] == "invalid_request_error" and err["param"] == param, err
+
+
+def test_seed_at_the_int64_edges_is_accepted(client):
+    for seed in (-(2**63), 2**63 - 1):
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                           seed=seed)
+        assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_more_prompts_than_the_server_ever_runs_is_400_not_429(model_dir):
+    """A retry of a request bigger than max_concurrent can never succeed: 400, not 429 'retry shortly'."""
+    sched, bg = _serve(model_dir, limits={"max_concurrent": 2})
+    with bg as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt=["가", "나", "다"], max_tokens=2)
+        err = e.value.body
+        assert e.value.status_code == 400 and err["param"] == "prompt" and "2" in err["message"], err
+        assert len(c.completions.create(model=MODEL, prompt=["가", "나"], max_tokens=2).choices) == 2
+    sched.close()
+
+
+def test_head_requests_on_the_page_and_health(server):
+    for path in ("/", "/health"):
+        r = httpx.head(server[0] + path)
+        assert r.status_code == 200 and r.content == b"", path
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_client_that_leaves_while_sending_its_body_is_one_log_line(model_dir):
+    """Each such client costs one short line in the log, not two tracebacks."""
+    sched, bg = _serve(model_dir)
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "krllm.infer")]
+    with bg as url:
+        for lg in loggers:  # after uvicorn configured its loggers (they do not propagate to the root)
+            lg.addHandler(handler)
+        try:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            for _ in range(3):
+                with socket.create_connection((host, int(port))) as s:
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\": [")
+                    time.sleep(0.2)  # the app is reading the body when the client goes
+            deadline = time.time() + 10
+            while len([r for r in handler.records if "disconnect" in r.getMessage()]) < 3:
+                assert time.time() < deadline, [r.getMessage() for r in handler.records]
+                time.sleep(0.05)
+            time.sleep(0.3)  # anything logged after the line would show up now
+            assert httpx.get(url + "/health").status_code == 200
+        finally:
+            for lg in loggers:
+                lg.removeHandler(handler)
+    sched.close()
+    assert [r for r in handler.records if r.exc_info] == []
+    lines = [r.getMessage() for r in handler.records]
+    assert len(lines) == 3 and all("\n" not in m and "/v1/chat/completions" in m for m in lines), lines
+
+
+def test_api_takes_only_json_bodies(server, client):
+    """A page on another site can POST text/plain without a CORS preflight; it must not reach the model."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": ctype} if ctype else {}
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            err = _error(httpx.post(server[0] + path, content=body, headers=headers, timeout=30), 415)
+            assert err["code"] == "unsupported_media_type", (ctype, err)
+    ok = httpx.post(server[0] + "/v1/chat/completions", content=body, timeout=30,
+                    headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].message.role == "assistant"  # the openai client sends application/json
+
+
+@pytest.mark.parametrize("host,status", [
+    ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.nip.io", 400), ("", 400),
+    ("localhost", 200), ("LOCALHOST:8000", 200), ("127.0.0.1:1", 200), ("[::1]:8000", 200),
+])
+def test_loopback_server_answers_only_loopback_host_names(server, host, status):
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name: its Host header gives it away."""
+    for path in ("/v1/models", "/", "/health"):
+        r = httpx.get(server[0] + path, headers={"Host": host})
+        assert r.status_code == status, (host, path, r.text)
+    if status == 400:
+        err = _error(httpx.post(server[0] + "/v1/chat/completions", headers={"Host": host},
+                                json={"messages": [{"role": "user", "content": "hi"}]}), 400)
+        assert err["code"] == "invalid_host" and "--allowed-host" in err["message"]
+
+
+def test_allowed_hosts_and_a_server_bound_beyond_loopback(model_dir):
+    from krllm.infer.server import allowed_host_names
+
+    assert allowed_host_names("127.0.0.1", ["MyHost.lan:80"]) == {"myhost.lan", "localhost", "127.0.0.1", "[::1]"}
+    assert allowed_host_names("::1", []) == {"localhost", "127.0.0.1", "[::1]"}
+    assert allowed_host_names("0.0.0.0", []) is None  # exposed on purpose: any name (use --api-key)
+    assert allowed_host_names("127.0.0.1", ["*"]) is None
+    assert allowed_host_names("0.0.0.0", ["api.example"]) == {"api.example", "localhost", "127.0.0.1", "[::1]"}
+    lm = load(model_dir, device="cpu")
+    sched = Scheduler(make_engine(lm, max_batch=2))
+    with BackgroundServer(create_app(lm, sched, ServeConfig(), allowed_hosts=["myhost.lan"])) as url:
+        assert httpx.get(url + "/v1/models", headers={"Host": "myhost.lan:8000"}).status_code == 200
+        assert httpx.get(url + "/v1/models", headers={"Host": "other.lan"}).status_code == 400
+    with BackgroundServer(create_app(lm, sched, ServeConfig(host="0.0.0.0"), api_key="k")) as url:
+        r = httpx.get(url + "/v1/models", headers={"Host": "any.name", "Authorization": "Bearer k"})
+        assert r.status_code == 200
+    sched.close()
+
+
+def test_cors_is_off_by_default_and_on_for_named_origins(server, model_dir):
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    r = httpx.options(server[0] + "/v1/chat/completions", headers=preflight)
+    assert r.status_code >= 400 and "access-control-allow-origin" not in r.headers
+    r = httpx.get(server[0] + "/v1/models", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # the browser hides it
+
+    lm = load(model_dir, device="cpu")
+    sched = Scheduler(make_engine(lm, max_batch=2))
+    with BackgroundServer(create_app(lm, sched, ServeConfig(), cors_origins=["http://localhost:3000/"])) as url:
+        ok = httpx.options(url + "/v1/chat/completions", headers={**preflight, "Origin": "http://localhost:3000"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "POST" in ok.headers["access-control-allow-methods"]
+        r = httpx.get(url + "/v1/models", headers={"Origin": "http://localhost:3000"})
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        bad = httpx.options(url + "/v1/chat/completions", headers=preflight)
+        assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+    sched.close()
+
+
+def test_chat_page_forbids_framing_and_foreign_scripts(server):
+    page = httpx.get(server[0] + "/")
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text and not re.search(r"\son[a-z]+=", page.text)  # nothing inline
+    js = httpx.get(server[0] + "/static/app.js").text
+    assert '"Content-Type": "application/json"' in js  # the page's own requests pass the JSON-only rule
+
+
+@pytest.mark.slow
+def test_serve_command_passes_allowed_host_and_cors_origin(model_dir):
+    """`krllm serve --allowed-host NAME --cors-origin ORIGIN` in a real process: both reach the app."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model_dir), "--port", "0",
+                             "--allowed-host", "myhost.lan", "--cors-origin", "http://localhost:3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "300", "KRLLM_API_KEY": ""})
+    try:
+        out, deadline = "", time.time() + 120
+        while not (m := re.search(r"OpenAI API (http://127\.0\.0\.1:\d+)/v1", out)):
+            assert time.time() < deadline and proc.poll() is None, out
+            out += proc.stdout.readline()
+        url = m.group(1)
+        while True:
+            try:
+                r = httpx.get(url + "/v1/models", headers={"Host": "myhost.lan", "Origin": "http://localhost:3000"})
+                break
+            except httpx.ConnectError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert httpx.get(url + "/v1/models", headers={"Host": "evil.example"}).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(30)

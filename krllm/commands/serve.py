@@ -2,6 +2,7 @@
 
     krllm serve runs/demo/sft --port 8000
     krllm serve runs/demo/hf --api-key secret --set engine.max_batch=32 --set limits.max_tokens=512
+    krllm serve runs/demo/sft --allowed-host myhost.lan --cors-origin http://localhost:3000
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "sft", "messages": [{"role": "user", "content": "안녕하세요"}]}'
 """
@@ -25,6 +26,13 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; 0 = any free port)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
                    "(default: $KRLLM_API_KEY; unset = no auth)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' = any). Bound to "
+                   "127.0.0.1 the server answers only localhost / 127.0.0.1 / [::1] (against DNS rebinding); "
+                   "add the name a reverse proxy or another machine uses")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API (repeatable; "
+                   "'*' = any; default: none, browsers keep other sites out)")
     p.add_argument("--model-name", default=None, help="model id in /v1/models (default: directory name)")
     p.add_argument("--max-batch", type=int, default=None, help="sequences decoded together (KV-cache slots; "
                    "default 16)")
@@ -68,7 +76,7 @@ def run(args) -> int:
         engine = make_engine(lm, cfg.engine.max_batch, cfg.engine.max_seq_len)
     console.print(describe(lm, engine))
     scheduler = Scheduler(engine)
-    app = create_app(lm, scheduler, cfg, api_key)
+    app = create_app(lm, scheduler, cfg, api_key, allowed_hosts=args.allowed_hosts, cors_origins=args.cors_origins)
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     shown = f"[{shown}]" if ":" in shown else shown
     console.print(f"serving [bold]{cfg.model_name or lm.name}[/] — chat page http://{shown}:{port}/ , "

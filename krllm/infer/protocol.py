@@ -1,6 +1,7 @@
 """OpenAI API shapes (requests and responses) as pydantic models, plus the error type.
 
-Requests reject unknown parameters (as OpenAI does) so a typo is a 400, not silently ignored.
+Requests reject unknown parameters (as OpenAI does) so a typo is a 400, not silently ignored, and
+numbers the engine cannot use (NaN, Infinity, integers beyond int64) so they are a 400, not a 500.
 Besides OpenAI's fields we accept the sampling extensions vLLM uses: `top_k`, `min_p`,
 `repetition_penalty`, `ignore_eos`. Fields OpenAI has but this server cannot honour (`n > 1`,
 `logprobs`, penalties other than 0) are rejected with a message that says so.
@@ -27,8 +28,12 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # JSON integers are unbounded; torch tensors and generators are not
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: Python's JSON reader turns NaN / Infinity into floats the sampler cannot use
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, description="new tokens at most (server default and limit apply)")
@@ -38,13 +43,13 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: str | None = None
     logprobs: bool | int | None = None
     # extensions (vLLM names)
-    top_k: int = Field(0, ge=0, description="0 = off")
+    top_k: int = Field(0, ge=0, le=INT64_MAX, description="0 = off")
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
     ignore_eos: bool = False

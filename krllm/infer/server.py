@@ -10,7 +10,12 @@ Every request becomes one engine sequence; the scheduler's thread batches all of
 (continuous batching). A streaming client that disconnects cancels its sequence, freeing the
 slot. Errors always have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
-    app = create_app(lm, Scheduler(engine), ServeConfig(), api_key=None)
+Web pages the user visits must not drive a key-less local server: the API takes only JSON bodies
+(a cross-site `text/plain` POST needs no CORS preflight; `application/json` does), a server bound to
+loopback answers only loopback `Host` names (DNS rebinding), CORS is off unless origins are named,
+and the chat page forbids framing and foreign scripts.
+
+    app = create_app(lm, Scheduler(engine), ServeConfig(), api_key=None, allowed_hosts=(), cors_origins=())
     with BackgroundServer(app, port=0) as url: ...      # tests / benchmarks
 """
 
@@ -19,20 +24,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from krllm.infer.config import ServeConfig
 from krllm.infer.protocol import (
@@ -55,6 +63,16 @@ from krllm.infer.textstream import TextStream
 log = logging.getLogger("krllm.infer")
 STATIC_DIR = Path(str(resources.files("krllm.infer") / "static"))
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks whether its client is still there
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host names a loopback-bound server always answers
+# The chat page loads only its own files and talks only to this server; nobody may frame it (clickjacking).
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class Generation:
@@ -153,16 +171,26 @@ class ServerState:
                            type="invalid_request_error", code="invalid_api_key")
 
     async def read_json(self, request) -> dict:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":  # a web page can send text/plain cross-site without a CORS preflight
+            raise ApiError(415, f"Content-Type must be application/json (got {media or 'none'})",
+                           code="unsupported_media_type")
         limit = self.cfg.limits.max_request_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                            code="request_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        except ClientDisconnect:  # the client's business, not a server bug: one line, no traceback
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.warning("%s disconnected while sending its request body (%d bytes read) to %s",
+                        client, len(body), request.url.path)
+            raise ApiError(499, "client disconnected", code="client_closed_request") from None
         try:
             data = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -207,16 +235,22 @@ class ServerState:
         if n_prompt == 0:
             raise ApiError(400, "the prompt is empty", param=param, code="invalid_value")
 
-    def check_capacity(self, n: int = 1) -> None:
+    def check_capacity(self, n: int = 1, param: str | None = None) -> None:
         limit = self.cfg.limits.max_concurrent
+        if n > limit:  # never fits, however long the client waits: a retry would fail the same way
+            raise ApiError(400, f"{n} prompts in one request; this server runs at most {limit} at once "
+                                "(limits.max_concurrent): send fewer per request", param=param, code="invalid_value")
         if self.scheduler.pending + n > limit:
             raise ApiError(429, f"server is busy: {self.scheduler.pending} requests in progress "
                                 f"(limit {limit}); retry shortly", type="rate_limit_error",
                            code="too_many_requests")
 
     def sampling(self, req) -> SamplingParams:
-        return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
-                              repetition_penalty=req.repetition_penalty, seed=req.seed)
+        try:
+            return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
+                                  repetition_penalty=req.repetition_penalty, seed=req.seed)
+        except ValueError as e:  # the schema should catch these first; a value it let through is still the client's
+            raise ApiError(400, str(e), code="invalid_value") from None
 
 
 def _sse(obj) -> bytes:
@@ -240,12 +274,71 @@ async def _until_done_or_disconnected(request, coro):
             task.cancel()
 
 
-def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key: str | None = None):
-    """The FastAPI app serving `lm` through `scheduler` (which the caller owns and closes)."""
+def _host_name(host_header: str) -> str:
+    """'Localhost:8000' -> 'localhost', '[::1]:8000' -> '[::1]' (the port does not matter)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_host_names(bind_host: str, extra: Iterable[str]) -> frozenset[str] | None:
+    """Host names the server answers: None = any (bound beyond loopback and no list given, or '*' listed)."""
+    names = {_host_name(h) for h in extra if h.strip()}
+    if "*" in names or (not names and not is_loopback(bind_host)):
+        return None
+    return frozenset(names | set(LOOPBACK_HOSTS))
+
+
+class HostCheck:
+    """ASGI middleware: answer only requests whose Host is in `hosts` (a DNS-rebinding page sends its own
+    name, now resolving to 127.0.0.1). Plain ASGI, so streaming and disconnect detection pass untouched."""
+
+    def __init__(self, app, hosts: frozenset[str]):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = _host_name(raw)
+            if name not in self.hosts:
+                log.warning("refused a request for Host %r (allowed: %s; see --allowed-host)",
+                            name[:100], ", ".join(sorted(self.hosts)))
+                err = ApiError(400, f"Host '{name[:100]}' is not allowed on this server (start it with "
+                                    "--allowed-host NAME to allow it)", code="invalid_host")
+                await JSONResponse(err.body(), status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key: str | None = None,
+               allowed_hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()):
+    """The FastAPI app serving `lm` through `scheduler` (which the caller owns and closes).
+
+    allowed_hosts: Host names answered besides the loopback ones ('*' = any); a server bound beyond
+    loopback answers any Host unless this is given. cors_origins: origins whose pages may call the API
+    from a browser (none by default; '*' = any).
+    """
     cfg = cfg or ServeConfig()
     state = ServerState(lm, scheduler, cfg, api_key)
     app = FastAPI(title="krllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.krllm = state
+    origins = [o.strip().rstrip("/") for o in cors_origins if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    hosts = allowed_host_names(cfg.host, allowed_hosts)
+    if hosts is not None:  # added last = outermost: runs before CORS and every route
+        app.add_middleware(HostCheck, hosts=hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -261,7 +354,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         return JSONResponse(ApiError(500, f"internal server error: {type(exc).__name__}: {exc}",
                                      type="server_error").body(), status_code=500)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": state.model_id, **scheduler.stats()}
 
@@ -326,7 +419,7 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         sampling = state.sampling(req)
         gens = [Generation(state, ids, sampling, state.max_new_tokens(req, len(ids)), req.stop, req.ignore_eos)
                 for ids in encoded]
-        state.check_capacity(len(gens))
+        state.check_capacity(len(gens), "prompt")
         echoes = [(p if isinstance(p, str) else lm.decode(p)) if req.echo else "" for p in prompts]
         cid = new_id("cmpl")
         n_prompt = sum(len(i) for i in encoded)
@@ -377,9 +470,9 @@ def create_app(lm, scheduler: Scheduler, cfg: ServeConfig | None = None, api_key
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
