@@ -1,6 +1,5 @@
 """TextStream (incremental detokenization, stop strings) and the `krllm generate` / `krllm chat` commands."""
 
-import os
 import subprocess
 import sys
 
@@ -166,35 +165,16 @@ def test_serve_config_rejects_bad_limits():
 @pytest.mark.slow
 def test_serve_command_in_a_real_process_shows_its_port_and_refuses_a_taken_one(model_dir):
     """`krllm serve --port 0` prints the port it really got; a taken port is an error before loading."""
-    import re
     import socket
-    import time
 
-    import httpx
+    from serve_process import serve_process
 
-    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model_dir), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "300", "KRLLM_API_KEY": ""})
-    try:
-        out, deadline = "", time.time() + 120
-        while not (m := re.search(r"OpenAI API (http://127\.0\.0\.1:(\d+))/v1", out)):
-            assert time.time() < deadline and proc.poll() is None, out
-            out += proc.stdout.readline()
-        url, port = m.group(1), int(m.group(2))
+    with serve_process(model_dir) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
         assert port != 0
-        while True:  # the line is printed just before uvicorn starts serving on the bound socket
-            try:
-                assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
-                break
-            except httpx.ConnectError:
-                assert time.time() < deadline
-                time.sleep(0.1)
         taken = subprocess.run([sys.executable, "-m", "krllm", "serve", str(model_dir), "--port", str(port)],
                                capture_output=True, text=True, timeout=60)
         assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
         assert "loading" not in taken.stderr  # failed before loading the model
-    finally:
-        proc.terminate()
-        proc.wait(30)
     with socket.socket() as s:  # the port is free again after a clean shutdown
         s.bind(("127.0.0.1", port))

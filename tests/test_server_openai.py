@@ -492,29 +492,9 @@ def test_chat_page_forbids_framing_and_foreign_scripts(server):
 @pytest.mark.slow
 def test_serve_command_passes_allowed_host_and_cors_origin(model_dir):
     """`krllm serve --allowed-host NAME --cors-origin ORIGIN` in a real process: both reach the app."""
-    import os
-    import subprocess
-    import sys
+    from serve_process import serve_process
 
-    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model_dir), "--port", "0",
-                             "--allowed-host", "myhost.lan", "--cors-origin", "http://localhost:3000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "300", "KRLLM_API_KEY": ""})
-    try:
-        out, deadline = "", time.time() + 120
-        while not (m := re.search(r"OpenAI API (http://127\.0\.0\.1:\d+)/v1", out)):
-            assert time.time() < deadline and proc.poll() is None, out
-            out += proc.stdout.readline()
-        url = m.group(1)
-        while True:
-            try:
-                r = httpx.get(url + "/v1/models", headers={"Host": "myhost.lan", "Origin": "http://localhost:3000"})
-                break
-            except httpx.ConnectError:
-                assert time.time() < deadline
-                time.sleep(0.1)
+    with serve_process(model_dir, "--allowed-host", "myhost.lan", "--cors-origin", "http://localhost:3000") as (_, url):
+        r = httpx.get(url + "/v1/models", headers={"Host": "myhost.lan", "Origin": "http://localhost:3000"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert httpx.get(url + "/v1/models", headers={"Host": "evil.example"}).status_code == 400
-    finally:
-        proc.terminate()
-        proc.wait(30)
