@@ -423,3 +423,23 @@ def test_char_mode_vocab_too_small_for_the_alphabet(tmp_path):
         train_tokenizer(tmp_path / "t", texts=["".join(chr(0xAC00 + i) for i in range(300))] * 3, vocab_size=300,
                         merge_unit="char", pre_tokenizer="qwen2", min_frequency=1, progress=False)
     assert not (tmp_path / "t").exists()
+
+
+def test_long_runs_are_cut_for_training_only(tmp_path):
+    """A line of 3,000 Hangul syllables without a space (the trainer's cost grows with the square of one
+    word's length): cut into MAX_RUN pieces for the trainer, reported, and still encoded exactly."""
+    from transformers import AutoTokenizer
+
+    from krllm.tokenizer.train import MAX_RUN, split_long_runs
+
+    rng = random.Random(0)
+    run = "".join(chr(0xAC00 + rng.randrange(300)) for _ in range(3000))
+    text = f"앞 문장. {run} 뒤 문장!\n다음 줄"
+    counter: dict = {}
+    pieces = list(split_long_runs([text, "보통 문장은 그대로"], counter))
+    assert "".join(pieces[:-1]) == text and pieces[-1] == "보통 문장은 그대로"
+    assert counter == {"runs": 1} and max(len(w) for p in pieces for w in p.split()) == MAX_RUN
+    summary = train_tokenizer(tmp_path / "tok", texts=[text, "짧은 문장 하나."], vocab_size=600, progress=False)
+    assert summary["long_runs_split"] == 1
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.decode(tok(text)["input_ids"]) == text
