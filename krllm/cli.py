@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         build_parser().print_help()
         raise SystemExit(2)
     from krllm.config import ConfigError
-    from krllm.errors import KrllmError
+    from krllm.errors import KrllmError, UsageError
 
     try:
         code = importlib.import_module(COMMANDS[args.command][0]).run(args)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("KRLLM_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+        raise SystemExit(2 if isinstance(e, (ConfigError, UsageError)) else 1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

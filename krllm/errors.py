@@ -7,3 +7,7 @@ class KrllmError(RuntimeError):
 
 class DataError(KrllmError):
     """Malformed input data: the message names the file and line (or record) and what is wrong."""
+
+
+class UsageError(KrllmError):
+    """A value the user gave (a config key, a path) cannot be used: exit status 2, like a config error."""

@@ -7,15 +7,27 @@ classifier over the same backbone), so pointing trainers at another loader is a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from krllm.data.tokens.chat_tokens import stop_ids
-from krllm.errors import KrllmError
+from krllm.errors import KrllmError, UsageError
 from krllm.train.hf.config import PeftSection
 
 HEADS = ("causal_lm", "seq_cls")
+
+
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # org/name or name, as the Hub accepts them
+
+
+def _from_pretrained(cls, spec: str, path: str, **kwargs):
+    """cls.from_pretrained(path), a Hub id missing offline or a broken directory as one KrllmError."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise UsageError(f"base_model {spec}: {e}") from None
 
 
 def base_model_path(spec: str) -> str:
@@ -26,6 +38,8 @@ def base_model_path(spec: str) -> str:
     from krllm.model.load import resolve_model_dir
 
     if not Path(spec).exists():
+        if not _HUB_ID.fullmatch(str(spec)):
+            raise UsageError(f"base_model {spec}: no such file or directory (and not a Hub id such as org/name)")
         return spec
     model_dir = resolve_model_dir(spec)
     if is_adapter_dir(model_dir):
@@ -41,7 +55,7 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_model_path(path))
+    tok = _from_pretrained(AutoTokenizer, path, base_model_path(path))
     if chat_template:
         file = Path(chat_template)
         if not file.is_file():
@@ -67,7 +81,7 @@ def load_base_model(path: str, head: str = "causal_lm", qlora_compute_dtype: tor
     kw = {"dtype": torch.float32}
     if qlora_compute_dtype is not None:
         kw = {"quantization_config": quantization_config(qlora_compute_dtype), "dtype": torch.bfloat16}
-    return classes[head].from_pretrained(base_model_path(path), **kw, **kwargs)
+    return _from_pretrained(classes[head], path, base_model_path(path), **kw, **kwargs)
 
 
 def load_causal_lm(path: str, tokenizer, peft: PeftSection, dtype: torch.dtype, gradient_checkpointing: bool = False):
@@ -137,11 +151,23 @@ def peft_config_for(p: PeftSection, model, task_type: str = "CAUSAL_LM"):
         layers = list(range(n - p.num_layers, n))
         if targets == "all-linear":
             targets = block_linear_names(model)
+    if isinstance(targets, list):
+        _check_target_modules(targets, model)
     return LoraConfig(
         r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, task_type=task_type,
         target_modules=targets, use_dora=p.method == "dora", layers_to_transform=layers,
         modules_to_save=p.modules_to_save,
     )
+
+
+def _check_target_modules(targets: list[str], model) -> None:
+    """Every name in peft.target_modules matches a module the way PEFT matches (the full name or its last
+    parts), else a KrllmError listing the block's Linear names (PEFT's own error is a traceback)."""
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UsageError(f"peft.target_modules: {missing} match no module of the model; its blocks' Linear "
+                         f"layers are {block_linear_names(model)} (or use all-linear)")
 
 
 def freeze_below(model, keep_layers: int) -> None:
