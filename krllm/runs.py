@@ -13,9 +13,11 @@ Layout of a run directory (each stage fills in its part):
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -30,11 +32,13 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary name, then rename it into place.
 
     Readers see either the previous complete directory or the new complete one, never a
-    half-written mix. On error the temporary directory is removed and `final` is untouched.
+    half-written mix. On error the temporary directory is removed and `final` is untouched; what a
+    killed process left behind (`.<name>.tmp-<pid>-*`, `.<name>.old-<pid>-*`) goes on the next build.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -50,16 +54,72 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
 def replace_dir(build: Path, final: Path) -> None:
     """Swap a finished `build` directory into place at `final`, replacing any previous one.
 
-    The old directory is first renamed aside, so at no moment does `final` hold a mix of both.
+    The old directory is first renamed aside, so at no moment does `final` hold a mix of both. The
+    build's files and directories are flushed to disk before the rename and the parent after it, so
+    a power cut cannot leave `final` pointing at files the disk never got.
     """
     share_modes(build)
+    _fsync_tree(build)
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
         os.replace(build, final)
+        _fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(build, final)
+        _fsync_dir(final.parent)
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}")
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete `.<final name>.tmp-*` / `.old-*` directories beside `final` whose process is gone (or that
+    predate the pid in the name) -> what was removed. A live process's build is left alone."""
+    removed = []
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
+        m = _TEMPORARY.fullmatch(p.name)
+        if not m or m["name"] != final.name or not p.is_dir():
+            continue
+        if m["pid"] is not None and _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every directory (deepest first)."""
+    dirs = [root]
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            dirs.append(p)
+        else:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(d)
 
 
 def share_modes(root: Path) -> None:

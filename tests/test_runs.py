@@ -1,5 +1,7 @@
 """Run-directory helpers: atomic directory replacement and content hashing."""
 
+from pathlib import Path
+
 import pytest
 
 from krllm.runs import atomic_dir, hash_path
@@ -82,3 +84,44 @@ def test_atomic_dir_gives_private_temporaries_the_plain_modes(tmp_path):
     assert _mode(final / os.path.basename(name)) == _mode(tmp_path / "plain")
     assert _mode(next(final.glob("sub*"))) == _mode(tmp_path / "plain_dir") == _mode(final)
     assert _mode(final / "run.sh") == _mode(tmp_path / "plain") | 0o100  # its execute bit kept
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
+    """`kill -9` mid-merge leaves `.<name>.tmp-<pid>-*` (and `.old-*` mid-swap): the next build of that name
+    removes those of dead processes and of the old pid-less naming, keeps a live process's build and
+    other names' temporaries."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [tmp_path / f".merged.tmp-{dead}-0123abcd", tmp_path / f".merged.old-{dead}-89abcdef",
+             tmp_path / ".merged.tmp-deadbeef"]
+    kept = [tmp_path / f".merged.tmp-{os.getpid()}-feedf00d", tmp_path / f".hf.tmp-{dead}-0123abcd"]
+    for d in stale + kept:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    with atomic_dir(tmp_path / "merged") as out:
+        (out / "x").write_text("ok")
+    assert (tmp_path / "merged" / "x").read_text() == "ok"
+    assert not any(d.exists() for d in stale) and all(d.exists() for d in kept)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fd paths from /proc (Linux)")
+def test_the_swap_flushes_files_and_directories(tmp_path, monkeypatch):
+    import os
+
+    from krllm import runs
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(runs.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    (tmp_path / "merged").mkdir()  # an old version to replace
+    with runs.atomic_dir(tmp_path / "merged") as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "model.safetensors").write_bytes(b"w")
+        build = out
+    names = [os.path.basename(p) for p in synced]
+    assert "model.safetensors" in names and "sub" in names and build.name in names  # before the rename
+    assert synced[-1] == str(tmp_path)  # the parent, after it
