@@ -93,3 +93,24 @@ def test_unknown_eval_labels_are_an_error(tmp_path):
     val = write_jsonl(tmp_path / "v.jsonl", [{"text": "그냥", "label": "neutral"}])
     with pytest.raises(DataError, match=r"labels \['neutral'\] are not in data.labels \['neg', 'pos'\]"):
         run_classify(cfg_for(tmp_path, train=str(train), eval=str(val)))
+
+
+def test_overwrite_with_bad_data_keeps_the_previous_run(tmp_path):
+    """--overwrite checks the new data and base model before it clears the finished run (issue 15 item 1)."""
+    from krllm.errors import KrllmError
+
+    cfg = validate({**cfg_for(tmp_path).model_dump(mode="json"), "data": {"n": 40, "eval_fraction": 0.25},
+                    "train": {"max_steps": 2, "batch_size": 8, "eval_steps": 2, "save_steps": 2}}, ClassifyRunConfig)
+    with one_thread():
+        run_classify(cfg)
+    run = Path(cfg.runs_dir) / "cls"
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert (run / "eval.json").exists() and (run / "adapter").is_dir()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "좋다"}])  # no label
+    with pytest.raises(DataError, match="bad.jsonl:1: label"):
+        run_classify(validate({**cfg.model_dump(mode="json"), "data": {"train": str(bad)}}, ClassifyRunConfig),
+                     overwrite=True)
+    with pytest.raises(KrllmError, match="base_model /nonexistent"):
+        run_classify(validate({**cfg.model_dump(mode="json"), "base_model": "/nonexistent"}, ClassifyRunConfig),
+                     overwrite=True)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

@@ -153,7 +153,8 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
     from transformers import Trainer, TrainingArguments
 
     from krllm.train.hf.callbacks import KrllmLogCallback, open_logger
-    from krllm.train.hf.model import freeze_below, load_base_model, load_tokenizer, parameter_counts, peft_config_for
+    from krllm.train.hf.model import (base_model_path, freeze_below, load_base_model, load_tokenizer, parameter_counts,
+                                      peft_config_for)
     from krllm.train.hf.outputs import save_final, start_run, world_size
     from krllm.train.hf.trainer import early_stopping, trainer_arguments, use_krllm_logging, with_length_sampling
 
@@ -161,7 +162,6 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
         raise KrllmError("classify-train runs in one process (a classification head on a small base trains in "
                          "minutes); start it without torchrun / accelerate launch")
     t0 = time.time()
-    run_dir, resume_from = start_run(cfg, resume, overwrite)
     if cfg.peft.method == "qlora":
         raise KrllmError("classification supports peft.method lora, dora or full (qlora: use krllm sft on CUDA)")
     if cfg.train.batching in ("packed", "padding_free"):
@@ -175,6 +175,8 @@ def run_classify(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool =
     names = label_names(cfg, train_recs, eval_recs)
     train_rows = encode(train_recs, tokenizer, names, cfg.data.max_length)
     eval_rows = encode(eval_recs, tokenizer, names, cfg.data.max_length)
+    base_model_path(cfg.base_model)  # a bad path fails here too, before an old run is touched
+    run_dir, resume_from = start_run(cfg, resume, overwrite)  # inputs valid: now an old run may be cleared
     model = load_base_model(
         cfg.base_model, "seq_cls", num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)}, pad_token_id=tokenizer.pad_token_id)
