@@ -48,14 +48,17 @@ class MetricsLogger:
 
     def log(self, step: int, split: str = "train", **metrics: float) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
-        record = {"step": int(step), "split": split, "time": round(time.time(), 3), **clean}
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        for k, v in clean.items():
-            if isinstance(v, float) and math.isfinite(v):
-                if self._tb is not None:
+        # NaN / inf are not JSON: metrics.jsonl stays strict JSON (null), TensorBoard and W&B get finite values only
+        finite = {k: v for k, v in clean.items() if not (isinstance(v, float) and not math.isfinite(v))}
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3),
+                  **{k: finite.get(k) for k in clean}}
+        self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        if self._tb is not None:
+            for k, v in finite.items():
+                if isinstance(v, float):
                     self._tb.add_scalar(f"{split}/{k}", v, step)
         if self._wandb is not None:
-            self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=step)
+            self._wandb.log({f"{split}/{k}": v for k, v in finite.items()}, step=step)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         """Free text (e.g. generated samples) to TensorBoard's text tab; metrics.jsonl via `log`."""

@@ -131,7 +131,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, mon
     assert _run("-c", str(cfg)) == 1
     err = capsys.readouterr().err
     assert "loss became nan at step 5" in err and "step_4" in err and "--resume" in err
+    assert "lower train.lr (now" in err and "train.dtype=fp32" not in err  # an fp32 run: no fp32 advice
     run = tmp_path / "runs" / "nan"
+    # checked every step on CPU: step 6 never ran on NaN weights; metrics.jsonl stays strict JSON (null, no NaN)
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(x, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) for x in lines]
+    assert max(r["step"] for r in records) == 5
+    assert [r for r in records if r.get("event") == "nonfinite"] == [
+        {**[r for r in records if r.get("event")][0], "step": 5, "loss": None}]
     assert sorted(p.name for p in ckpt.list_step_dirs(run / "checkpoints")) == ["step_2", "step_4"]
     ckpt.verify(run / "checkpoints" / "step_4")
     weights = ckpt.load_checkpoint(run / "checkpoints" / "step_4")["model"]

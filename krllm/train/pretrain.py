@@ -345,6 +345,8 @@ class Pretrainer:
                 do_log = self.step % cfg.log.log_interval == 0 or do_save
                 if do_log or do_eval or do_save or do_sample:
                     self._check_finite(pending, last_saved)
+                elif self.device.type != "cuda":  # no GPU queue to stall: check every step, not at log steps
+                    self._check_finite(pending[-1:], last_saved)
                 if do_log:
                     now = time.perf_counter()
                     step_time = (now - t_log - paused) / max(1, steps_in_window)
@@ -414,15 +416,27 @@ class Pretrainer:
         bad = D.all_reduce(bad.cpu(), self.dist, "max")
         if bad.any():
             i = int(bad.nonzero()[0])
-            step, value = pending[i][0], float(losses[i])
+            step, value, gnorm = pending[i][0], float(losses[i]), float(pending[i][2])
             good = ckpt.find_latest(self.ckpt_root, report=lambda m: None) if last_saved else None
-            msg = (f"loss became {value} at step {step}: stopping without saving. "
+            what = (f"loss became {value}" if not math.isfinite(value)
+                    else f"the gradient norm became {gnorm} (loss {value:.4g})")
+            msg = (f"{what} at step {step}: stopping without saving. "
                    + (f"The last good checkpoint is {good}; " if good else "No checkpoint was saved yet; ")
-                   + "lower train.lr, raise train.warmup_steps or use train.dtype=fp32, then "
+                   + self._divergence_advice() + ", then "
                    + ("continue with --resume." if good else "start again."))
             if self.logger is not None:
-                self.logger.log(step, "train", event="nonfinite", loss=value)
+                self.logger.log(step, "train", event="nonfinite", loss=value, grad_norm=gnorm)
             raise KrllmError(msg)
+
+    def _divergence_advice(self) -> str:
+        """What to change, for this run: the learning rate and warm-up it has, clipping if off, fp32 if not fp32."""
+        tc = self.cfg.train
+        advice = [f"lower train.lr (now {tc.lr:g})", f"raise train.warmup_steps (now {tc.warmup_steps})"]
+        if tc.grad_clip <= 0:
+            advice.append("set train.grad_clip=1.0 (now off)")
+        if self.dtype != torch.float32:
+            advice.append(f"use train.dtype=fp32 (now {str(self.dtype).removeprefix('torch.')})")
+        return ", ".join(advice[:-1]) + " or " + advice[-1]
 
     def _log_train(self, pending, step_time: float, progress) -> None:
         losses = torch.stack([p[1].float() for p in pending]).cpu()
