@@ -133,10 +133,15 @@ def extract_answer(text: str) -> str | None:
 def reference_answer(truth: str | int | float) -> str | int | float:
     """The answer a reference states: itself when it is a number or plain text, else its cued final answer,
     so a worked solution such as GSM8K's `... #### 72` works as a ground truth as it is."""
-    if parse_number(truth) is not None or not isinstance(truth, str):
+    if parse_number(truth) is not None or not isinstance(truth, str) or not cued_answers(truth):
         return truth
-    cued = cued_answers(truth)
-    return extract_answer(truth) if cued and extract_answer(truth) is not None else truth
+    stated = extract_answer(truth)  # with a cue present: the one cued value, or None when they disagree
+    return stated if stated is not None else truth
+
+
+def is_correct(prediction: str, truth: str | int | float) -> bool:
+    """Whether a model's text states the reference's answer: the one rule of the math reward and the eval."""
+    return answers_equal(extract_answer(prediction), reference_answer(truth))
 
 
 def answers_equal(a: str | int | float | None, b: str | int | float | None) -> bool:

@@ -2,17 +2,14 @@
 
 The final answer comes from `krllm.data.answers.extract_answer` (a cued answer such as `정답: 42`,
 `#### 42`, `\\boxed{42}`, else the last number; two different cued answers count as none) and is
-compared with the truth (or the truth's own cued answer, for a worked solution) as an exact number (`3/4 == 0.75`, `12.0 == 12`). One reader for eval and
-reward, so a model is scored the way it was trained.
+compared with the truth (or the truth's own cued answer, for a worked solution) as an exact number
+(`3/4 == 0.75`, `12.0 == 12`): `krllm.data.answers.is_correct`, the one rule of eval and reward, so a
+model is scored the way it was trained.
 """
 
 from __future__ import annotations
 
-from krllm.data.answers import answers_equal, extract_answer, reference_answer
-
-
-def is_correct(prediction: str, truth: str | int | float) -> bool:
-    return answers_equal(extract_answer(prediction), reference_answer(truth))
+from krllm.data.answers import is_correct
 
 
 def exact_match(predictions: list[str], truths: list[str]) -> dict:

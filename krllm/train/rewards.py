@@ -44,7 +44,7 @@ import re
 from fractions import Fraction
 from typing import Any, Callable
 
-from krllm.data.answers import answers_equal, cued_answers, extract_answer, is_final_answer_line, reference_answer
+from krllm.data.answers import cued_answers, is_correct, is_final_answer_line
 from krllm.errors import KrllmError
 
 __all__ = ["math_correct", "format_reward", "length_penalty", "BUILTIN_REWARDS", "load_reward",
@@ -92,7 +92,7 @@ def _column(reward: str, kwargs: dict, keys: tuple[str, ...], n: int) -> list:
 def math_correct(prompts: list, completions: list, **kwargs) -> list[float | None]:
     """1.0 when the completion's final answer equals the row's ground truth exactly, else 0.0."""
     truths = _column("math_correct", kwargs, GROUND_TRUTH_KEYS, len(completions))
-    return [None if t is None else float(answers_equal(extract_answer(completion_text(c)), reference_answer(t)))
+    return [None if t is None else float(is_correct(completion_text(c), t))
             for c, t in zip(completions, truths)]
 
 
