@@ -20,9 +20,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
-_UMASK = os.umask(0)  # read once at import: reading it means setting it, which races with other threads
-os.umask(_UMASK)
-UMASK = _UMASK
+UMASK = os.umask(0)  # read once at import: reading it means setting it, which races with other threads
+os.umask(UMASK)
 """The process umask: outputs get the mode a plain open() would give (0666 / 0777 minus this)."""
 
 

@@ -8,9 +8,9 @@ model, in fp32, forward and backward) runs on prompt and padding positions whose
 away. Here every distinct prompt runs once (one batched pass); its keys and values, still in the
 autograd graph so the prompt's positions get their gradient, are handed to each of its completions,
 which run sorted by length in chunks of ROWS_PER_GROUP rows cut to their own length; and
-krllm.train.hf.compact_head projects only the real completion tokens with TRL's kernel and temperature. Position ids are the ones TRL's single
-pass gives, so the numbers are the same for every model; tests/test_grpo.py checks values and
-gradients against TRL's own method. Text-only, left-padded batches of full-attention models where
+krllm.train.hf.compact_head projects only the real completion tokens with TRL's kernel and
+temperature. Position ids are the ones TRL's single pass gives, so the numbers are the same for every
+model; tests/test_grpo.py checks values and gradients against TRL's own method. Text-only, left-padded batches of full-attention models where
 `can_compact` holds and activations are not recomputed; anything else goes to TRL.
 """
 
@@ -35,8 +35,9 @@ def shared_prompt_ok(trainer, model, attention_mask: torch.Tensor, logits_to_kee
         else "is_gradient_checkpointing"  # transformers 5 / 4.x
     if getattr(causal, checkpointing, False):
         return False  # recomputing layers drops the cache that carries the prompt
-    layer_types = getattr(causal.config.get_text_config(), "layer_types", None) or ["full_attention"]
-    if set(layer_types) != {"full_attention"} or getattr(causal.config.get_text_config(), "sliding_window", None):
+    text_cfg = causal.config.get_text_config()
+    layer_types = getattr(text_cfg, "layer_types", None) or ["full_attention"]
+    if set(layer_types) != {"full_attention"} or getattr(text_cfg, "sliding_window", None):
         return False
     prompt = attention_mask[:, :attention_mask.size(1) - logits_to_keep]
     return bool((prompt.cummax(dim=1).values == prompt).all())  # left padding only: 0...0 1...1
