@@ -135,6 +135,16 @@ def share_modes(root: Path) -> None:
             os.chmod(p, want)
 
 
+def cache_root() -> Path:
+    """Where krllm keeps what it can rebuild (compiled kernels, parsed corpora): $KRLLM_CACHE (or its older
+    name $KRLLM_CACHE_DIR), else $XDG_CACHE_HOME/krllm, else ~/.cache/krllm."""
+    root = os.environ.get("KRLLM_CACHE") or os.environ.get("KRLLM_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "krllm"
+
+
 def hash_file(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
     h = hashlib.new(algo)
     with open(path, "rb") as f:

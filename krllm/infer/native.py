@@ -5,8 +5,8 @@ Decoding a small model on CPU is bound by reading the weights, but from Python e
 and one OpenMP region (measured on the ~31M benchmark model, 2 cores: see docs/serving.md).
 
 The library is built with the system C compiler (`$CC`, else cc/gcc/clang) for this CPU
-(-march=native) and cached under ~/.cache/krllm/native (or $KRLLM_CACHE_DIR/native), keyed by the
-source, the compiler and the CPU, so it is built once per machine (about a second). Without a
+(-march=native) and cached under krllm.runs.cache_root()/native (~/.cache/krllm/native), keyed by
+the source, the compiler and the CPU, so it is built once per machine (about a second). Without a
 compiler, or with KRLLM_NATIVE=0, `library()` returns None and the runner keeps its PyTorch path.
 
     lib = library()                          # ctypes.CDLL or None
@@ -42,9 +42,9 @@ _FLAG_SETS = (  # tried in order: OpenMP threads if the compiler has them, else 
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("KRLLM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "krllm")
-    return Path(root) / "native"
+    from krllm.runs import cache_root
+
+    return cache_root() / "native"
 
 
 def _cpu_identity() -> str:

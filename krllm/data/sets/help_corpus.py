@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import re
 import shutil
 import sys
@@ -67,15 +66,9 @@ BLOCKS = {"p", "h1", "h2", "h3", "h4", "h5", "h6"}
 
 # ---------------------------------------------------------------- cache location
 
-def cache_root() -> Path:
-    """$KRLLM_CACHE, else $XDG_CACHE_HOME/krllm, else ~/.cache/krllm."""
-    if os.environ.get("KRLLM_CACHE"):
-        return Path(os.environ["KRLLM_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "krllm"
-
-
 def cache_dir() -> Path:
+    from krllm.runs import cache_root
+
     return cache_root() / CACHE_NAME
 
 
