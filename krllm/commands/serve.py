@@ -51,7 +51,7 @@ def run(args) -> int:
     from krllm.config import load_config
     from krllm.infer.config import ServeConfig
     from krllm.infer.scheduler import Scheduler
-    from krllm.infer.server import create_app
+    from krllm.infer.server import create_app, is_loopback
     from krllm.infer.startup import describe, make_engine
     from krllm.model.load import load
 
@@ -81,7 +81,7 @@ def run(args) -> int:
     shown = f"[{shown}]" if ":" in shown else shown
     console.print(f"serving [bold]{cfg.model_name or lm.name}[/] — chat page http://{shown}:{port}/ , "
                   f"OpenAI API http://{shown}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if not is_loopback(cfg.host) and not api_key:
         console.print(f"[yellow]warning:[/] listening on {cfg.host} without an API key: anyone who can reach "
                       "this machine can use the model")
     try:
