@@ -34,14 +34,14 @@ def train_char_bpe(texts: Iterable[str], *, vocab_size: int, min_frequency: int,
     """Train merges over characters (pieces of pre-tokenizer `kind`), return `(tokenizer, info)`:
     the equivalent byte-level `tokenizers.Tokenizer` (BPE over the 256 byte symbols, the `kind`
     pre-tokenizer, ByteLevel decoder) of at most `vocab_size` tokens, special tokens first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from krllm.tokenizer.pretokenize import (IGNORE_MERGES, _bytes_to_unicode, build_normalizer, build_pre_tokenizer,
-                                             build_splitter)
+    from krllm.tokenizer.pretokenize import _bytes_to_unicode, build_normalizer, build_splitter, byte_level_bpe
 
     char_tok = Tokenizer(models.BPE())
-    if build_normalizer(normalization) is not None:
-        char_tok.normalizer = build_normalizer(normalization)
+    norm = build_normalizer(normalization)
+    if norm is not None:
+        char_tok.normalizer = norm
     char_tok.pre_tokenizer = build_splitter(kind)
     # `vocab_size` characters + merges is an upper bound: the byte-level vocab below also holds the
     # 256 bytes, the special tokens and the UTF-8 prefixes, so merges are cut to fit afterwards.
@@ -82,10 +82,6 @@ def train_char_bpe(texts: Iterable[str], *, vocab_size: int, min_frequency: int,
                          f"{len(alphabet)} characters of the corpus (merge_unit: char); raise vocab_size or use "
                          "merge_unit: byte")
 
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=IGNORE_MERGES[kind]))
-    if build_normalizer(normalization) is not None:
-        tok.normalizer = build_normalizer(normalization)
-    tok.pre_tokenizer = build_pre_tokenizer(kind)
-    tok.decoder = decoders.ByteLevel()
+    tok = byte_level_bpe(kind, normalization, vocab, merges)
     tok.add_special_tokens(list(special_tokens))
     return tok, {"characters": len(alphabet), "character_tokens": len(vocab) - len(special_tokens) - 256 - n_char_merges}

@@ -113,6 +113,23 @@ def build_pre_tokenizer(kind: PreTokenizerKind):
     raise ValueError(f"unknown pre_tokenizer {kind!r}; use {', '.join(LLAMA_CPP_PRE)}")
 
 
+def byte_level_bpe(kind: PreTokenizerKind, normalization: Normalization, vocab: dict | None = None,
+                   merges: list | None = None):
+    """A `tokenizers.Tokenizer`: byte-level BPE (empty, or the given vocab and merges) behind our normalizer
+    and the `kind` pre-tokenizer, with the ByteLevel decoder. Every tokenizer krllm trains is one."""
+    from tokenizers import Tokenizer, decoders, models
+
+    bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=IGNORE_MERGES[kind]) if vocab is not None \
+        else models.BPE(ignore_merges=IGNORE_MERGES[kind])
+    tok = Tokenizer(bpe)
+    norm = build_normalizer(normalization)
+    if norm is not None:
+        tok.normalizer = norm
+    tok.pre_tokenizer = build_pre_tokenizer(kind)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
 def build_splitter(kind: PreTokenizerKind):
     """The pre-tokenizer without the byte mapping: pieces are plain text (char-level training, previews)."""
     from tokenizers import Regex, pre_tokenizers

@@ -26,14 +26,12 @@ from pydantic import Field, field_validator, model_validator
 from krllm.config import StrictModel, to_plain, validate, write_resolved
 from krllm.errors import DataError, KrllmError
 from krllm.tokenizer.pretokenize import (
-    IGNORE_MERGES,
     LLAMA_CPP_PRE,
     SPECIAL_IDS,
     SPECIAL_TOKENS,
     Normalization,
     PreTokenizerKind,
-    build_normalizer,
-    build_pre_tokenizer,
+    byte_level_bpe,
 )
 
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the special tokens and at least one merge
@@ -107,19 +105,6 @@ def _training_texts(cfg: TokenizerTrainConfig, stats: list, progress) -> Iterato
             yield text
         if progress:
             progress.update(task, completed=total or 0, total=total or 0)
-
-
-def build_tokenizer(cfg: TokenizerTrainConfig):
-    """An untrained `tokenizers.Tokenizer` with our normalizer, pre-tokenizer and decoder."""
-    from tokenizers import Tokenizer, decoders, models
-
-    tok = Tokenizer(models.BPE(ignore_merges=IGNORE_MERGES[cfg.pre_tokenizer]))
-    norm = build_normalizer(cfg.normalization)
-    if norm is not None:
-        tok.normalizer = norm
-    tok.pre_tokenizer = build_pre_tokenizer(cfg.pre_tokenizer)
-    tok.decoder = decoders.ByteLevel()
-    return tok
 
 
 def save_hf_tokenizer(tok, out_dir: Path, model_max_length: int) -> None:
@@ -239,7 +224,7 @@ def train_tokenizer(out_dir: str | Path | None = None, cfg: TokenizerTrainConfig
     cfg = validate(data, TokenizerTrainConfig, "tokenizer config")
     out = Path(cfg.out_dir)
 
-    tok = build_tokenizer(cfg)
+    tok = byte_level_bpe(cfg.pre_tokenizer, cfg.normalization)  # untrained
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
