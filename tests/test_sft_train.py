@@ -299,3 +299,31 @@ def test_train_eval_split():
     cfg = validate({**base, "data": {**base["data"], "eval": "builtin:npc"}}, SFTRunConfig)
     train2, fresh = split_records(cfg.data, "sft")
     assert len(train2) == 40 and len(fresh) == 4 and fresh[0] not in train2
+
+
+def test_nan_weights_stop_the_run_before_they_are_saved(tmp_path, monkeypatch):
+    """A NaN at step 3 (after checkpoint-2): the run stops at step 3 with advice that fits it, writes no
+    adapter or merged model, and checkpoint-2 stays finite and is named as the one to resume from."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("KRLLM_FAULT_NAN_AT_STEP", "3")
+    cfg = cfg_for(tmp_path, merge=True, train={"max_steps": 5, "save_steps": 2, "max_grad_norm": 0, "dtype": "fp32"})
+    with one_thread(), pytest.raises(KrllmError) as e:
+        run_sft(cfg)
+    run = tmp_path / "runs" / "run"
+    msg = str(e.value)
+    assert "diverged at step 3" in msg and "checkpoint-2" in msg and "--resume" in msg
+    assert "train.lr (now 0.005)" in msg and "train.max_grad_norm=1.0" in msg and "train.dtype" not in msg
+    assert not (run / "adapter").exists() and not (run / "merged").exists()
+    assert not (run / "checkpoints" / "checkpoint-3").exists()
+    weights = load_file(run / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_diverging_learning_rate_is_caught_on_the_first_bad_step(tmp_path):
+    """No fault hook: lr=1e30 overflows the LoRA weights at once; nothing is saved."""
+    cfg = cfg_for(tmp_path, train={"max_steps": 3, "lr": 1e30, "max_grad_norm": 0, "dtype": "bf16"})
+    with one_thread(), pytest.raises(KrllmError, match=r"diverged at step 1.*no checkpoint was saved yet.*"
+                                                       r"lower train.lr \(now 1e\+30\).*train.dtype=fp32 \(now bf16\)"):
+        run_sft(cfg)
+    assert not (tmp_path / "runs" / "run" / "adapter").exists()

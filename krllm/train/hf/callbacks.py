@@ -4,16 +4,22 @@
   real (non-pad) tokens/s (over time spent in optimizer steps, so evaluation and checkpointing do not
   dilute it) and the padding share, both measured by the collator's TokenCounter.
 - Progress: a rich bar with ETA on a terminal; one plain line per log otherwise (CI, pipes).
-Rank 0 only (`state.is_world_process_zero`).
+  Rank 0 only (`state.is_world_process_zero`).
+- `DivergenceGuard`: stops the run, with advice, at the first step whose trainable weights are no
+  longer finite, before the Trainer saves them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
+from krllm.errors import KrllmError
 from krllm.tracking import MetricsLogger
 
 
@@ -148,3 +154,53 @@ def _fmt(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class DivergenceGuard(TrainerCallback):
+    """Raise at the first step that leaves a trainable weight NaN or infinite.
+
+    transformers' Trainer trains on through NaN (and `logging_nan_inf_filter` keeps NaN losses out of
+    the log), then saves the NaN weights as the adapter and merged model. A NaN loss or gradient turns
+    the weights NaN in the same optimizer step (AdamW, clipping), so checking the weights catches both;
+    an fp16 scaler's skipped steps leave them finite, as they should. Checked on every step on CPU
+    (one pass over the trainable weights); on accelerators only on steps that log, evaluate or save,
+    and on the last, so most steps need no device sync. Add it after the Trainer's own callbacks: it
+    reads what DefaultFlowCallback decided for this step.
+
+    Test hook (environment, as in krllm.train.pretrain): KRLLM_FAULT_NAN_AT_STEP=N makes a trainable
+    weight NaN at step N.
+    """
+
+    def __init__(self):
+        self.nan_at = int(os.environ.get("KRLLM_FAULT_NAN_AT_STEP", "0"))
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if model is None:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            return
+        if state.global_step == self.nan_at:
+            with torch.no_grad():
+                params[0].view(-1)[0] = float("nan")
+        due = (params[0].device.type == "cpu" or control.should_log or control.should_save
+               or control.should_evaluate or control.should_training_stop or state.global_step >= state.max_steps)
+        if due and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params)).float().sum())):
+            raise KrllmError(_divergence_message(args, state))
+
+
+def _divergence_message(args, state) -> str:
+    """Where the run stopped, what is still good, and what to change in this run's `train` section."""
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"),
+                         key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1)
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    advice = [f"lower train.lr (now {args.learning_rate:g})"]
+    if args.max_grad_norm <= 0:
+        advice.append("set train.max_grad_norm=1.0 (now off)")
+    if args.bf16 or args.fp16:
+        advice.append(f"use train.dtype=fp32 (now {'bf16' if args.bf16 else 'fp16'})")
+    return (f"training diverged at step {state.global_step}: the trainable weights are no longer finite"
+            + (f" (last logged loss {losses[-1]:.4g})" if losses else "") + ". Stopped without saving; "
+            + (f"the last good checkpoint is {checkpoints[-1]}. " if checkpoints else "no checkpoint was saved yet. ")
+            + "To fix: " + ", ".join(advice[:-1]) + (" or " if len(advice) > 1 else "") + advice[-1]
+            + (", then continue with --resume." if checkpoints else ", then start again."))

@@ -54,11 +54,15 @@ def early_stopping(t: TrainSection, has_eval: bool) -> list:
 
 def use_krllm_logging(trainer, mode: str, counter: B.TokenCounter) -> None:
     """Tell a `with_length_sampling` trainer its batching mode and token counter; drop transformers'
-    printer (KrllmLogCallback prints)."""
+    printer (KrllmLogCallback prints); stop on NaN weights before they are saved (every process, so
+    that all ranks stop together)."""
     from transformers import PrinterCallback
+
+    from krllm.train.hf.callbacks import DivergenceGuard
 
     trainer.krllm_batching, trainer.krllm_counter = mode, counter
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(DivergenceGuard())
 
 
 def with_length_sampling(base):
