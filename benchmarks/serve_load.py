@@ -35,6 +35,80 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def bench_model(out_dir: Path, config: str) -> Path:
+    """A random model of the `31m` or `tiny` shape with the test tokenizer's 400-token vocabulary, so
+    that every generated id decodes to text and time-to-first-token is measured on real text (a
+    16k-row random head would emit ids the tiny tokenizer cannot show)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decode import BENCH_31M
+
+    from krllm.infer.testing import tiny_model_dir
+
+    shape = dict(BENCH_31M) if config == "31m" else dict(
+        vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+    shape.pop("vocab_size")
+    return tiny_model_dir(out_dir, initializer_range=0.02, **shape)
+
+
+class ServerProcess:
+    """`krllm serve MODEL ARGS` on a free 127.0.0.1 port (no API key), started and healthy; its peak
+    RSS sampled every 50 ms into `peak["rss"]`; `stderr`: a file path to capture its log into."""
+
+    def __init__(self, model: Path, *args: str, stderr: Path | None = None, timeout: float = 120):
+        import httpx
+        import psutil
+
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self._log = open(stderr, "w") if stderr else None  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model),
+                                      "--port", self.url.rsplit(":", 1)[1], *args],
+                                     env={**os.environ, "KRLLM_API_KEY": ""}, stderr=self._log)
+        self.peak = {"rss": 0}
+        self._stop = threading.Event()
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise SystemExit("krllm serve did not start")
+            time.sleep(0.2)
+        self.ps = psutil.Process(self.proc.pid)
+        threading.Thread(target=self._watch_rss, daemon=True).start()
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def _watch_rss(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                self.peak["rss"] = max(self.peak["rss"], self.rss())
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if self._log is not None:
+            self._log.close()
+
+
 async def _one_request(client, url: str, i: int, max_tokens: int) -> dict:
     body = {"model": "bench", "messages": [{"role": "user", "content": f"부하 시험 {i}: 안녕하세요"}],
             "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True, "stream": True,
@@ -71,16 +145,11 @@ async def _load(url: str, clients: int, per_client: int, max_tokens: int) -> dic
         results = [r for rs in await asyncio.gather(*(client_loop(c, k) for k in range(clients))) for r in rs]
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     ok = [r for r in results if "error" not in r]
-
-    def pct(xs, q):
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
-
     lat, ttft = [r["latency"] for r in ok], [r["ttft"] for r in ok]
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
             "tokens": sum(r["tokens"] for r in ok), "wall": wall, "client_cpu": cpu / wall,
             "tok_s": sum(r["tokens"] for r in ok) / wall, "ttft_p50": statistics.median(ttft) if ttft else float("nan"),
-            "lat_p50": pct(lat, 0.5), "lat_p99": pct(lat, 0.99)}
+            "lat_p50": percentile(lat, 0.5), "lat_p99": percentile(lat, 0.99)}
 
 
 def main() -> None:
@@ -95,53 +164,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import httpx
-    import psutil
 
-    from krllm.infer.testing import tiny_model_dir
-
-    tmp = Path(tempfile.mkdtemp(prefix="krllm-serve-load-"))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from decode import BENCH_31M
-
-    shape = dict(BENCH_31M) if args.config == "31m" else dict(
-        vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-    # The model's vocabulary is the test tokenizer's (400 tokens), so every generated id decodes to text
-    # and time-to-first-token is measured on real text (a 16k-row random head would emit ids the tiny
-    # tokenizer cannot show).
-    shape.pop("vocab_size")
-    model = tiny_model_dir(tmp / "bench", initializer_range=0.02, **shape)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "krllm", "serve", str(model), "--port", str(port),
-                             "--max-batch", str(args.max_batch), "--log-level", "warning",
-                             "--threads", str(args.threads), "--dtype", args.dtype,
-                             "--set", f"limits.max_concurrent={max(64, max(args.clients) * 2)}"],
-                            env={**os.environ, "KRLLM_API_KEY": ""})
-    peak = {"rss": 0}
-    stop = threading.Event()
-
-    def watch_rss():
-        p = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                peak["rss"] = max(peak["rss"], p.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.05)
-
+    model = bench_model(Path(tempfile.mkdtemp(prefix="krllm-serve-load-")) / "bench", args.config)
+    server = ServerProcess(model, "--max-batch", str(args.max_batch), "--log-level", "warning",
+                           "--threads", str(args.threads), "--dtype", args.dtype,
+                           "--set", f"limits.max_concurrent={max(64, max(args.clients) * 2)}")
+    url, peak = server.url, server.peak
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("krllm serve did not start")
-            time.sleep(0.2)
-        threading.Thread(target=watch_rss, daemon=True).start()
         asyncio.run(_load(url, 2, 1, 8))  # warm-up
         print(f"krllm serve on {url}: random {args.config} model, {args.max_batch} slots; "
               f"{args.requests_per_client} streaming requests per client, {args.max_tokens} tokens each")
@@ -164,12 +193,7 @@ def main() -> None:
         print(f"server peak RSS {peak['rss'] / 2**20:.0f} MiB; most sequences decoded together: "
               f"{health['peak_running']}")
     finally:
-        stop.set()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 if __name__ == "__main__":
