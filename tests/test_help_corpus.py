@@ -350,3 +350,33 @@ def test_real_packages(tmp_path, monkeypatch):
     assert 12_000 <= c["pairs"]["train"] <= 30_000 and 400 <= c["pairs"]["heldout"] <= 2_000  # 17,559 + 892
     held = {p["ko"] for p in H.help_pairs("heldout")}
     assert held.isdisjoint(p["ko"] for p in H.help_pairs("train"))
+
+
+def test_optional_source_is_left_out_where_the_fetch_fails(cache, tmp_path, monkeypatch, capsys):
+    """No apt-get: `optional: true` leaves builtin:ko-help out with a warning (tokenizer and data
+    prepare), a required one stops with the fetch's own advice, and nothing left at all is an error."""
+    from krllm.data.prepare.config import PrepareConfig
+    from krllm.data.prepare.readers import resolve_sources
+    from krllm.tokenizer.train import train_tokenizer
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    law = "builtin:ko-law"
+    summary = train_tokenizer(tmp_path / "tok", progress=False, vocab_size=400,
+                              sources=[{"path": "builtin:ko-help", "optional": True}, law])
+    assert [s["spec"] for s in summary["sources"]] == [law]
+    assert "optional source builtin:ko-help left out" in capsys.readouterr().err
+
+    cfg = PrepareConfig(sources=[{"path": "builtin:ko-help", "optional": True}, law], tokenizer=str(tmp_path / "tok"),
+                        out_dir=str(tmp_path / "data"))
+    assert {f.name.split("/")[0] for f in resolve_sources(cfg)} == {law}
+    assert "apt-get is not on PATH" in capsys.readouterr().err
+
+    with pytest.raises(DataError, match="apt-get is not on PATH"):
+        resolve_sources(cfg.model_copy(update={"sources": [cfg.sources[0].model_copy(update={"optional": False})]}))
+    with pytest.raises(DataError, match="every one is optional"):
+        resolve_sources(cfg.model_copy(update={"sources": cfg.sources[:1]}))
+
+    from krllm.pipeline.state import external_inputs  # a pipeline's fingerprint does not stop on it either
+    assert set(external_inputs({"sources": ["builtin:ko-help", law]}, tmp_path / "run")) == {law}

@@ -10,7 +10,12 @@ A source spec is one of
     path/to/file.parquet           the `text_field` column
     path/to/dir, path/*.jsonl      every .txt/.md/.jsonl/.json/.ndjson/.parquet file below, sorted
 
+A source marked `optional: true` in a config is left out, with a warning, where it can't be had
+(`without_unavailable`): a file that is not there, a built-in corpus whose one-time fetch fails
+(no apt on macOS). The demo reads builtin:ko-help this way and still runs on konlpy's text alone.
+
 Layers, each used by both callers:
+- `without_unavailable(sources)` the config's sources less the optional ones that can't be had
 - `expand_source(spec)`       spec -> [(path, display name)]
 - `iter_values(path, format)` one file -> (line or row number, raw value): a txt document, a JSONL
                               record's `text_field` value, a parquet cell (maybe None)
@@ -85,6 +90,26 @@ def expand_source(spec: str, fmt: str = "auto") -> list[tuple[Path, str]]:
     if not matches:
         raise DataError(f"source {spec}: no such file, directory or glob match")
     return [(q, str(q)) for q in matches]
+
+
+def without_unavailable(sources: list, warn: Callable[[str], None]) -> list:
+    """`sources` (config entries with `.path`, `.optional`) less the optional ones that can't be had
+    here, each skip told through `warn`. Checking a built-in corpus fetches it (once), so the
+    readers after this never meet a failed fetch halfway through."""
+    from krllm.data.sets.generated import is_generated
+
+    kept = []
+    for src in sources:
+        if src.optional and not is_generated(src.path):
+            try:
+                expand_source(src.path, getattr(src, "format", "auto"))
+            except DataError as e:
+                warn(f"optional source {src.path} left out: {e}")
+                continue
+        kept.append(src)
+    if not kept:
+        raise DataError("no source can be read here: every one is optional and was left out (see above)")
+    return kept
 
 
 # ---------------------------------------------------------------- files -> values

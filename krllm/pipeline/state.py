@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from krllm.errors import DataError
 from krllm.runs import hash_path, write_json
 
 BOOK_DIR = "_pipeline"
@@ -119,8 +120,8 @@ def external_inputs(config: Any, run_dir: str | Path) -> dict[str, str]:
 
                 try:
                     files = builtin_inputs(node)
-                except (ValueError, FileNotFoundError):
-                    return  # the stage reports the bad spec with its own message
+                except (ValueError, FileNotFoundError, DataError):
+                    return  # the stage reports a bad spec or a failed fetch (or leaves an optional source out)
                 h = hashlib.sha256()
                 for f in files:
                     h.update(hash_path(f).encode())

@@ -44,6 +44,8 @@ class SourceConfig(StrictModel):
     text_field: str | None = Field(None, description="JSONL/parquet key holding the text (default: top-level text_field)")
     n: int | None = Field(None, ge=1, description="records to generate (builtin generated sets only)")
     seed: int = Field(0, description="seed of a generated set")
+    optional: bool = Field(False, description="true: leave this source out, with a warning, where it can't be had "
+                                              "(a missing file, a built-in corpus whose fetch fails)")
 
 
 class TokenizerTrainConfig(StrictModel):
@@ -90,10 +92,10 @@ class TokenizerTrainConfig(StrictModel):
 
 def _training_texts(cfg: TokenizerTrainConfig, stats: list, progress) -> Iterator[str]:
     """Stream every source's texts in config order, advancing one progress bar per source."""
-    from krllm.data.sources import SourceStats, iter_texts, source_size_hint
+    from krllm.data.sources import SourceStats, iter_texts, source_size_hint, without_unavailable
     from krllm.tokenizer.chat_template import render_chatml
 
-    for src in cfg.sources:
+    for src in without_unavailable(cfg.sources, _warn):
         st = SourceStats(src.path)
         stats.append(st)
         total, unit = source_size_hint(src.path, src.n)
@@ -105,6 +107,12 @@ def _training_texts(cfg: TokenizerTrainConfig, stats: list, progress) -> Iterato
             yield text
         if progress:
             progress.update(task, completed=total or 0, total=total or 0)
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 def save_hf_tokenizer(tok, out_dir: Path, model_max_length: int) -> None:

@@ -23,6 +23,8 @@ class SourceConfig(StrictModel):
     text_field: str | None = Field(None, description="JSONL/parquet key holding the text (default: top-level text_field)")
     txt_mode: Literal["file", "paragraph"] | None = Field(
         None, description="txt: one document per file, or per blank-line-separated paragraph (default: top-level txt_mode)")
+    optional: bool = Field(False, description="true: leave this source out, with a warning, where it can't be had "
+                                              "(a missing file, a built-in corpus whose fetch fails)")
 
 
 class CleanConfig(StrictModel):

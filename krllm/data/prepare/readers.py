@@ -13,6 +13,7 @@ same order (datatrove's dedupe filters address documents by (rank, index)).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +24,7 @@ from datatrove.pipeline.readers.jsonl import JsonlReader
 from datatrove.utils.logging import logger
 
 from krllm.data.prepare.progress import ProgressCounter
-from krllm.data.sources import detect_format, expand_source, iter_values
+from krllm.data.sources import detect_format, expand_source, iter_values, without_unavailable
 from krllm.errors import DataError
 from krllm.runs import hash_file
 
@@ -44,13 +45,17 @@ class InputFile:
         return asdict(self)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def resolve_sources(cfg) -> list[InputFile]:
     """Config sources -> InputFiles (deduplicated by path, each with format and content hash).
 
     Files under `cfg.out_dir` are skipped: a source directory may contain the previous output."""
     files: dict[str, InputFile] = {}
     out_dir = Path(cfg.out_dir).resolve()
-    for src in cfg.sources:
+    for src in without_unavailable(cfg.sources, _warn):
         for path, name in expand_source(src.path, src.format):
             if out_dir in path.resolve().parents:
                 continue
