@@ -207,6 +207,31 @@ def test_llama_cpp_tokenizes_exactly_like_hf(built, llama_cpp, family):
 
 
 @pytest.mark.slow
+def test_bos_added_exactly_when_the_hf_tokenizer_adds_it(built, llama_cpp, tmp_path):
+    """A tokenizer.json whose post-processor prepends BOS (as Llama 3's does) -> add_bos_token true, and llama.cpp's
+    ids with BOS equal HF's encode(add_special_tokens=True); krllm's own tokenizers never add one (above)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "bos"
+    shutil.copytree(built["llama"], d)
+    data = json.loads((d / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}}}
+    (d / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    tok = AutoTokenizer.from_pretrained(d)
+    ref = tok.encode(PROMPT, add_special_tokens=True)
+    assert ref[0] == 0
+    path = export_gguf(d, tmp_path / "bos.gguf", "f32")
+    assert gguf.GGUFReader(str(path)).fields["tokenizer.ggml.add_bos_token"].contents() is True
+    llm = open_llama(llama_cpp, path, vocab_only=True)
+    assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == ref
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_f32_logits_equal_transformers(built, llama_cpp, family):
     ids = hf_ids(built[family], PROMPT)

@@ -11,7 +11,8 @@ Why our own writer: the file must make llama.cpp compute what krllm computes, an
     permuted back to the interleaved RoPE layout llama.cpp's LLAMA rope expects (HF and krllm use the
     rotate-half layout; Qwen2 is NEOX rope in llama.cpp, so its weights stay as they are);
   - the tokenizer's pre-tokenizer name is inferred so that llama.cpp splits exactly as tokenizer.json
-    (krllm.export.gguf_vocab), BOS is off (krllm models never saw one), and the chat template is embedded;
+    (krllm.export.gguf_vocab), BOS is added only if the HF tokenizer adds one (krllm's never do: off, where
+    llama.cpp's default is on), and the chat template is embedded;
   - f32 logits equal transformers' within 1e-3, tested with llama.cpp itself (tests/test_export_gguf.py).
 
 Types: f32 (exact), f16, bf16, q8_0, q4_0 (llama.cpp's block formats, 32 weights a block). Norms and
@@ -205,9 +206,9 @@ def _write_metadata(w, lm, vocab, out_type: str, sampling: dict) -> None:
                        (w.add_pad_token_id, vocab.pad_id), (w.add_eot_token_id, vocab.eot_id)):
         if value is not None:
             add(value)
-    # llama.cpp's gpt2 vocabularies add BOS by default; krllm models were never trained with one
-    w.add_add_bos_token(False)
-    w.add_add_eos_token(False)
+    # written always: llama.cpp's BPE vocabularies add BOS when the key is absent, and krllm models never saw one
+    w.add_add_bos_token(vocab.add_bos)
+    w.add_add_eos_token(vocab.add_eos)
     if vocab.chat_template:
         w.add_chat_template(vocab.chat_template)
     for key, add in (("temperature", w.add_sampling_temp), ("top_p", w.add_sampling_top_p),

@@ -63,6 +63,8 @@ class GGUFVocab:
     pad_id: int | None
     eot_id: int | None
     chat_template: str | None
+    add_bos: bool  # llama.cpp prepends BOS exactly when the HF tokenizer does (krllm's never do)
+    add_eos: bool
     how: str  # how `pre` was found, for the export summary
     notes: list[str] = field(default_factory=list)
 
@@ -185,7 +187,10 @@ def gguf_vocab(tokenizer, tokenizer_dir: str | Path, n_vocab: int) -> GGUFVocab:
         notes.append("llama.cpp does not apply the tokenizer's NFC normalizer: give it NFC text "
                      "(decomposed Hangul jamo, e.g. from macOS file names, tokenize differently)")
     eot = next((vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab), None)
+    plain, framed = tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("a", add_special_tokens=True)
+    add_bos = tokenizer.bos_token_id is not None and framed[:1] == [tokenizer.bos_token_id] and plain[:1] != framed[:1]
+    add_eos = tokenizer.eos_token_id is not None and framed[-1:] == [tokenizer.eos_token_id] and plain[-1:] != framed[-1:]
     return GGUFVocab(pre=pre, tokens=tokens, token_types=types, merges=_merge_strings(data.get("model") or {}, source),
                      eos_id=tokenizer.eos_token_id, bos_id=tokenizer.bos_token_id, pad_id=tokenizer.pad_token_id,
                      eot_id=eot, chat_template=gguf_chat_template(getattr(tokenizer, "chat_template", None)),
-                     how=how, notes=notes)
+                     add_bos=add_bos, add_eos=add_eos, how=how, notes=notes)
