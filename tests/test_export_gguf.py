@@ -150,6 +150,20 @@ def test_ignore_merges_mismatch_refused(built, tmp_path):
         export_gguf(d, tmp_path / "out.gguf")
 
 
+def test_unknown_pre_tokenizer_refused(built, tmp_path):
+    """A split llama.cpp has no name for (here: whitespace) is refused, never exported with a guessed name."""
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(built["qwen2"], d)
+    data = json.loads((d / "tokenizer.json").read_text())
+    data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\S+|\s+"
+    (d / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    with pytest.raises(KrllmError, match="llama.cpp has no pre-tokenizer known to split exactly like this"):
+        export_gguf(d, tmp_path / "out.gguf")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
 def test_unknown_type_missing_dir_and_non_causal_config(built, tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 

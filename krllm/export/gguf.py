@@ -46,6 +46,15 @@ class ExportPlan:
     config: dict = field(repr=False, default_factory=dict)
 
 
+def require_gguf():
+    """The gguf package, or an error that says how to install it (it is an optional extra)."""
+    try:
+        import gguf
+    except ImportError:
+        raise KrllmError("GGUF export needs the `gguf` package: pip install -e '.[export]' (or pip install gguf)") from None
+    return gguf
+
+
 def _check_out_type(out_type: str) -> str:
     if out_type not in OUT_TYPES:
         raise UsageError(f"--type {out_type!r} is not a GGUF type krllm writes; use one of {', '.join(OUT_TYPES)}")
@@ -223,8 +232,7 @@ def export_gguf(source: str | Path, out_path: str | Path, out_type: str = "f16",
 
     out_type: f32 | f16 | bf16 | q8_0 | q4_0. base: an adapter's base model (default: the recorded one).
     """
-    import gguf
-
+    gguf = require_gguf()
     from krllm.export.gguf_vocab import gguf_vocab
     from krllm.model.load import load, load_tokenizer
 

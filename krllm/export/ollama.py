@@ -36,10 +36,10 @@ MAX_NUM_CTX = 4096  # Ollama allocates the whole context up front; longer contex
 
 def read_gguf_metadata(path: Path) -> dict:
     """The key/value fields of a GGUF (tokens and merges left out)."""
-    from gguf import GGUFReader
+    from krllm.export.gguf import require_gguf
 
     try:
-        reader = GGUFReader(str(path))
+        reader = require_gguf().GGUFReader(str(path))
     except (ValueError, OSError) as e:
         raise KrllmError(f"{path}: not a readable GGUF file ({e})") from None
     out = {}
