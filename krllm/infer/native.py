@@ -109,6 +109,7 @@ def build_library(out: Path, flags: list[str]) -> ctypes.CDLL | None:
 def open_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.krllm_features.restype = ctypes.c_int
+    lib.krllm_qpath.restype = ctypes.c_int
     lib.krllm_work_floats.restype = ctypes.c_long
     lib.krllm_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.krllm_decode.restype = ctypes.c_int
@@ -122,7 +123,8 @@ def features() -> dict[str, bool]:
     which int8/int4 kernels (AVX-512 VNNI, AVX2 or portable C)."""
     lib = library()
     bits = lib.krllm_features() if lib is not None else 0
-    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2), "int_kernels": QPATHS[(bits >> 2) & 3]}
+    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2),
+            "int_kernels": QPATHS[lib.krllm_qpath()] if lib is not None else None}
 
 
 class _Model(ctypes.Structure):

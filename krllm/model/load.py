@@ -91,8 +91,10 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
-        """Unique parameters (a tied lm_head counts once)."""
-        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        """Unique parameters (a tied lm_head counts once; quantized weights count one per weight)."""
+        from krllm.model.quant import logical_weights
+
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()) + logical_weights(self.model)
 
     @property
     def source(self) -> str:

@@ -356,6 +356,12 @@ def model_bytes(model) -> int:
     return total
 
 
+def logical_weights(model) -> int:
+    """Weights held in quantized modules (buffers, so not among the parameters), one per weight."""
+    return sum(m.weight_scale.shape[0] * (m.in_features if isinstance(m, QuantLinear) else m.embedding_dim)
+               for m in model.modules() if isinstance(m, (QuantLinear, QuantEmbedding)))
+
+
 def is_integer_dtype_name(dtype: str | None) -> bool:
     return dtype in FORMATS
 

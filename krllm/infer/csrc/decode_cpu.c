@@ -737,14 +737,17 @@ static void attend_group(const float *q, const float *k, const float *v, int G, 
     }
 }
 
-/* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products, bits 2-3 QPATH. */
+/* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products. */
 int krllm_features(void) {
-    int f = (DPBF16 ? 2 : 0) | QPATH << 2; /* bits 2-3: the int8/int4 kernels (QPATH) */
+    int f = DPBF16 ? 2 : 0;
 #ifdef _OPENMP
     f |= 1;
 #endif
     return f;
 }
+
+/* Which int8/int4 kernels this build has: QPATH (2 AVX-512 VNNI, 1 AVX2, 0 portable C). */
+int krllm_qpath(void) { return QPATH; }
 
 #define PHASES_PER_LAYER 6
 
