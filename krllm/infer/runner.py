@@ -156,7 +156,10 @@ class ModelRunner:
         want = self.decode(token, 1).clone()  # PyTorch path
         self.free(0)
         got = dec.decode(token, [0], [0])
-        tol = 1e-3 if self.dtype == torch.float32 else 0.1
+        # int8/int4: both paths round activations to int8 from fp32 values that differ in the last bit,
+        # and a value on a rounding tie moves a random model's logits by ~2% (measured on the ~31M
+        # benchmark model: a 1e-6 nudge does the same in PyTorch alone); a broken kernel is far off
+        tol = 1e-3 if self.dtype == torch.float32 and self.quant is None else 0.1
         err = (got - want).abs().max().item() / (want.abs().max().item() + 1e-6)
         if not err <= tol:
             native.log.warning("the native decode step disagrees with PyTorch (relative error %.2g): "
