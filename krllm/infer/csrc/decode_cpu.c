@@ -372,6 +372,8 @@ static inline long q_pos(int qt, long b, int j, long n) {
     return b * QK + j;
 }
 
+/* Written so that GCC/clang vectorize the block loops (division and round-to-even are exact per lane,
+   so the result is the scalar one): every thread prepares its own copy of x for each matmul. */
 static void prepare_q(const float *x, void *dst, long n, int qt) {
     int8_t *xq = (int8_t *)dst;
     int32_t *corr = (int32_t *)((char *)dst + n);
@@ -380,19 +382,23 @@ static void prepare_q(const float *x, void *dst, long n, int qt) {
     for (long b = 0; b < n / QK; b++) {
         const float *xb = x + b * QK;
         float amax = 0.f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-        const float s = amax / 127.f;
-        for (int j = 0; j < QK; j += 4) sl[q_pos(qt, b, j, n) / 4] = s; /* lanes never straddle blocks */
         for (int j = 0; j < QK; j++) {
-            float v = s == 0.f ? 0.f : nearbyintf(xb[j] / s); /* as torch.round(x / s): ties to even */
-            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
-            xq[q_pos(qt, b, j, n)] = (int8_t)v;
+            const float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
         }
+        const float s = amax / 127.f, d = s == 0.f ? 1.f : s;
+        int8_t q[QK];
+        for (int j = 0; j < QK; j++) {
+            float v = nearbyintf(xb[j] / d); /* as torch.round(x / s): ties to even */
+            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+            q[j] = (int8_t)v;
+        }
+        memcpy(xq + q_pos(qt, b, 0, n), q, 16); /* columns 0-15 and 16-31 each stay together */
+        memcpy(xq + q_pos(qt, b, 16, n), q + 16, 16);
+        for (int j = 0; j < QK; j += 4) sl[q_pos(qt, b, j, n) / 4] = s;
     }
-    for (long L = 0; L < n / 4; L++) {
-        int sum = xq[4 * L] + xq[4 * L + 1] + xq[4 * L + 2] + xq[4 * L + 3];
-        corr[L] = -off * sum;
-    }
+    if (off != 0)
+        for (long L = 0; L < n / 4; L++) corr[L] = -off * (xq[4 * L] + xq[4 * L + 1] + xq[4 * L + 2] + xq[4 * L + 3]);
 }
 
 /* Value of int4 column j of a row's packed bytes (-8..7). */
