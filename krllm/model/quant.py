@@ -67,42 +67,55 @@ class QuantSpec:
 
 # ---------------------------------------------------------------------------- the formats
 
+def padded(in_features: int) -> int:
+    """Stored columns: in_features rounded up to whole 32-column blocks (the extra columns are 0)."""
+    return -(-in_features // PACK) * PACK
+
+
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float -> (int8 (out, in), fp32 scale (out,)): per-row symmetric."""
+    """(out, in) float -> (int8 (out, padded(in)), fp32 scale (out,)): per-row symmetric."""
     w = w.detach().float()
     scale = w.abs().amax(dim=1) / 127.0
     q = torch.round(w / torch.where(scale == 0, 1.0, scale)[:, None]).clamp_(-127, 127)
+    q = F.pad(q, (0, padded(w.shape[1]) - w.shape[1]))
     return q.to(torch.int8).contiguous(), scale.contiguous()
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float -> (uint8 (out, in / 2) packed nibbles, fp32 scale (out, in / group_size))."""
+    """(out, in) float -> (uint8 (out, padded(in) / 2) packed nibbles, fp32 scale (out, ceil(in / group_size)));
+    a last group narrower than group_size has its own scale."""
     w = w.detach().float()
     out_f, in_f = w.shape
-    g = w.view(out_f, in_f // group_size, group_size)
+    n_groups = -(-in_f // group_size)
+    g = F.pad(w, (0, n_groups * group_size - in_f)).view(out_f, n_groups, group_size)
     idx = g.abs().argmax(dim=2, keepdim=True)
     scale = (g.gather(2, idx) / -8.0).squeeze(2)  # q4_0: the largest-magnitude value maps to -8
     q = torch.round(g / torch.where(scale == 0, 1.0, scale)[..., None]).clamp_(-8, 7) + 8
-    q = q.to(torch.uint8).view(out_f, in_f // PACK, PACK)
+    q = q.to(torch.uint8).view(out_f, -1)[:, : padded(in_f)].reshape(out_f, -1, PACK)
     packed = q[..., : PACK // 2] | (q[..., PACK // 2:] << 4)
-    return packed.reshape(out_f, in_f // 2).contiguous(), scale.contiguous()
+    return packed.reshape(out_f, -1).contiguous(), scale.contiguous()
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (out, in / 2) -> int8 values -8..7 (out, in)."""
+    """uint8 (out, padded / 2) -> int8 values -8..7 (out, padded)."""
     out_f = packed.shape[0]
     p = packed.view(out_f, -1, PACK // 2)
     q = torch.cat([p & 0xF, p >> 4], dim=2).view(out_f, -1)
     return q.to(torch.int8) - 8
 
 
-def dequantize(qweight: torch.Tensor, scale: torch.Tensor, fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> torch.Tensor:
-    """Stored form -> fp32 (out, in)."""
+def dequantize(qweight: torch.Tensor, scale: torch.Tensor, fmt: str, group_size: int = DEFAULT_GROUP_SIZE,
+               in_features: int | None = None) -> torch.Tensor:
+    """Stored form -> fp32 (out, in_features) (default: every stored column)."""
     if fmt == "int8":
-        return qweight.float() * scale[:, None]
-    q = unpack_int4(qweight).float()
-    out_f, in_f = q.shape
-    return (q.view(out_f, in_f // group_size, group_size) * scale[..., None]).view(out_f, in_f)
+        w = qweight.float() * scale[:, None]
+    else:
+        q = unpack_int4(qweight).float()
+        out_f, n = q.shape
+        n_groups = scale.shape[1]
+        q = F.pad(q, (0, max(n_groups * group_size - n, 0)))[:, : n_groups * group_size]
+        w = (q.view(out_f, n_groups, group_size) * scale[..., None]).view(out_f, -1)
+    return w[:, :in_features] if in_features is not None else w
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:
@@ -118,15 +131,6 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (q * s).reshape(xp.shape)[..., :n]
 
 
-def _check_shape(name: str, w: torch.Tensor, fmt: str, group_size: int) -> None:
-    in_f = w.shape[1]
-    if fmt == "int4" and in_f % group_size:
-        raise KrllmError(f"{name}: int4 group_size {group_size} does not divide its {in_f} input columns "
-                         f"(pick a group size that divides {in_f}, or int8)")
-    if fmt == "int4" and in_f % PACK:
-        raise KrllmError(f"{name}: int4 needs input columns in multiples of {PACK}, it has {in_f}")
-
-
 # ---------------------------------------------------------------------------- the modules
 
 class QuantLinear(nn.Module):
@@ -137,8 +141,8 @@ class QuantLinear(nn.Module):
                  bias: bool = False, device=None):
         super().__init__()
         self.in_features, self.out_features, self.fmt, self.group_size = in_features, out_features, fmt, group_size
-        shape = (out_features, in_features) if fmt == "int8" else (out_features, in_features // 2)
-        scale_shape = (out_features,) if fmt == "int8" else (out_features, in_features // group_size)
+        shape = (out_features, padded(in_features)) if fmt == "int8" else (out_features, padded(in_features) // 2)
+        scale_shape = (out_features,) if fmt == "int8" else (out_features, -(-in_features // group_size))
         self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8 if fmt == "int8" else torch.uint8,
                                                    device=device))
         self.register_buffer("weight_scale", torch.zeros(scale_shape, dtype=torch.float32, device=device))
@@ -151,7 +155,6 @@ class QuantLinear(nn.Module):
         w = lin.weight.detach().float()
         if in_scale is not None:
             w = w * in_scale.detach().float()
-        _check_shape(name, w, fmt, group_size)
         q = cls(lin.in_features, lin.out_features, fmt, group_size, bias=lin.bias is not None, device=w.device)
         q.weight, q.weight_scale = quantize_int8(w) if fmt == "int8" else quantize_int4(w, group_size)
         if lin.bias is not None:
@@ -159,7 +162,7 @@ class QuantLinear(nn.Module):
         return q
 
     def dequantized(self) -> torch.Tensor:
-        return dequantize(self.weight, self.weight_scale, self.fmt, self.group_size)
+        return dequantize(self.weight, self.weight_scale, self.fmt, self.group_size, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(quantize_activations(x), self.dequantized(), None if self.bias is None else self.bias.float())
@@ -176,15 +179,15 @@ class QuantEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, device=None):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.fmt, self.group_size = num_embeddings, dim, fmt, group_size
-        shape = (num_embeddings, dim) if fmt == "int8" else (num_embeddings, dim // 2)
-        scale_shape = (num_embeddings,) if fmt == "int8" else (num_embeddings, dim // group_size)
+        shape = (num_embeddings, padded(dim)) if fmt == "int8" else (num_embeddings, padded(dim) // 2)
+        scale_shape = (num_embeddings,) if fmt == "int8" else (num_embeddings, -(-dim // group_size))
         self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8 if fmt == "int8" else torch.uint8,
                                                    device=device))
         self.register_buffer("weight_scale", torch.zeros(scale_shape, dtype=torch.float32, device=device))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        rows = dequantize(self.weight[flat], self.weight_scale[flat], self.fmt, self.group_size)
+        rows = dequantize(self.weight[flat], self.weight_scale[flat], self.fmt, self.group_size, self.embedding_dim)
         return rows.view(*ids.shape, self.embedding_dim)
 
 
@@ -227,7 +230,6 @@ def quantize_model(model, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, head_f
         block.post_attention_layernorm.weight.fill_(1.0)
     model.lm_head = QuantLinear.from_linear("lm_head", model.lm_head, spec.head, group_size, model.model.norm.weight)
     model.model.norm.weight.fill_(1.0)
-    _check_shape("model.embed_tokens", embed, spec.head, group_size)
     q_embed = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, spec.head, group_size, device=embed.device)
     q_embed.weight, q_embed.weight_scale = (quantize_int8(embed) if spec.head == "int8"
                                             else quantize_int4(embed, group_size))

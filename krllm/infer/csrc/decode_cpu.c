@@ -327,17 +327,21 @@ The input of each such matmul is first rounded to int8 in blocks of QK = 32 colu
 block (llama.cpp's q8_0, and what krllm.model.quant.QuantLinear computes), so a block's dot product
 is exact integer arithmetic, scaled once: y = sum_blocks s_w * s_x * sum_j q_w q_x.
 
-Prepared input of n columns (n % QK == 0), in the n floats of xs that the row owns:
-  int8_t xq[n]: the rounded values, in the order the weight kernels read them;
-  int32_t corr[n / 4]: per 4 columns, -(weight offset) * their sum: the integer instructions take
+Rows are stored padded with zero columns to whole blocks (QPAD), int4 scales per group with a
+narrower last group when group_size does not divide the width.
+Prepared input of n columns, padded with zeros to np = QPAD(n), in the np floats of xs that the row
+owns (xs rows are np apart for quantized matrices):
+  int8_t xq[np]: the rounded values, in the order the weight kernels read them;
+  int32_t corr[np / 4]: per 4 columns, -(weight offset) * their sum: the integer instructions take
     unsigned weights (int8 XOR 0x80 = q + 128, int4 nibbles = q + 8), so an accumulator that starts
     at corr comes out as the signed dot product;
-  float sl[n / 4]: per 4 columns, the scale of their block.
+  float sl[np / 4]: per 4 columns, the scale of their block.
 QPATH (build time, like LANES): 2 = AVX-512 VNNI (vpdpbusd, 64 columns per instruction), 1 = AVX2
 (vpmaddubsw + vpmaddwd, 32), 0 = portable C. With QPATH 2 an int4 pair of blocks is unpacked as
 [low nibbles of both | high nibbles of both], so xq of each whole pair of blocks is stored in that
 order (columns 0-15 of block 0, 0-15 of block 1, 16-31 of block 0, 16-31 of block 1). */
 #define QK 32
+#define QPAD(n) (((n) + QK - 1) / QK * QK) /* stored columns of a quantized row: whole blocks, zeros past n */
 enum { WT_F32 = 0, WT_BF16 = 1, WT_INT8 = 2, WT_INT4 = 3 };
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #define QPATH 2
@@ -375,30 +379,39 @@ static inline long q_pos(int qt, long b, int j, long n) {
 /* Written so that GCC/clang vectorize the block loops (division and round-to-even are exact per lane,
    so the result is the scalar one): every thread prepares its own copy of x for each matmul. */
 static void prepare_q(const float *x, void *dst, long n, int qt) {
+    const long np = QPAD(n);
     int8_t *xq = (int8_t *)dst;
-    int32_t *corr = (int32_t *)((char *)dst + n);
-    float *sl = (float *)((char *)dst + 2 * n);
+    int32_t *corr = (int32_t *)((char *)dst + np);
+    float *sl = (float *)((char *)dst + 2 * np);
     const int off = q_offset(qt);
-    for (long b = 0; b < n / QK; b++) {
+    for (long b = 0; b < np / QK; b++) {
         const float *xb = x + b * QK;
+        const int r = n - b * QK < QK ? (int)(n - b * QK) : QK; /* columns of this block (the last may be short) */
         float amax = 0.f;
-        for (int j = 0; j < QK; j++) {
+        for (int j = 0; j < r; j++) {
             const float a = fabsf(xb[j]);
             amax = a > amax ? a : amax;
         }
         const float s = amax / 127.f, d = s == 0.f ? 1.f : s;
         int8_t q[QK];
-        for (int j = 0; j < QK; j++) {
-            float v = nearbyintf(xb[j] / d); /* as torch.round(x / s): ties to even */
-            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
-            q[j] = (int8_t)v;
-        }
-        memcpy(xq + q_pos(qt, b, 0, n), q, 16); /* columns 0-15 and 16-31 each stay together */
-        memcpy(xq + q_pos(qt, b, 16, n), q + 16, 16);
-        for (int j = 0; j < QK; j += 4) sl[q_pos(qt, b, j, n) / 4] = s;
+        if (r == QK)
+            for (int j = 0; j < QK; j++) {
+                float v = nearbyintf(xb[j] / d); /* as torch.round(x / s): ties to even */
+                v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+                q[j] = (int8_t)v;
+            }
+        else
+            for (int j = 0; j < QK; j++) {
+                float v = j < r ? nearbyintf(xb[j] / d) : 0.f;
+                v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+                q[j] = (int8_t)v;
+            }
+        memcpy(xq + q_pos(qt, b, 0, np), q, 16); /* columns 0-15 and 16-31 each stay together */
+        memcpy(xq + q_pos(qt, b, 16, np), q + 16, 16);
+        for (int j = 0; j < QK; j += 4) sl[q_pos(qt, b, j, np) / 4] = s;
     }
     if (off != 0)
-        for (long L = 0; L < n / 4; L++) corr[L] = -off * (xq[4 * L] + xq[4 * L + 1] + xq[4 * L + 2] + xq[4 * L + 3]);
+        for (long L = 0; L < np / 4; L++) corr[L] = -off * (xq[4 * L] + xq[4 * L + 1] + xq[4 * L + 2] + xq[4 * L + 3]);
 }
 
 /* Value of int4 column j of a row's packed bytes (-8..7). */
@@ -420,14 +433,13 @@ static inline int qdot_block(int qt, const void *wrow, const int8_t *xq, long b)
     return s;
 }
 
-/* y[r] (+)= row r of the nr (<= ROWS) weight rows at wrows . prepared x; ws: the rows' scales (int8:
-   one per row; int4: n / group per row). */
-static inline __attribute__((always_inline)) void qtile(int qt, const void *wrows, const float *ws, long n, int group,
-                                                        const void *xp, float *y, int nr, int accumulate) {
+/* y[r] (+)= row r of the nr (<= ROWS) weight rows at wrows . prepared x; n: padded columns (QPAD);
+   ws: the rows' scales (int8: one per row; int4: ng per row). */
+static inline __attribute__((always_inline)) void qtile(int qt, const void *wrows, const float *ws, long n, long ng,
+                                                        int group, const void *xp, float *y, int nr, int accumulate) {
     const int8_t *xq = (const int8_t *)xp;
     const float *sl = (const float *)((const char *)xp + 2 * n);
     const long rb = qt == WT_INT8 ? n : n / 2; /* bytes per row */
-    const long ng = qt == WT_INT8 ? 1 : n / group;
     float acc[ROWS] = {0.f, 0.f, 0.f, 0.f};
     long i = 0;
 #if QPATH == 2
@@ -520,16 +532,15 @@ static inline __attribute__((always_inline)) void qtile(int qt, const void *wrow
 static void matmul_rows_q(int qt, int group, const void *w, const float *ws, long n_in, const float *Xs,
                           const int *idx, int n_live, long row0, long row1, float *Y, long y_stride, long out0,
                           int accumulate) {
-    const long rb = qt == WT_INT8 ? n_in : n_in / 2, ng = qt == WT_INT8 ? 1 : n_in / group;
+    const long np = QPAD(n_in), rb = qt == WT_INT8 ? np : np / 2, ng = qt == WT_INT8 ? 1 : (n_in + group - 1) / group;
     long o = row0;
-    for (; o + ROWS <= row1; o += ROWS) {
+    for (; o + ROWS <= row1; o += ROWS)
         for (int k = 0; k < n_live; k++)
-            qtile(qt, (const char *)w + o * rb, ws + o * ng, n_in, group, Xs + idx[k] * n_in,
+            qtile(qt, (const char *)w + o * rb, ws + o * ng, np, ng, group, Xs + idx[k] * np,
                   Y + idx[k] * y_stride + o - out0, ROWS, accumulate);
-    }
     for (; o < row1; o++)
         for (int k = 0; k < n_live; k++)
-            qtile(qt, (const char *)w + o * rb, ws + o * ng, n_in, group, Xs + idx[k] * n_in,
+            qtile(qt, (const char *)w + o * rb, ws + o * ng, np, ng, group, Xs + idx[k] * np,
                   Y + idx[k] * y_stride + o - out0, 1, accumulate);
 }
 
@@ -682,6 +693,9 @@ static inline void prepare_for(int wt, const float *x, float *xs, long n) {
     else if (wt >= WT_INT8) prepare_q(x, xs, n, wt);
 }
 
+/* Floats between batch rows of prepared inputs of n columns (quantized rows are padded to whole blocks). */
+static inline long xs_stride(int wt, long n) { return wt >= WT_INT8 ? QPAD(n) : n; }
+
 static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, float *hs, const int *idx, int n_live) {
     const int C = m->hidden;
     for (int k = 0; k < n_live; k++) {
@@ -691,12 +705,12 @@ static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, floa
         for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
         const float s = 1.f / sqrtf(ss / C + m->eps);
         for (int i = 0; i < C; i++) hb[i] = xb[i] * s;
-        prepare_for(wt, hb, hs + (long)idx[k] * C, C);
+        prepare_for(wt, hb, hs + (long)idx[k] * xs_stride(wt, C), C);
     }
 }
 
 static void prepare_rows(int wt, const float *X, float *Xs, long n, const int *idx, int n_live) {
-    for (int k = 0; k < n_live; k++) prepare_for(wt, X + idx[k] * n, Xs + idx[k] * n, n);
+    for (int k = 0; k < n_live; k++) prepare_for(wt, X + idx[k] * n, Xs + idx[k] * xs_stride(wt, n), n);
 }
 
 /* transformers' rotate_half pairing: element i turns with element i + D/2. */
@@ -763,7 +777,7 @@ long krllm_work_floats(const Model *m, int B, int T) {
     const long QKV = HD + 2L * m->n_kv * m->head_dim;
     const long widest = I > C ? (I > HD ? I : HD) : (C > HD ? C : HD);
     const long shared = B * (C + QKV + HD + I);
-    const long per_thread = B * C + B * widest + m->max_seq + 2L * B * CHUNK_MAX;
+    const long per_thread = B * C + B * (widest + QK) + m->max_seq + 2L * B * CHUNK_MAX;
     return shared + T * per_thread;
 }
 
@@ -792,17 +806,17 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
     const long widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
     float *x = work, *qkv = x + (long)B * C, *y = qkv + (long)B * QKV, *act = y + (long)B * H * D;
     float *private0 = act + (long)B * I;
-    const long per_thread = (long)B * C + B * widest + S + 2L * B * CHUNK_MAX;
+    const long per_thread = (long)B * C + B * (widest + QK) + S + 2L * B * CHUNK_MAX;
 
     for (int k = 0; k < n_live; k++) {
         const int b = idx[k];
         if (m->head_qtype == WT_INT8) {
-            const int8_t *e = (const int8_t *)m->embed + tokens[b] * (long)C;
+            const int8_t *e = (const int8_t *)m->embed + tokens[b] * (long)QPAD(C);
             const float s = m->embed_s[tokens[b]];
             for (int i = 0; i < C; i++) x[(long)b * C + i] = e[i] * s;
         } else if (m->head_qtype == WT_INT4) {
-            const uint8_t *e = (const uint8_t *)m->embed + tokens[b] * (long)C / 2;
-            const float *s = m->embed_s + tokens[b] * (long)(C / m->group_size);
+            const uint8_t *e = (const uint8_t *)m->embed + tokens[b] * (long)QPAD(C) / 2;
+            const float *s = m->embed_s + tokens[b] * (long)((C + m->group_size - 1) / m->group_size);
             for (int i = 0; i < C; i++) x[(long)b * C + i] = q4_at(e, i) * s[i / m->group_size];
         } else if (m->bf16) {
             const uint16_t *e = (const uint16_t *)m->embed + tokens[b] * (long)C;
@@ -826,7 +840,7 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
 #else
         float *mine = private0;
 #endif
-        float *h = mine, *xs = h + (long)B * C, *scores = xs + (long)B * widest, *gu = scores + S;
+        float *h = mine, *xs = h + (long)B * C, *scores = xs + (long)B * (widest + QK), *gu = scores + S;
 #ifdef _OPENMP
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
 #else
