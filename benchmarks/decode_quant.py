@@ -122,7 +122,18 @@ def _child(side: str, dtype: str, path: str, threads: int) -> None:
         _our_times(engine, prompt)
     else:
         LlamaCppSide(Path(path), threads).times(prompt)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mib": _vm_hwm_kib() / 1024}))
+
+
+def _vm_hwm_kib() -> float:
+    """This process's peak RSS since exec (VmHWM; ru_maxrss would include the parent's at fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: KiB on Linux, bytes on macOS
 
 
 def bench(name: str, repeats: int, threads: int, rss: bool) -> dict:
