@@ -208,3 +208,21 @@ def test_generator_and_runner_use_the_c_step_for_quantized_models(tmp_path):
     gen = Generator.from_pretrained(src, device="cpu", dtype="int4")
     assert "int4" in gen.describe() and (native.library() is None or "C step" in gen.describe())
     assert isinstance(gen.generate("안녕", max_length=4, temperature=0), str)
+
+
+@pytest.mark.slow
+def test_serve_decodes_an_int4_model_like_the_generator(tmp_path):
+    """`krllm serve --dtype int4`: the start-up line names the format, and a greedy completion over HTTP
+    is the one the in-process Generator gives with the same quantized weights."""
+    import httpx
+    from serve_process import serve_process
+
+    from krllm.infer.generator import Generator
+
+    src = tiny_model_dir(tmp_path / "fp32", hidden_size=64, intermediate_size=160)
+    want = Generator.from_pretrained(src, device="cpu", dtype="int4").generate("안녕", max_length=8, temperature=0)
+    with serve_process(src, "--dtype", "int4", "--device", "cpu") as (proc, url):
+        r = httpx.post(url + "/v1/completions", json={"model": "fp32", "prompt": "안녕", "max_tokens": 8,
+                                                      "temperature": 0}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == want
