@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32, help="server KV-cache slots")
     ap.add_argument("--threads", type=int, default=0, help="server CPU threads (0 = torch default)")
     ap.add_argument("--config", choices=["31m", "tiny"], default="31m", help="model shape (default 31m)")
-    ap.add_argument("--dtype", default="auto", help="server weights: auto (default, as `krllm serve`), fp32 or bf16")
+    ap.add_argument("--dtype", default="auto", help="server weights: auto (default, as `krllm serve`), fp32, bf16, int8 or int4")
     args = ap.parse_args()
 
     import httpx
@@ -172,7 +172,7 @@ def main() -> None:
     url, peak = server.url, server.peak
     try:
         asyncio.run(_load(url, 2, 1, 8))  # warm-up
-        print(f"krllm serve on {url}: random {args.config} model, {args.max_batch} slots; "
+        print(f"krllm serve on {url}: random {args.config} model, --dtype {args.dtype}, {args.max_batch} slots; "
               f"{args.requests_per_client} streaming requests per client, {args.max_tokens} tokens each")
         print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} "
               f"{'lat p50':>8} {'lat p99':>8} {'engine':>7} {'tok/step':>7} {'ms/step':>7} {'client CPU':>10}")

@@ -27,7 +27,8 @@ def add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
                    help="stop when this text appears (not printed; repeatable)")
     p.add_argument("--base", default=None, help="base model directory when DIR is a PEFT adapter")
     p.add_argument("--device", default="auto", help="auto (default: cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto: bf16 where the device "
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16, int8 or int4 (int8/int4: weights quantized at load, "
+                   "see docs/quantization.md; default auto: bf16 where the device "
                    "multiplies it natively, e.g. CPUs with AVX-512 BF16, else fp32)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0 = all cores; 1 is often "
                    "faster on a machine busy with other jobs)")

@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-batch", type=int, default=None, help="sequences decoded together (KV-cache slots; "
                    "default 16)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
-    p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16 (default from the config: auto = bf16 "
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16, int8 or int4 (int8/int4: weights quantized at load, "
+                   "see docs/quantization.md; default from the config: auto = bf16 "
                    "where the device multiplies it natively, e.g. CPUs with AVX-512 BF16, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 0 = all cores; 1 is often "
                    "faster on a machine busy with other jobs)")

@@ -42,7 +42,8 @@ class EngineConfig(StrictModel):
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")
     dtype: str | None = Field("auto", description="auto = bf16 where the device multiplies it natively (CUDA, "
                                                   "CPUs with AVX-512 BF16 / AMX), else fp32; None = as saved; "
-                                                  "fp32, bf16 or fp16 to cast")
+                                                  "fp32, bf16 or fp16 to cast; int8 / int4 to "
+                                                  "quantize the weights at load (docs/quantization.md)")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores). On a "
                                               "machine shared with other jobs, 1 is often much faster")
 

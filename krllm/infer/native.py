@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -108,6 +109,7 @@ def build_library(out: Path, flags: list[str]) -> ctypes.CDLL | None:
 def open_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.krllm_features.restype = ctypes.c_int
+    lib.krllm_qpath.restype = ctypes.c_int
     lib.krllm_work_floats.restype = ctypes.c_long
     lib.krllm_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.krllm_decode.restype = ctypes.c_int
@@ -117,10 +119,12 @@ def open_library(path: Path) -> ctypes.CDLL:
 
 
 def features() -> dict[str, bool]:
-    """What the compiled step uses here: OpenMP threads, AVX-512 BF16 dot products for bf16 weights."""
+    """What the compiled step uses here: OpenMP threads, AVX-512 BF16 dot products for bf16 weights, and
+    which int8/int4 kernels (AVX-512 VNNI, AVX2 or portable C)."""
     lib = library()
     bits = lib.krllm_features() if lib is not None else 0
-    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2)}
+    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2),
+            "int_kernels": QPATHS[lib.krllm_qpath()] if lib is not None else None}
 
 
 class _Model(ctypes.Structure):
@@ -135,10 +139,29 @@ class _Model(ctypes.Structure):
         ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
         ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
         ("qkv_bias", ctypes.POINTER(ctypes.c_void_p)),  # NULL: no q/k/v biases (Llama)
+        ("qtype", ctypes.c_int), ("head_qtype", ctypes.c_int), ("group_size", ctypes.c_int),
+        ("qkv_s", ctypes.POINTER(ctypes.c_void_p)), ("o_s", ctypes.POINTER(ctypes.c_void_p)),
+        ("gate_up_s", ctypes.POINTER(ctypes.c_void_p)), ("down_s", ctypes.POINTER(ctypes.c_void_p)),
+        ("lm_head_s", ctypes.c_void_p), ("embed_s", ctypes.c_void_p),
     ]
 
 
 NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+# Quantized matrices (krllm.model.quant) by their stored dtype -> the C step's type code.
+QTYPES = {torch.int8: 2, torch.uint8: 3}
+QPATHS = {0: "portable C", 1: "AVX2", 2: "AVX-512 VNNI"}
+
+
+class QMat(NamedTuple):
+    """A quantized matrix for the C step: int8 (out, in) or packed int4 uint8 (out, in / 2), and its
+    fp32 scales (out,) or (out, in / group_size); krllm.model.quant documents the formats."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def qtype(self) -> int:
+        return QTYPES[self.data.dtype]
 
 
 class NativeDecoder:
@@ -151,7 +174,12 @@ class NativeDecoder:
 
     def __init__(self, lib: ctypes.CDLL, cfg, layers: list[tuple[torch.Tensor, ...]], lm_head: torch.Tensor,
                  embed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, max_rows: int, qkv_bias: list[torch.Tensor] | None = None):
+                 v_cache: torch.Tensor, max_rows: int, qkv_bias: list[torch.Tensor] | None = None,
+                 group_size: int = 32):
+        quantized = isinstance(layers[0][0], QMat)
+        if quantized:
+            return self._init_quantized(lib, cfg, layers, lm_head, embed, cos, sin, k_cache, v_cache, max_rows,
+                                        qkv_bias, group_size)
         dtype = embed.dtype
         tensors = [w for ws in layers for w in ws] + [lm_head, embed]
         if any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
@@ -175,6 +203,47 @@ class NativeDecoder:
         self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(dtype == torch.bfloat16), cfg.rms_norm_eps,
                             *self._ptrs, lm_head.data_ptr(), embed.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                             k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs)
+        self._buffers(lib, V, max_rows)
+
+    def _init_quantized(self, lib, cfg, layers, lm_head: QMat, embed: QMat, cos, sin, k_cache, v_cache, max_rows,
+                        qkv_bias, group_size: int) -> None:
+        """int8 / int4 matrices (QMat) as krllm.model.quant stores them (rows padded to whole 32-column
+        blocks), int4 groups a multiple of 32; the RMSNorm weights already folded in."""
+        mats = [w for ws in layers for w in ws] + [lm_head, embed]
+        qtype = layers[0][0].qtype
+        if any(not isinstance(w, QMat) for w in mats) or any(w.qtype != qtype for ws in layers for w in ws):
+            raise ValueError("native decode needs every layer matrix in one quantized format")
+        if lm_head.qtype != embed.qtype:
+            raise ValueError("native decode needs lm_head and the embedding in one quantized format")
+        if any(w.data.device.type != "cpu" or not w.data.is_contiguous() or not w.scale.is_contiguous()
+               or w.scale.dtype != torch.float32 for w in mats):
+            raise ValueError("native decode needs contiguous CPU quantized weights with fp32 scales")
+        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
+            raise ValueError("native decode needs contiguous fp32 rope tables and caches")
+        n_layers, R, KV, S, D = k_cache.shape
+        H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+        if group_size % 32:
+            raise ValueError(f"native int4 decode needs a group size in multiples of 32, not {group_size}")
+        if qkv_bias is not None and (len(qkv_bias) != n_layers or any(
+                b.dtype != torch.float32 or not b.is_contiguous() or b.shape != ((H + 2 * KV) * D,) for b in qkv_bias)):
+            raise ValueError("native decode needs one contiguous fp32 q/k/v bias of (H + 2 KV) D per layer")
+        self.lib = lib
+        self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache, qkv_bias)
+        V = lm_head.data.shape[0]
+
+        def ptrs(i, part):
+            return (ctypes.c_void_p * n_layers)(*[getattr(ws[i], part).data_ptr() for ws in layers])
+
+        self._ptrs = [ptrs(i, "data") for i in range(4)] + [ptrs(i, "scale") for i in range(4)]
+        self._bias_ptrs = None if qkv_bias is None else (ctypes.c_void_p * n_layers)(*[b.data_ptr() for b in qkv_bias])
+        self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, 0, cfg.rms_norm_eps,
+                            *self._ptrs[:4], lm_head.data.data_ptr(), embed.data.data_ptr(), cos.data_ptr(),
+                            sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs,
+                            qtype, lm_head.qtype, group_size, *self._ptrs[4:], lm_head.scale.data_ptr(),
+                            embed.scale.data_ptr())
+        self._buffers(lib, V, max_rows)
+
+    def _buffers(self, lib, V: int, max_rows: int) -> None:
         self.vocab_size = V
         threads = max(torch.get_num_threads(), os.cpu_count() or 1)
         self._work = torch.empty(lib.krllm_work_floats(ctypes.byref(self.model), max_rows, threads),

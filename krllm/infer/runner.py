@@ -55,6 +55,42 @@ def native_weights(model) -> dict:
                 embed=model.model.embed_tokens.weight.contiguous())
 
 
+def quantized_native_weights(model) -> dict | None:
+    """native_weights for a model quantized by krllm.model.quant: each fused matrix (q/k/v, gate/up) is
+    concatenated once and the model's own quantized buffers become views of it (same values, one copy
+    in memory). None when an RMSNorm weight is not 1 (quantize_model folds them; the C step has no norm weight)."""
+    from krllm.model.quant import QuantLinear
+
+    norms = [model.model.norm.weight] + [n for b in model.model.layers
+                                         for n in (b.input_layernorm.weight, b.post_attention_layernorm.weight)]
+    if any(not bool((n == 1).all()) for n in norms):
+        return None
+
+    def fused(owner, names) -> native.QMat:
+        lins: list[QuantLinear] = [getattr(owner, n) for n in names]
+        data = torch.cat([q.weight for q in lins]).contiguous()
+        scale = torch.cat([q.weight_scale for q in lins]).contiguous()
+        start = 0
+        for q in lins:  # the model reads the fused copy from now on: no second copy in memory
+            n = q.weight.shape[0]
+            q.weight, q.weight_scale = data[start:start + n], scale[start:start + n]
+            start += n
+        return native.QMat(data, scale)
+
+    def own(q) -> native.QMat:
+        return native.QMat(q.weight.contiguous(), q.weight_scale.contiguous())
+
+    layers, biases = [], []
+    for block in model.model.layers:
+        a, m = block.self_attn, block.mlp
+        layers.append((fused(a, ("q_proj", "k_proj", "v_proj")), own(a.o_proj), fused(m, ("gate_proj", "up_proj")),
+                       own(m.down_proj)))
+        biases.append(None if a.q_proj.bias is None else
+                      torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).float().contiguous())
+    return dict(layers=layers, qkv_bias=biases if biases[0] is not None else None, lm_head=own(model.lm_head),
+                embed=own(model.model.embed_tokens))
+
+
 def prompt_tensor(ids: list[int] | torch.Tensor, device: torch.device, max_seq_len: int) -> torch.Tensor:
     """A prompt as a (1, T) id tensor on `device`, checked against the cache (every runner's prefill)."""
     ids = torch.as_tensor(ids, dtype=torch.long, device=device).view(1, -1)  # (1, T)
@@ -83,6 +119,9 @@ class ModelRunner:
         # 32 rows). It costs 2x KV memory in bf16; on GPUs the cache keeps the model's dtype.
         cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         self.cache = SlotKVCache.for_model(cfg, n_slots, max_seq_len, self.device, cache_dtype)
+        from krllm.model.quant import quant_spec
+
+        self.quant = quant_spec(model)  # int8 / int4 weights (krllm.model.quant), or None
         lib = native.library() if use_native and self.device.type == "cpu" and self.dtype in native.NATIVE_DTYPES else None
         self.native = None  # the PyTorch path, until the C step has matched it on one token
         self.native = self._native_decoder(lib, model.model.rotary_emb, max_seq_len) if lib is not None else None
@@ -91,23 +130,36 @@ class ModelRunner:
         # wins in fp32 and, with AVX-512 BF16, in bf16, but without that it widens bf16 weights to
         # fp32 and is even with oneDNN at ~8 rows. Measured by benchmarks/decode_batch.py.
         self.native_max_rows = (n_slots if self.dtype == torch.float32 or native.features()["avx512_bf16"]
-                                else 8)
+                                else 8)  # quantized models are fp32 here: the C step at every batch size
         self.decode_path = ("PyTorch" if self.native is None else "C step" if self.native_max_rows >= n_slots
                             else f"C step up to {self.native_max_rows} rows, PyTorch above")
 
     def _native_decoder(self, lib, rot, max_seq_len: int) -> "native.NativeDecoder | None":
         """The C decode step over this runner's weights and cache, if it computes what the PyTorch
         path computes (checked on one token in the still-empty slot 0; a mismatch means a broken build)."""
-        w = native_weights(self.model)
-        dec = native.NativeDecoder(
-            lib, self.cfg, w["layers"], w["lm_head"], w["embed"], rot.cos[:max_seq_len].float().contiguous(),
-            rot.sin[:max_seq_len].float().contiguous(), self.cache.k, self.cache.v,
-            max(self.cache.n_slots, PREFILL_ROWS), qkv_bias=w["qkv_bias"])
+        w = native_weights(self.model) if self.quant is None else quantized_native_weights(self.model)
+        if w is None:
+            native.log.warning("a quantized model with RMSNorm weights not folded: decoding uses the PyTorch path")
+            return None
+        try:
+            dec = native.NativeDecoder(
+                lib, self.cfg, w["layers"], w["lm_head"], w["embed"], rot.cos[:max_seq_len].float().contiguous(),
+                rot.sin[:max_seq_len].float().contiguous(), self.cache.k, self.cache.v,
+                max(self.cache.n_slots, PREFILL_ROWS), qkv_bias=w["qkv_bias"],
+                group_size=self.quant.group_size if self.quant is not None else 32)
+        except ValueError as e:
+            if self.quant is None:
+                raise
+            native.log.warning("%s: decoding uses the PyTorch path", e)
+            return None
         token = torch.tensor([min(5, self.vocab_size - 1)], device=self.device)
         want = self.decode(token, 1).clone()  # PyTorch path
         self.free(0)
         got = dec.decode(token, [0], [0])
-        tol = 1e-3 if self.dtype == torch.float32 else 0.1
+        # int8/int4: both paths round activations to int8 from fp32 values that differ in the last bit,
+        # and a value on a rounding tie moves a random model's logits by ~2% (measured on the ~31M
+        # benchmark model: a 1e-6 nudge does the same in PyTorch alone); a broken kernel is far off
+        tol = 1e-3 if self.dtype == torch.float32 and self.quant is None else 0.1
         err = (got - want).abs().max().item() / (want.abs().max().item() + 1e-6)
         if not err <= tol:
             native.log.warning("the native decode step disagrees with PyTorch (relative error %.2g): "

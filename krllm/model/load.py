@@ -91,8 +91,10 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
-        """Unique parameters (a tied lm_head counts once)."""
-        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        """Unique parameters (a tied lm_head counts once; quantized weights count one per weight)."""
+        from krllm.model.quant import logical_weights
+
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()) + logical_weights(self.model)
 
     @property
     def source(self) -> str:
@@ -208,13 +210,14 @@ def load_weights(model_dir: str | Path, device: str | torch.device = "cpu", dtyp
 
 
 def inference_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
-    """-> (dtype to cast to, a few words on why) for `--dtype` auto / fp32 / bf16 / fp16."""
+    """-> (dtype to cast to, a few words on why) for `--dtype` auto / fp32 / bf16 / fp16 (int8 / int4:
+    see `load`)."""
     from krllm.device import cpu_supports_bf16, pick_dtype
 
     try:
         target = pick_dtype(requested, device)
-    except ValueError as e:
-        raise KrllmError(str(e)) from None
+    except ValueError:
+        raise KrllmError(f"unknown dtype {requested!r}: use auto, fp32, bf16, fp16, int8 or int4") from None
     if requested != "auto":
         return target, "as requested"
     if target == torch.bfloat16 and device.type == "cpu":
@@ -231,7 +234,7 @@ def _label(path: Path) -> str:
 
 
 def load(path: str | Path, base: str | Path | None = None, device: str | torch.device = "auto",
-         dtype: str | None = None, name: str | None = None) -> LoadedModel:
+         dtype: str | None = None, name: str | None = None, group_size: int | None = None) -> LoadedModel:
     """Load weights (merging an adapter if `path` is or holds one) and the tokenizer; errors name the path.
 
     base: the base model directory of an adapter (default: the one its adapter_config.json records).
@@ -240,23 +243,42 @@ def load(path: str | Path, base: str | Path | None = None, device: str | torch.d
     picks what this device multiplies fastest (krllm.device.pick_dtype: bf16 on CUDA and on CPUs
     with native bf16, where decoding reads half the bytes and runs ~2x faster; fp32 elsewhere).
     The reason is kept in `dtype_reason` and shown by the start-up line.
+    int8 / int4 quantize the weights at load (krllm.model.quant: per-row int8, or int4 in groups of
+    `group_size` columns, default 32); a directory written by `krllm.model.quant.save_quantized` loads
+    quantized as saved, whatever float dtype is asked (its activations are fp32).
     name: the model id (default: the directory name, or the run's name).
     """
     from krllm.data.tokens.chat_tokens import stop_ids
     from krllm.device import pick_device
 
+    from krllm.model import quant
+
     model_dir = resolve_model_dir(path)
     dev = pick_device(device) if isinstance(device, str) else torch.device(device)
-    target, reason = inference_dtype(dtype, dev) if dtype is not None else (None, "as saved")
+    saved = None if is_adapter_dir(model_dir) else quant.read_spec(model_dir)
+    quantize = dtype if quant.is_integer_dtype_name(dtype) else None
+    if saved is not None:
+        if quantize is not None and quantize != saved.format:
+            raise KrllmError(f"{model_dir} holds {saved.format} weights (config.json {quant.CONFIG_KEY}); it cannot be "
+                             f"loaded as {quantize}: quantize the original directory instead")
+        target, reason = None, f"{saved.format} weights as saved, fp32 activations"
+    elif quantize is not None:
+        target, reason = torch.float32, f"{quantize} weights quantized at load, fp32 activations"
+    else:
+        target, reason = inference_dtype(dtype, dev) if dtype is not None else (None, "as saved")
     adapter = base_dir = None
     info: dict = {}
-    if is_adapter_dir(model_dir):
+    if saved is not None:
+        model = quant.load_quantized(model_dir, device=dev)
+    elif is_adapter_dir(model_dir):
         adapter, base_dir = model_dir, resolve_base(model_dir, base)
         model = load_weights(base_dir, device="cpu", dtype=target)
         info = merge_adapter(model, adapter)  # on CPU, each merged weight computed in fp32
         model = model.to(device=dev)
     else:
         model = load_weights(model_dir, device=dev, dtype=target)
+    if quantize is not None and saved is None:
+        model = quant.quantize_model(model, quantize, group_size or quant.DEFAULT_GROUP_SIZE)
     tok_dir = tokenizer_dir(adapter, base_dir or model_dir)
     tokenizer = load_tokenizer(tok_dir)
     if len(tokenizer) > config_vocab_size(model.config):

@@ -58,6 +58,11 @@ typedef struct {
     const float *cos, *sin; /* (S_max, D) */
     float *k_cache, *v_cache;
     const float **qkv_bias; /* per layer (H + 2 KV) D fp32, added before RoPE (Qwen2); NULL: none */
+    /* quantized weights (see "int8 / int4 weights" below): 0 = none (fp32 / bf16 as `bf16` says),
+       2 = int8, 3 = int4, for the layers' matrices and for lm_head + embedding; their scales */
+    int qtype, head_qtype, group_size;
+    const float **qkv_s, **o_s, **gate_up_s, **down_s;
+    const float *lm_head_s, *embed_s;
 } Model;
 
 static inline float bf16_to_float(uint16_t b) {
@@ -314,6 +319,231 @@ static float dot1(int bf16, const void *w, long row, long n, const float *x) {
     return s;
 }
 
+/* ---------------------------------------------------------------- int8 / int4 weights
+Quantized weights (krllm.model.quant): int8 (out, in) with one fp32 scale per row, or int4 as q4_0
+packs it: per run of 32 columns, 16 bytes, byte j = column j (low nibble) | column j + 16 (high
+nibble), stored as q + 8 (0..15), one fp32 scale per group of group_size columns (a multiple of 32).
+The input of each such matmul is first rounded to int8 in blocks of QK = 32 columns, one scale per
+block (llama.cpp's q8_0, and what krllm.model.quant.QuantLinear computes), so a block's dot product
+is exact integer arithmetic, scaled once: y = sum_blocks s_w * s_x * sum_j q_w q_x.
+
+Rows are stored padded with zero columns to whole blocks (QPAD), int4 scales per group with a
+narrower last group when group_size does not divide the width.
+Prepared input of n columns, padded with zeros to np = QPAD(n), in the np floats of xs that the row
+owns (xs rows are np apart for quantized matrices):
+  int8_t xq[np]: the rounded values, in the order the weight kernels read them;
+  int32_t corr[np / 4]: per 4 columns, -(weight offset) * their sum: the integer instructions take
+    unsigned weights (int8 XOR 0x80 = q + 128, int4 nibbles = q + 8), so an accumulator that starts
+    at corr comes out as the signed dot product;
+  float sl[np / 4]: per 4 columns, the scale of their block.
+QPATH (build time, like LANES): 2 = AVX-512 VNNI (vpdpbusd, 64 columns per instruction), 1 = AVX2
+(vpmaddubsw + vpmaddwd, 32), 0 = portable C. With QPATH 2 an int4 pair of blocks is unpacked as
+[low nibbles of both | high nibbles of both], so xq of each whole pair of blocks is stored in that
+order (columns 0-15 of block 0, 0-15 of block 1, 16-31 of block 0, 16-31 of block 1). */
+#define QK 32
+#define QPAD(n) (((n) + QK - 1) / QK * QK) /* stored columns of a quantized row: whole blocks, zeros past n */
+enum { WT_F32 = 0, WT_BF16 = 1, WT_INT8 = 2, WT_INT4 = 3 };
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#define QPATH 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#define QPATH 1
+#else
+#define QPATH 0
+#endif
+#if QPATH > 0
+#include <immintrin.h>
+#endif
+
+static inline int q_offset(int qt) {
+#if QPATH == 2
+    return qt == WT_INT8 ? 128 : 8;
+#elif QPATH == 1
+    return qt == WT_INT8 ? 0 : 8; /* AVX2 int8 multiplies |w| by x * sign(w): no offset */
+#else
+    (void)qt;
+    return 0;
+#endif
+}
+
+/* Where column j of block b of n columns goes in xq. */
+static inline long q_pos(int qt, long b, int j, long n) {
+#if QPATH == 2
+    if (qt == WT_INT4 && (b | 1) < n / QK) /* a whole pair of blocks */
+        return (b & ~1L) * QK + (j & 16 ? 32 : 0) + (b & 1) * 16 + (j & 15);
+#else
+    (void)qt, (void)n;
+#endif
+    return b * QK + j;
+}
+
+/* Written so that GCC/clang vectorize the block loops (division and round-to-even are exact per lane,
+   so the result is the scalar one): every thread prepares its own copy of x for each matmul. */
+static void prepare_q(const float *x, void *dst, long n, int qt) {
+    const long np = QPAD(n);
+    int8_t *xq = (int8_t *)dst;
+    int32_t *corr = (int32_t *)((char *)dst + np);
+    float *sl = (float *)((char *)dst + 2 * np);
+    const int off = q_offset(qt);
+    for (long b = 0; b < np / QK; b++) {
+        const float *xb = x + b * QK;
+        const int r = n - b * QK < QK ? (int)(n - b * QK) : QK; /* columns of this block (the last may be short) */
+        float amax = 0.f;
+        for (int j = 0; j < r; j++) {
+            const float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        const float s = amax / 127.f, d = s == 0.f ? 1.f : s;
+        int8_t q[QK];
+        if (r == QK)
+            for (int j = 0; j < QK; j++) {
+                float v = nearbyintf(xb[j] / d); /* as torch.round(x / s): ties to even */
+                v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+                q[j] = (int8_t)v;
+            }
+        else
+            for (int j = 0; j < QK; j++) {
+                float v = j < r ? nearbyintf(xb[j] / d) : 0.f;
+                v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+                q[j] = (int8_t)v;
+            }
+        memcpy(xq + q_pos(qt, b, 0, np), q, 16); /* columns 0-15 and 16-31 each stay together */
+        memcpy(xq + q_pos(qt, b, 16, np), q + 16, 16);
+        for (int j = 0; j < QK; j += 4) sl[q_pos(qt, b, j, np) / 4] = s;
+    }
+    if (off != 0)
+        for (long L = 0; L < np / 4; L++) corr[L] = -off * (xq[4 * L] + xq[4 * L + 1] + xq[4 * L + 2] + xq[4 * L + 3]);
+}
+
+/* Value of int4 column j of a row's packed bytes (-8..7). */
+static inline int q4_at(const uint8_t *w, long j) {
+    const uint8_t byte = w[(j / QK) * (QK / 2) + (j % QK) % 16];
+    return (j % QK < 16 ? byte & 15 : byte >> 4) - 8;
+}
+
+/* Integer dot product of block b (natural column order in xq) with one weight row, in plain C. */
+static inline int qdot_block(int qt, const void *wrow, const int8_t *xq, long b) {
+    int s = 0;
+    if (qt == WT_INT8) {
+        const int8_t *w = (const int8_t *)wrow + b * QK;
+        for (int j = 0; j < QK; j++) s += w[j] * xq[b * QK + j];
+    } else {
+        const uint8_t *w = (const uint8_t *)wrow + b * (QK / 2);
+        for (int j = 0; j < 16; j++) s += ((w[j] & 15) - 8) * xq[b * QK + j] + ((w[j] >> 4) - 8) * xq[b * QK + 16 + j];
+    }
+    return s;
+}
+
+/* y[r] (+)= row r of the nr (<= ROWS) weight rows at wrows . prepared x; n: padded columns (QPAD);
+   ws: the rows' scales (int8: one per row; int4: ng per row). */
+static inline __attribute__((always_inline)) void qtile(int qt, const void *wrows, const float *ws, long n, long ng,
+                                                        int group, const void *xp, float *y, int nr, int accumulate) {
+    const int8_t *xq = (const int8_t *)xp;
+    const float *sl = (const float *)((const char *)xp + 2 * n);
+    const long rb = qt == WT_INT8 ? n : n / 2; /* bytes per row */
+    float acc[ROWS] = {0.f, 0.f, 0.f, 0.f};
+    long i = 0;
+#if QPATH == 2
+    {
+        const int32_t *corr = (const int32_t *)((const char *)xp + n);
+        __m512 a[ROWS] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        if (qt == WT_INT8) {
+            const __m512i flip = _mm512_set1_epi8((char)0x80);
+            for (; i + 2 * QK <= n; i += 2 * QK) {
+                const __m512i xv = _mm512_loadu_si512(xq + i), cv = _mm512_loadu_si512(corr + i / 4);
+                const __m512 sv = _mm512_loadu_ps(sl + i / 4);
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512((const int8_t *)wrows + r * rb + i), flip);
+                    a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv, xv)), sv, a[r]);
+                }
+            }
+        } else {
+            const __m256i low = _mm256_set1_epi8(15);
+            for (; i + 2 * QK <= n; i += 2 * QK) {
+                const __m512i xv = _mm512_loadu_si512(xq + i), cv = _mm512_loadu_si512(corr + i / 4);
+                const __m512 sv = _mm512_loadu_ps(sl + i / 4);
+                const long g0 = i / group, g1 = (i + QK) / group;
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    const __m256i p = _mm256_loadu_si256((const __m256i *)((const uint8_t *)wrows + r * rb + i / 2));
+                    const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(p, low)),
+                                                          _mm256_and_si256(_mm256_srli_epi16(p, 4), low), 1);
+                    const __m512 s = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(ws[r * ng + g0]),
+                                                          _mm512_set1_ps(ws[r * ng + g1]));
+                    a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv, xv)), _mm512_mul_ps(sv, s), a[r]);
+                }
+            }
+        }
+        for (int r = 0; r < nr; r++) acc[r] = _mm512_reduce_add_ps(a[r]);
+    }
+#elif QPATH == 1
+    {
+        const int32_t *corr = (const int32_t *)((const char *)xp + n);
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256 a[ROWS] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        if (qt == WT_INT8) {
+            for (; i + QK <= n; i += QK) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
+                const __m256 sv = _mm256_loadu_ps(sl + i / 4);
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    const __m256i w = _mm256_loadu_si256((const __m256i *)((const int8_t *)wrows + r * rb + i));
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)), ones);
+                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, a[r]);
+                }
+            }
+        } else {
+            const __m128i low = _mm_set1_epi8(15);
+            for (; i + QK <= n; i += QK) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
+                const __m256i cv = _mm256_loadu_si256((const __m256i *)(corr + i / 4));
+                const __m256 sv = _mm256_loadu_ps(sl + i / 4);
+                const long g = i / group;
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    const __m128i p = _mm_loadu_si128((const __m128i *)((const uint8_t *)wrows + r * rb + i / 2));
+                    const __m256i wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), low), _mm_and_si128(p, low));
+                    const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones), cv);
+                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sv, _mm256_set1_ps(ws[r * ng + g])), a[r]);
+                }
+            }
+        }
+        for (int r = 0; r < nr; r++) {
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a[r]), _mm256_extractf128_ps(a[r], 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            acc[r] = _mm_cvtss_f32(h);
+        }
+    }
+#endif
+    for (; i < n; i += QK) /* portable, and the last odd block of the VNNI path (natural order) */
+        for (int r = 0; r < nr; r++) {
+            const float s = qt == WT_INT8 ? sl[i / 4] : sl[i / 4] * ws[r * ng + i / group];
+            acc[r] += (float)qdot_block(qt, (const char *)wrows + r * rb, xq, i / QK) * s;
+        }
+    for (int r = 0; r < nr; r++) {
+        const float v = qt == WT_INT8 ? acc[r] * ws[r] : acc[r];
+        y[r] = accumulate ? y[r] + v : v;
+    }
+}
+
+/* Output rows [row0, row1) of Y[b] (+)= W @ X[b] for quantized W, as matmul_rows; Xs holds X prepared
+   by prepare_q (each batch row's n_in floats). */
+static void matmul_rows_q(int qt, int group, const void *w, const float *ws, long n_in, const float *Xs,
+                          const int *idx, int n_live, long row0, long row1, float *Y, long y_stride, long out0,
+                          int accumulate) {
+    const long np = QPAD(n_in), rb = qt == WT_INT8 ? np : np / 2, ng = qt == WT_INT8 ? 1 : (n_in + group - 1) / group;
+    long o = row0;
+    for (; o + ROWS <= row1; o += ROWS)
+        for (int k = 0; k < n_live; k++)
+            qtile(qt, (const char *)w + o * rb, ws + o * ng, np, ng, group, Xs + idx[k] * np,
+                  Y + idx[k] * y_stride + o - out0, ROWS, accumulate);
+    for (; o < row1; o++)
+        for (int k = 0; k < n_live; k++)
+            qtile(qt, (const char *)w + o * rb, ws + o * ng, np, ng, group, Xs + idx[k] * np,
+                  Y + idx[k] * y_stride + o - out0, 1, accumulate);
+}
+
 /* Output rows [row0, row1) of Y[b] (+)= W @ X[b] for the n_live batch rows in `idx`; W (n_out, n_in).
    Row o of batch row b goes to Y[b * y_stride + o - out0]. Xs holds X prepared for bf16 weights. */
 static void matmul_rows(const Model *m, const void *w, long n_in, const float *X, const float *Xs,
@@ -355,10 +585,32 @@ static void matmul_rows(const Model *m, const void *w, long n_in, const float *X
         }
 }
 
+/* A weight matrix as the step reads it: its data, its scales (quantized types) and its type. */
+typedef struct {
+    const void *w;
+    const float *s;
+    int type; /* WT_* */
+} Mat;
+
+static inline int layer_type(const Model *m) { return m->qtype ? m->qtype : m->bf16 ? WT_BF16 : WT_F32; }
+static inline int head_type(const Model *m) { return m->head_qtype ? m->head_qtype : layer_type(m); }
+static inline Mat layer_mat(const Model *m, const void *const *w, const float *const *s, int l) {
+    return (Mat){w[l], s != NULL ? s[l] : NULL, layer_type(m)};
+}
+
+static void matmul_any(const Model *m, Mat w, long n_in, const float *X, const float *Xs, const int *idx, int n_live,
+                       long row0, long row1, float *Y, long y_stride, long out0, int accumulate) {
+    if (w.type >= WT_INT8)
+        matmul_rows_q(w.type, m->group_size, w.w, w.s, n_in, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
+    else
+        matmul_rows(m, w.w, n_in, X, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
+}
+
 /* Output rows per work item: about 32 KB of weights, a whole number of ROWS blocks, at most CHUNK_MAX. */
 #define CHUNK_MAX 128
-static long chunk_rows(long n_in, int bf16) {
-    long rows = 32768 / (n_in * (bf16 ? 2 : 4)) / ROWS * ROWS;
+static inline int weight_bits(int wt) { return wt == WT_F32 ? 32 : wt == WT_BF16 ? 16 : wt == WT_INT8 ? 8 : 4; }
+static long chunk_rows(long n_in, int wt) {
+    long rows = 32768L * 8 / (n_in * weight_bits(wt)) / ROWS * ROWS;
     return rows < ROWS ? ROWS : rows > CHUNK_MAX ? CHUNK_MAX : rows;
 }
 
@@ -421,13 +673,13 @@ static void wait_done(Phase *ph, int n_items) {
 }
 
 /* Every item of a matmul phase: output rows in chunks, for all live batch rows. */
-static void matmul_phase(Phase *ph, const Model *m, const void *w, long n_in, const float *X, const float *Xs,
+static void matmul_phase(Phase *ph, const Model *m, Mat w, long n_in, const float *X, const float *Xs,
                          const int *idx, int n_live, long n_out, float *Y, int accumulate) {
-    const long rows = chunk_rows(n_in, m->bf16);
+    const long rows = chunk_rows(n_in, w.type);
     const int n_items = (int)((n_out + rows - 1) / rows);
     for (int c; (c = claim(ph, n_items)) >= 0; finish(ph)) {
         const long r0 = c * rows, r1 = r0 + rows < n_out ? r0 + rows : n_out;
-        matmul_rows(m, w, n_in, X, Xs, idx, n_live, r0, r1, Y, n_out, 0, accumulate);
+        matmul_any(m, w, n_in, X, Xs, idx, n_live, r0, r1, Y, n_out, 0, accumulate);
     }
     wait_done(ph, n_items);
 }
@@ -435,7 +687,16 @@ static void matmul_phase(Phase *ph, const Model *m, const void *w, long n_in, co
 /* h[b] = x[b] / sqrt(mean(x[b]^2) + eps) for the listed rows (the norm's weight is folded into the
    next matmul), and h prepared for bf16 weights. Every thread computes its own copy: cheaper than
    making the others wait for one. */
-static void rms_norm_rows(const Model *m, const float *x, float *h, float *hs, const int *idx, int n_live) {
+/* x prepared for weights of type wt: bf16 (prepare_x_bf16) or quantized (prepare_q). */
+static inline void prepare_for(int wt, const float *x, float *xs, long n) {
+    if (wt == WT_BF16) prepare_x_bf16(x, xs, n);
+    else if (wt >= WT_INT8) prepare_q(x, xs, n, wt);
+}
+
+/* Floats between batch rows of prepared inputs of n columns (quantized rows are padded to whole blocks). */
+static inline long xs_stride(int wt, long n) { return wt >= WT_INT8 ? QPAD(n) : n; }
+
+static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, float *hs, const int *idx, int n_live) {
     const int C = m->hidden;
     for (int k = 0; k < n_live; k++) {
         const float *xb = x + (long)idx[k] * C;
@@ -444,13 +705,12 @@ static void rms_norm_rows(const Model *m, const float *x, float *h, float *hs, c
         for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
         const float s = 1.f / sqrtf(ss / C + m->eps);
         for (int i = 0; i < C; i++) hb[i] = xb[i] * s;
-        if (m->bf16) prepare_x_bf16(hb, hs + (long)idx[k] * C, C);
+        prepare_for(wt, hb, hs + (long)idx[k] * xs_stride(wt, C), C);
     }
 }
 
-static void prepare_rows(const Model *m, const float *X, float *Xs, long n, const int *idx, int n_live) {
-    if (m->bf16)
-        for (int k = 0; k < n_live; k++) prepare_x_bf16(X + idx[k] * n, Xs + idx[k] * n, n);
+static void prepare_rows(int wt, const float *X, float *Xs, long n, const int *idx, int n_live) {
+    for (int k = 0; k < n_live; k++) prepare_for(wt, X + idx[k] * n, Xs + idx[k] * xs_stride(wt, n), n);
 }
 
 /* transformers' rotate_half pairing: element i turns with element i + D/2. */
@@ -506,6 +766,9 @@ int krllm_features(void) {
     return f;
 }
 
+/* Which int8/int4 kernels this build has: QPATH (2 AVX-512 VNNI, 1 AVX2, 0 portable C). */
+int krllm_qpath(void) { return QPATH; }
+
 #define PHASES_PER_LAYER 6
 
 /* Floats of `work` that krllm_decode needs for B rows and T threads (krllm.infer.native sizes it). */
@@ -514,7 +777,7 @@ long krllm_work_floats(const Model *m, int B, int T) {
     const long QKV = HD + 2L * m->n_kv * m->head_dim;
     const long widest = I > C ? (I > HD ? I : HD) : (C > HD ? C : HD);
     const long shared = B * (C + QKV + HD + I);
-    const long per_thread = B * C + B * widest + m->max_seq + 2L * B * CHUNK_MAX;
+    const long per_thread = B * C + B * (widest + QK) + m->max_seq + 2L * B * CHUNK_MAX;
     return shared + T * per_thread;
 }
 
@@ -543,11 +806,19 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
     const long widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
     float *x = work, *qkv = x + (long)B * C, *y = qkv + (long)B * QKV, *act = y + (long)B * H * D;
     float *private0 = act + (long)B * I;
-    const long per_thread = (long)B * C + B * widest + S + 2L * B * CHUNK_MAX;
+    const long per_thread = (long)B * C + B * (widest + QK) + S + 2L * B * CHUNK_MAX;
 
     for (int k = 0; k < n_live; k++) {
         const int b = idx[k];
-        if (m->bf16) {
+        if (m->head_qtype == WT_INT8) {
+            const int8_t *e = (const int8_t *)m->embed + tokens[b] * (long)QPAD(C);
+            const float s = m->embed_s[tokens[b]];
+            for (int i = 0; i < C; i++) x[(long)b * C + i] = e[i] * s;
+        } else if (m->head_qtype == WT_INT4) {
+            const uint8_t *e = (const uint8_t *)m->embed + tokens[b] * (long)QPAD(C) / 2;
+            const float *s = m->embed_s + tokens[b] * (long)((C + m->group_size - 1) / m->group_size);
+            for (int i = 0; i < C; i++) x[(long)b * C + i] = q4_at(e, i) * s[i / m->group_size];
+        } else if (m->bf16) {
             const uint16_t *e = (const uint16_t *)m->embed + tokens[b] * (long)C;
             for (int i = 0; i < C; i++) x[(long)b * C + i] = bf16_to_float(e[i]);
         } else {
@@ -558,7 +829,8 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
     Counter *counters = aligned_alloc(64, sizeof(Counter) * n_counters);
     if (counters == NULL) return -2;
     for (long i = 0; i < n_counters; i++) atomic_init(&counters[i].v, 0);
-    const long gu_rows = chunk_rows(C, m->bf16); /* intermediate units per gate/up work item */
+    const int wt = layer_type(m), ht = head_type(m);
+    const long gu_rows = chunk_rows(C, wt); /* intermediate units per gate/up work item */
     const int gu_items = (int)((I + gu_rows - 1) / gu_rows), attn_items = n_live * KV;
 
 #pragma omp parallel num_threads(n_threads)
@@ -568,7 +840,7 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
 #else
         float *mine = private0;
 #endif
-        float *h = mine, *xs = h + (long)B * C, *scores = xs + (long)B * widest, *gu = scores + S;
+        float *h = mine, *xs = h + (long)B * C, *scores = xs + (long)B * (widest + QK), *gu = scores + S;
 #ifdef _OPENMP
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
 #else
@@ -578,8 +850,8 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
         for (int l = 0; l < L; l++) {
             for (int p = 0; p < PHASES_PER_LAYER; p++) ph[p] = phase_at(counters, l * PHASES_PER_LAYER + p, team, me);
             const long layer_base = (long)l * R * KV * S * D;
-            rms_norm_rows(m, x, h, xs, idx, n_live);
-            matmul_phase(&ph[0], m, m->qkv[l], C, h, xs, idx, n_live, QKV, qkv, 0);
+            rms_norm_rows(m, wt, x, h, xs, idx, n_live);
+            matmul_phase(&ph[0], m, layer_mat(m, m->qkv, m->qkv_s, l), C, h, xs, idx, n_live, QKV, qkv, 0);
             /* one (row, KV head) per item: RoPE on that group's q heads and its k head, k and v into
                the cache; all of them before any attention, since rows of one slot (a prompt) attend
                to each other's keys */
@@ -607,15 +879,15 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                              pos[b] + 1, scores, y + (long)b * H * D + (long)g * G * D);
             }
             wait_done(&ph[2], attn_items);
-            prepare_rows(m, y, xs, (long)H * D, idx, n_live);
-            matmul_phase(&ph[3], m, m->o[l], (long)H * D, y, xs, idx, n_live, C, x, 1);
-            rms_norm_rows(m, x, h, xs, idx, n_live);
+            prepare_rows(wt, y, xs, (long)H * D, idx, n_live);
+            matmul_phase(&ph[3], m, layer_mat(m, m->o, m->o_s, l), (long)H * D, y, xs, idx, n_live, C, x, 1);
+            rms_norm_rows(m, wt, x, h, xs, idx, n_live);
             /* gate and up rows of the same intermediate units in one item, so it can finish SwiGLU */
             for (int c; (c = claim(&ph[4], gu_items)) >= 0; finish(&ph[4])) {
                 const long j0 = c * gu_rows, j1 = j0 + gu_rows < I ? j0 + gu_rows : I, n = j1 - j0;
-                matmul_rows(m, m->gate_up[l], C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0);
-                matmul_rows(m, m->gate_up[l], C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows,
-                            I + j0, 0);
+                const Mat gum = layer_mat(m, m->gate_up, m->gate_up_s, l);
+                matmul_any(m, gum, C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0);
+                matmul_any(m, gum, C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows, I + j0, 0);
                 for (int k = 0; k < n_live; k++) {
                     const float *gate = gu + (long)idx[k] * 2 * gu_rows, *up = gate + gu_rows;
                     float *a = act + (long)idx[k] * I + j0;
@@ -623,12 +895,12 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                 }
             }
             wait_done(&ph[4], gu_items);
-            prepare_rows(m, act, xs, I, idx, n_live);
-            matmul_phase(&ph[5], m, m->down[l], I, act, xs, idx, n_live, C, x, 1);
+            prepare_rows(wt, act, xs, I, idx, n_live);
+            matmul_phase(&ph[5], m, layer_mat(m, m->down, m->down_s, l), I, act, xs, idx, n_live, C, x, 1);
         }
-        rms_norm_rows(m, x, h, xs, out, n_out);
+        rms_norm_rows(m, ht, x, h, xs, out, n_out);
         Phase last = phase_at(counters, L * PHASES_PER_LAYER, team, me);
-        matmul_phase(&last, m, m->lm_head, C, h, xs, out, n_out, V, logits, 0);
+        matmul_phase(&last, m, (Mat){m->lm_head, m->lm_head_s, ht}, C, h, xs, out, n_out, V, logits, 0);
     }
     free(counters);
     return 0;
