@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("krllm.commands.dpo", "Preference alignment (DPO) with LoRA / DoRA / full."),
     "grpo": ("krllm.commands.grpo", "Reinforcement learning with verifiable rewards (GRPO) on krllm's engine."),
     "merge": ("krllm.commands.merge", "Merge a LoRA/DoRA adapter into its base model (HF directory)."),
+    "adapter": ("krllm.commands.adapter", "Convert a LoRA/DoRA adapter between PEFT and mlx-lm (exact)."),
     "classify-train": ("krllm.commands.classify", "Train a sequence classifier (LoRA) and report accuracy/F1."),
     "generate": ("krllm.commands.generate", "Generate text from a prompt with any krllm/HF Llama directory."),
     "chat": ("krllm.commands.chat", "Chat in the terminal (chat template, streaming)."),
