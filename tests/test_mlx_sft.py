@@ -125,3 +125,34 @@ def test_what_mlx_cannot_do_is_said_before_loading(tmp_path):
 def test_unknown_target_module_is_named(tmp_path):
     with pytest.raises(UsageError, match=r"peft.target_modules: \['qkv'\]"):
         run_sft(cfg_for(tmp_path, peft={"target_modules": ["q_proj", "qkv"]}))
+
+
+@pytest.mark.slow
+def test_resume_starts_from_the_saved_adapter(tmp_path, capsys):
+    """--resume (mlx-lm's --resume-adapter-file on the run's own adapters.safetensors): the continued run's
+    first validation is the first run's final one, and grad_accum counts optimizer steps."""
+    cfg = cfg_for(tmp_path, train={"max_steps": 6, "eval_steps": 100, "logging_steps": 3}, samples={"n": 0},
+                  merge=False)
+    with one_thread():
+        first = run_sft(cfg)
+        capsys.readouterr()
+        again = run_sft(cfg_for(tmp_path, train={"max_steps": 2, "grad_accum": 2, "eval_steps": 100,
+                                                 "logging_steps": 1}, samples={"n": 0}, merge=False), resume=True)
+    log = capsys.readouterr().out
+    assert again["eval_loss_before"] == pytest.approx(first["eval_loss"], abs=1e-5)
+    assert again["steps"] == 2 and "Iter 4: Train loss" in log  # 2 steps x 2 micro-batches
+    with pytest.raises(Exception, match="already holds a run"):
+        run_sft(cfg)
+
+
+def test_cli_backend_flag_reaches_the_config(tmp_path, capsys):
+    import yaml
+
+    from krllm.cli import main
+
+    cfg = cfg_for(tmp_path, backend="torch", peft={"method": "qlora"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["sft", "-c", str(path), "--backend", "mlx"])
+    assert e.value.code == 2 and "backend: mlx cannot run this config" in capsys.readouterr().err

@@ -26,6 +26,7 @@ the key mapping below, and the run directory. mlx-lm's `tuner.trainer.train` run
     data.max_length               --max-seq-length
     train.seed                    --seed
     mlx.optimizer, val_batches    --optimizer, --val-batches
+    mlx.bias_correction           optimizer_config.adam(w).bias_correction (default true here: torch's AdamW)
     mlx.resume_adapter_file       --resume-adapter-file (--resume: the run's own adapters.safetensors)
 
 Run directory, as the PyTorch path's plus mlx-lm's own adapter:
@@ -144,7 +145,11 @@ def optimizer(cfg: SFTRunConfig, lr):
     classes = {"adamw": optim.AdamW, "adam": optim.Adam, "sgd": optim.SGD, "adafactor": optim.Adafactor,
                "muon": optim.Muon}
     base = classes[cfg.mlx.optimizer]
-    kwargs = {"weight_decay": cfg.train.weight_decay} if cfg.mlx.optimizer == "adamw" else {}
+    kwargs = {}
+    if cfg.mlx.optimizer in ("adam", "adamw"):
+        kwargs["bias_correction"] = cfg.mlx.bias_correction
+    if cfg.mlx.optimizer == "adamw":
+        kwargs["weight_decay"] = cfg.train.weight_decay
     max_norm = cfg.train.max_grad_norm
 
     class Clipped(base):

@@ -41,6 +41,8 @@ class MlxSection(StrictModel):
 
     optimizer: Literal["adamw", "adam", "sgd", "adafactor", "muon"] = Field(
         "adamw", description="mlx.optimizers class; adamw uses train.weight_decay (as the PyTorch path's AdamW)")
+    bias_correction: bool = Field(True, description="Adam/AdamW bias correction, as torch's AdamW on the PyTorch "
+                                  "path (the same lr then behaves alike); false = mlx's default, as mlx_lm.lora")
     val_batches: int = Field(25, description="validation batches per evaluation; -1 = the whole validation set")
     resume_adapter_file: str | None = Field(None, description="start from these adapter weights (an "
                                             "adapters.safetensors of mlx_lm.lora or of an earlier run)")
