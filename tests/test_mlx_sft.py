@@ -141,6 +141,8 @@ def test_resume_starts_from_the_saved_adapter(tmp_path, capsys):
     log = capsys.readouterr().out
     assert again["eval_loss_before"] == pytest.approx(first["eval_loss"], abs=1e-5)
     assert again["steps"] == 2 and "Iter 4: Train loss" in log  # 2 steps x 2 micro-batches
+    steps = [r["step"] for r in read_metrics(tmp_path / "runs" / "m" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == [3, 6, 7, 8]  # the resumed run continues the step axis
     with pytest.raises(Exception, match="already holds a run"):
         run_sft(cfg)
 

@@ -219,9 +219,10 @@ def masked_loss(model, ids, learn):
 
 # ---------------------------------------------------------------- logging
 
-def make_callback(logger, report: dict, grad_accum: int = 1):
+def make_callback(logger, report: dict, grad_accum: int = 1, step0: int = 0):
     """mlx-lm reports -> the guide's log lines (mlx-lm's iteration numbers), metrics.jsonl / TensorBoard (at
-    optimizer steps = iterations / grad_accum, as the PyTorch path), and `report` (for summary.json)."""
+    optimizer steps = iterations / grad_accum, as the PyTorch path, after `step0` steps of a resumed run), and
+    `report` (for summary.json)."""
     from mlx_lm.tuner.callbacks import TrainingCallback
 
     class KrllmMlxCallback(TrainingCallback):
@@ -234,7 +235,7 @@ def make_callback(logger, report: dict, grad_accum: int = 1):
                           peak_mem_gb=info["peak_memory"])
             report.setdefault("tok_per_s", []).append(info["tokens_per_second"])
             if logger is not None:
-                logger.log(it // grad_accum, "train", loss=info["train_loss"], lr=info["learning_rate"],
+                logger.log(step0 + it // grad_accum, "train", loss=info["train_loss"], lr=info["learning_rate"],
                            tok_per_s=info["tokens_per_second"], it_per_s=info["iterations_per_second"],
                            peak_mem_gb=info["peak_memory"])
 
@@ -243,7 +244,7 @@ def make_callback(logger, report: dict, grad_accum: int = 1):
             print(f"Iter {it + 1}: Val loss {info['val_loss']:.3f}, Val took {info['val_time']:.3f}s", flush=True)
             report.setdefault("val", []).append((it, info["val_loss"]))
             if logger is not None:
-                logger.log(it // grad_accum, "eval", loss=info["val_loss"])
+                logger.log(step0 + it // grad_accum, "eval", loss=info["val_loss"])
 
     return KrllmMlxCallback()
 
@@ -311,6 +312,14 @@ def _resume_file(cfg: SFTRunConfig, run_dir: Path, resume: bool) -> Path | None:
             raise KrllmError(f"--resume: {f} not found (nothing to continue from)")
         return f
     return None
+
+
+def _steps_done(run_dir: Path) -> int:
+    """Optimizer steps an earlier run in `run_dir` logged (mlx-lm resumes weights only: its counts restart)."""
+    from krllm.tracking import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    return max((int(r["step"]) for r in read_metrics(path)), default=0) if path.exists() else 0
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -401,6 +410,7 @@ def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False
                         grad_checkpoint=cfg.train.gradient_checkpointing,
                         grad_accumulation_steps=cfg.train.grad_accum)
     report: dict = {}
+    step0 = _steps_done(run_dir) if resume else 0  # metrics of a resumed run continue the step axis
     logger = MetricsLogger(run_dir, tensorboard=cfg.tracking.tensorboard, wandb_project=cfg.tracking.wandb_project,
                            run_name=cfg.name)
     mx.reset_peak_memory()
@@ -409,7 +419,7 @@ def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False
         train(model=model, optimizer=optimizer(cfg, schedule(cfg, steps)), train_dataset=Rows(train_rows),
               val_dataset=Rows(eval_rows) if eval_rows else None, args=args, loss=masked_loss,
               iterate_batches=make_batches(tokenizer.pad_token_id, cfg.train.seed),
-              training_callback=make_callback(logger, report, ga))
+              training_callback=make_callback(logger, report, ga, step0))
         train_s = time.time() - t_train
         if eval_rows:  # mlx-lm's last validation runs before the last iteration: validate the final weights
             val_loss = evaluate(model=model, dataset=Rows(eval_rows), batch_size=cfg.train.batch_size,
@@ -417,7 +427,7 @@ def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False
                                 loss=masked_loss, iterate_batches=make_batches(tokenizer.pad_token_id, cfg.train.seed))
             print(f"Iter {iters}: Val loss {val_loss:.3f} (final weights)", flush=True)
             report.setdefault("val", []).append((iters, val_loss))
-            logger.log(steps, "eval", loss=val_loss)
+            logger.log(step0 + steps, "eval", loss=val_loss)
     finally:
         logger.close()
     _check_finite(adapter_dir / "adapters.safetensors")
