@@ -17,7 +17,8 @@ from mlx_helpers import (llama_base, mlx_adapter, mlx_logits, mlx_model, peft_ad
                          qwen2_base, torch_logits)
 
 from krllm.errors import KrllmError, UsageError  # noqa: E402
-from krllm.mlx.adapters import convert_adapter, is_mlx_adapter_dir, read_mlx_config  # noqa: E402
+from krllm.export.adapter import convert_adapter  # noqa: E402
+from krllm.model.mlx import is_mlx_adapter_dir, read_mlx_config  # noqa: E402
 from krllm.model.load import load  # noqa: E402
 
 TOL = 1e-4  # fp32 on both sides; measured max |diff| is ~1e-6 (see the report in docs/mlx.md)

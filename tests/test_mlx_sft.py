@@ -16,7 +16,7 @@ from sft_tiny import one_thread, tiny_base  # noqa: E402
 
 from krllm.config import validate  # noqa: E402
 from krllm.errors import UsageError  # noqa: E402
-from krllm.mlx.train import check_supported, resolve_backend  # noqa: E402
+from krllm.train.mlx_sft import check_supported, resolve_backend  # noqa: E402
 from krllm.tracking import read_metrics  # noqa: E402
 from krllm.train.sft import run_sft  # noqa: E402
 from krllm.train.sft_config import SFTRunConfig  # noqa: E402

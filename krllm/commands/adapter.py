@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from krllm.mlx.adapters import convert_adapter
+    from krllm.export.adapter import convert_adapter
 
     out = convert_adapter(args.src, args.to, args.out, base=args.base)
     print(f"converted {args.src} -> {out} ({args.to})")

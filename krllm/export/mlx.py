@@ -20,22 +20,11 @@ import tempfile
 from pathlib import Path
 
 from krllm.errors import KrllmError, UsageError
+from krllm.model.mlx import mlx_rope_keys
 from krllm.runs import atomic_dir, write_json
 
 Q_BITS = (2, 3, 4, 5, 6, 8)  # mlx affine quantization
 Q_GROUP_SIZES = (32, 64, 128)
-
-
-def mlx_rope_keys(config: dict) -> dict:
-    """The top-level RoPE keys mlx-lm reads, taken from transformers 5's `rope_parameters` when absent."""
-    fixes = {}
-    rope = config.get("rope_parameters") or {}
-    if "rope_theta" not in config and rope.get("rope_theta") is not None:
-        fixes["rope_theta"] = rope["rope_theta"]
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default" and not config.get("rope_scaling"):
-        fixes["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    return fixes
 
 
 def _hf_source(source: Path, work: Path, base: str | Path | None) -> Path:

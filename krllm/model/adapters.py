@@ -14,7 +14,7 @@ Merging gives one plain model, so the engine decodes at base-model speed. Suppor
 - LoRA on the embedding (`lora_embedding_A/B`), saved full layers (`base_layer.weight`) and
   `modules_to_save` copies (e.g. a trained `lm_head`).
 An mlx-lm adapter directory (`mlx_lm.lora`'s adapters.safetensors + adapter_config.json) reads as the PEFT
-adapter it converts to (krllm.mlx.adapters.peft_view), so every command above takes it as it is.
+adapter it converts to (krllm.model.mlx.peft_view), so every command above takes it as it is.
 A tied parameter (lm_head sharing the embedding) is untied first when the adapter changes either
 side, matching what PEFT computes; the config then says `tie_word_embeddings: false`, so a saved
 merged model keeps both. Anything else is an error that names the key, never a silent partial merge.
@@ -44,7 +44,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def _is_mlx(cfg: dict) -> bool:
-    """mlx-lm's adapter_config.json (fine_tune_type / lora_parameters, no peft_type): krllm.mlx.adapters."""
+    """mlx-lm's adapter_config.json (fine_tune_type / lora_parameters, no peft_type): krllm.model.mlx."""
     return "peft_type" not in cfg and ("fine_tune_type" in cfg or "lora_parameters" in cfg)
 
 
@@ -56,7 +56,7 @@ def read_adapter_config(path: str | Path) -> dict:
                          "point at runs/<name>/adapter")
     cfg = read_json_object(cfg_path)
     if _is_mlx(cfg):  # an mlx-lm adapter (mlx_lm.lora), seen as the PEFT adapter it converts to
-        from krllm.mlx.adapters import peft_view
+        from krllm.model.mlx import peft_view
 
         return peft_view(path)[0]
     if cfg.get("peft_type", "LORA") != "LORA":
@@ -79,7 +79,7 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if binf.is_file():
         return torch.load(binf, map_location="cpu", weights_only=True)
     if is_adapter_dir(path) and _is_mlx(read_json_object(path / "adapter_config.json")):
-        from krllm.mlx.adapters import peft_view
+        from krllm.model.mlx import peft_view
 
         return peft_view(path)[1]
     raise KrllmError(f"{path}: no adapter weights (adapter_model.safetensors or adapter_model.bin)")

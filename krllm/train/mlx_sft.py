@@ -31,7 +31,7 @@ the key mapping below, and the run directory. mlx-lm's `tuner.trainer.train` run
 
 Run directory, as the PyTorch path's plus mlx-lm's own adapter:
     adapter_mlx/  adapter_config.json + adapters.safetensors + NNNNNNN_adapters.safetensors (every save_steps)
-    adapter/      the same adapter converted to PEFT (krllm.mlx.adapters; exact)        [lora/dora]
+    adapter/      the same adapter converted to PEFT (krllm.model.mlx; exact)        [lora/dora]
     merged/       base + adapter as one HF directory (merge: true)                     [lora/dora]
     hf/           the fine-tuned HF directory                                          [full]
     config.yaml  lineage.json  metrics.jsonl  tb/  summary.json  samples.md  samples.jsonl
@@ -262,12 +262,12 @@ def _set_device(device: str) -> str:
 
 
 def _load_mlx_model(base_dir: Path):
-    """The base in mlx-lm, with the RoPE keys mlx-lm reads (krllm.export.mlx.mlx_rope_keys)."""
+    """The base in mlx-lm, with the RoPE keys mlx-lm reads (krllm.model.mlx.mlx_rope_keys)."""
     import json
 
     from mlx_lm.utils import load_model
 
-    from krllm.export.mlx import mlx_rope_keys
+    from krllm.model.mlx import mlx_rope_keys
 
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     try:
@@ -432,7 +432,7 @@ def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False
         logger.close()
     _check_finite(adapter_dir / "adapters.safetensors")
 
-    outputs = _write_outputs(cfg, run_dir, adapter_dir, tokenizer)
+    outputs = _write_outputs(cfg, run_dir, adapter_dir, tokenizer, base_dir)
     after = _answers(Path(outputs.get("merged") or outputs.get("hf") or outputs["adapter"]), tokenizer, prompts,
                      cfg.samples.max_new_tokens)
     if prompts:
@@ -464,21 +464,35 @@ def _check_finite(weights: Path) -> None:
                          "train.warmup, then --overwrite")
 
 
-def _write_outputs(cfg: SFTRunConfig, run_dir: Path, adapter_dir: Path, tokenizer) -> dict[str, str]:
+def _write_outputs(cfg: SFTRunConfig, run_dir: Path, adapter_dir: Path, tokenizer, base_dir: Path) -> dict[str, str]:
     """adapter/ (PEFT, converted exactly) + merged/, or hf/ for full: the layout every other stage reads."""
-    from krllm.export.merge import merge_adapter
-    from krllm.mlx.adapters import convert_adapter
+    from krllm.model.mlx import peft_view, write_adapter_dir
 
     tokenizer.save_pretrained(str(adapter_dir))  # the chat template trained with travels with the adapter
     if cfg.peft.method == "full":
-        merge_adapter(adapter_dir, run_dir / "hf")
+        _save_merged(cfg, base_dir, adapter_dir, tokenizer, run_dir / "hf")
         return {ADAPTER_MLX: str(adapter_dir), "hf": str(run_dir / "hf")}
-    convert_adapter(adapter_dir, "peft", run_dir / "adapter")
+    peft_cfg, tensors = peft_view(adapter_dir)
+    write_adapter_dir(run_dir / "adapter", peft_cfg, tensors, "peft", copy_from=adapter_dir)
     outputs = {ADAPTER_MLX: str(adapter_dir), "adapter": str(run_dir / "adapter")}
     if cfg.merge:
-        merge_adapter(run_dir / "adapter", run_dir / "merged")
+        _save_merged(cfg, base_dir, run_dir / "adapter", tokenizer, run_dir / "merged")
         outputs["merged"] = str(run_dir / "merged")
     return outputs
+
+
+def _save_merged(cfg: SFTRunConfig, base_dir: Path, adapter: Path, tokenizer, out: Path) -> None:
+    """Base (transformers, fp32, generation stop ids from the tokenizer) + adapter folded in by krllm's one
+    merge, saved as the PyTorch path saves merged/."""
+    import torch
+
+    from krllm.model.adapters import merge_adapter
+    from krllm.train.hf.model import load_causal_lm
+    from krllm.train.hf.outputs import save_merged
+
+    model = load_causal_lm(str(base_dir), tokenizer, cfg.peft, torch.float32)
+    merge_adapter(model, adapter)
+    save_merged(model.eval(), tokenizer, out)
 
 
 def _answers(model_dir: Path, tokenizer, prompts, max_new_tokens: int) -> list[dict]:

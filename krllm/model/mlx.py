@@ -1,7 +1,7 @@
-"""mlx-lm adapters <-> PEFT adapters, exactly, both ways (no mlx import: torch + safetensors only).
-
-    krllm adapter convert runs/x/adapter_mlx --to peft --out runs/x/adapter_peft
-    krllm adapter convert runs/x/adapter --to mlx --out runs/x/adapter_mlx [--base runs/pretrain/hf]
+"""mlx-lm's files seen from PyTorch: adapters <-> PEFT adapters, exactly, both ways, and the config keys
+mlx-lm reads (no mlx import: torch + safetensors only, so an MLX-trained adapter moves to a GPU machine
+without MLX). krllm.model.adapters reads mlx-lm adapter directories through `peft_view`;
+`krllm adapter convert` (krllm.export.adapter) writes either format.
 
 An mlx-lm adapter directory (what `mlx_lm.lora` writes) holds
   adapter_config.json   {"fine_tune_type": lora|dora|full, "num_layers": N, "model": BASE,
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from krllm.errors import KrllmError, UsageError
+from krllm.errors import KrllmError
 from krllm.runs import atomic_dir, read_json_object, write_json
 
 CONFIG = "adapter_config.json"
@@ -188,21 +188,19 @@ def _peft_scale(cfg: dict, cfg_path: Path) -> tuple[int, float]:
     return r, (alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r)
 
 
-def mlx_view(path: str | Path, num_hidden_layers: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A PEFT LoRA / DoRA adapter directory as mlx-lm would save it: (adapter_config dict, tensors).
+def mlx_view(path: str | Path, cfg: dict, weights: dict[str, torch.Tensor],
+             num_hidden_layers: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A PEFT LoRA / DoRA adapter (its adapter_config dict and tensors, as krllm.model.adapters reads them from
+    `path`) as mlx-lm would save it: (adapter_config dict, tensors).
 
     num_hidden_layers: the base model's block count, for mlx-lm's `num_layers` (adapt the last N blocks);
     None writes -1 (all blocks), equally exact (blocks without tensors stay the identity) but slower.
     """
-    from krllm.model.adapters import read_adapter_config, read_adapter_weights
-
     path = Path(path)
     cfg_path = path / CONFIG
-    cfg = read_adapter_config(path)
     if cfg.get("task_type", "CAUSAL_LM") != "CAUSAL_LM":
         raise KrllmError(f"{cfg_path}: task_type {cfg.get('task_type')!r}: only causal-LM adapters run in mlx-lm")
     rank, scale = _peft_scale(cfg, cfg_path)
-    weights = read_adapter_weights(path)
     groups: dict[str, dict] = {}
     for key, t in weights.items():
         m = re.fullmatch(re.escape(_PREFIX) + r"(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector"
@@ -243,69 +241,37 @@ def mlx_view(path: str | Path, num_hidden_layers: int | None = None) -> tuple[di
     return mlx_cfg, out
 
 
-# ---------------------------------------------------------------- the command's work
+# ---------------------------------------------------------------- writing, config keys
 
-def _base_layers(adapter: Path, base: str | Path | None) -> int | None:
-    """num_hidden_layers of the adapter's base (None when the base cannot be found: mlx-lm then adapts all)."""
-    from krllm.model.load import resolve_base
-
-    try:
-        base_dir = resolve_base(adapter, base)
-    except KrllmError:
-        if base is not None:
-            raise
-        return None
-    cfg = read_json_object(base_dir / "config.json")
-    cfg = cfg.get("text_config", cfg)
-    n = cfg.get("num_hidden_layers")
-    return int(n) if isinstance(n, int) else None
-
-
-def convert_adapter(src: str | Path, to: str, out: str | Path, base: str | Path | None = None) -> Path:
-    """Convert the adapter at `src` into `to` ("peft" or "mlx") format, written atomically at `out`.
-
-    Tokenizer and generation-config files beside the adapter are copied along (krllm's SFT saves the
-    chat template it trained with there). `base` overrides / supplies the base model directory.
-    """
+def write_adapter_dir(out: str | Path, cfg: dict, tensors: dict[str, torch.Tensor], to: str,
+                      copy_from: str | Path | None = None) -> Path:
+    """An adapter directory in `to` format ("peft" | "mlx"), written atomically; tokenizer and generation
+    config files of `copy_from` travel along (krllm's SFT saves the chat template it trained with there)."""
     import shutil
 
     from safetensors.torch import save_file
 
     from krllm.model.hf import TOKENIZER_FILES
 
-    src, out = Path(src), Path(out)
-    if to not in ("peft", "mlx"):
-        raise UsageError(f"--to {to!r}: use peft or mlx")
-    if not src.is_dir():
-        raise UsageError(f"{src} is not a directory (give an adapter directory)")
-    if src.resolve() == out.resolve():
-        raise UsageError(f"--out {out} is the source adapter; write the converted one elsewhere")
-    source_is_mlx = is_mlx_adapter_dir(src)
-    if not (src / CONFIG).is_file():
-        if source_is_mlx:
-            read_mlx_config(src)  # its error says what an mlx-lm directory needs
-        raise KrllmError(f"{src / CONFIG} not found: {src} is not an adapter directory")
-    if to == "peft":
-        if not source_is_mlx:
-            raise UsageError(f"{src} is already a PEFT adapter (adapter_config.json has no fine_tune_type)")
-        cfg, tensors = peft_view(src)
-        if cfg.pop("krllm_full", False):
-            raise KrllmError(f"{src / CONFIG}: fine_tune_type 'full' is a full fine-tune, not an adapter; load or "
-                             f"merge it directly (krllm merge {src} --out DIR) instead of converting it to PEFT")
-        if base is not None:
-            cfg["base_model_name_or_path"] = str(Path(base).resolve())
-        weights_name, meta = PEFT_WEIGHTS, {"format": "pt"}
-    else:
-        if source_is_mlx:
-            raise UsageError(f"{src} is already an mlx-lm adapter (adapter_config.json has fine_tune_type)")
-        cfg, tensors = mlx_view(src, _base_layers(src, base))
-        if base is not None:
-            cfg["model"] = str(Path(base).resolve())
-        weights_name, meta = MLX_WEIGHTS, {"format": "mlx"}
+    name, meta = (PEFT_WEIGHTS, {"format": "pt"}) if to == "peft" else (MLX_WEIGHTS, {"format": "mlx"})
     with atomic_dir(out) as tmp:
-        save_file(tensors, str(tmp / weights_name), metadata=meta)
+        save_file(tensors, str(tmp / name), metadata=meta)
         write_json(tmp / CONFIG, cfg)
-        for name in (*TOKENIZER_FILES, "generation_config.json"):
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
-    return out
+        if copy_from is not None:
+            for f in (*TOKENIZER_FILES, "generation_config.json"):
+                if (Path(copy_from) / f).is_file():
+                    shutil.copy2(Path(copy_from) / f, tmp / f)
+    return Path(out)
+
+
+def mlx_rope_keys(config: dict) -> dict:
+    """The top-level RoPE keys mlx-lm reads, taken from transformers 5's `rope_parameters` when absent
+    (mlx-lm reads only the top level and otherwise silently uses its default base, 10000 for Llama)."""
+    fixes = {}
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" not in config and rope.get("rope_theta") is not None:
+        fixes["rope_theta"] = rope["rope_theta"]
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default" and not config.get("rope_scaling"):
+        fixes["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return fixes
