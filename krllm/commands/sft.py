@@ -3,6 +3,7 @@
     krllm sft -c configs/sft/npc_lora.yaml
     krllm sft -c configs/sft/npc_lora.yaml --set peft.method=dora --set name=npc_dora
     krllm sft -c configs/sft/npc_lora.yaml --resume          # continue from the last checkpoint
+    krllm sft -c configs/sft/npc_lora.yaml --backend mlx     # mlx-lm (Apple Silicon GPU, or CPU): docs/mlx.md
     torchrun --nproc_per_node 2 -m krllm sft -c ...           # data parallel (CPU: gloo; GPU: NCCL)
     accelerate launch --config_file configs/accelerate/fsdp.yaml -m krllm sft -c ...   # FSDP / DeepSpeed
 """
@@ -60,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         + key_help(SFTRunConfig)
     )
     add_run_arguments(p, "configs/sft/npc_lora.yaml", "peft.method=dora --set train.max_steps=100")
+    p.add_argument("--backend", choices=["auto", "torch", "mlx"], default=None,
+                   help="trainer: torch (transformers/TRL), mlx (mlx-lm: Apple Silicon GPU, or CPU; docs/mlx.md), "
+                   "auto (mlx on Apple Silicon with mlx-lm installed); default: the config's `backend` (auto)")
 
 def run(args: argparse.Namespace) -> int:
     from krllm.config import load_config
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from krllm.train.sft import run_sft
     from krllm.train.sft_config import SFTRunConfig
 
-    cfg = load_config(args.config, SFTRunConfig, args.overrides)
+    overrides = args.overrides + ([f"backend={args.backend}"] if getattr(args, "backend", None) else [])
+    cfg = load_config(args.config, SFTRunConfig, overrides)
     summary = run_sft(cfg, resume=args.resume, overwrite=args.overwrite)
     if rank() != 0:
         return 0

@@ -13,6 +13,8 @@ Merging gives one plain model, so the engine decodes at base-model speed. Suppor
 - DoRA on Linear layers: W' = m / ||W + s B A||_row * (W + s B A) (PEFT's merge formula);
 - LoRA on the embedding (`lora_embedding_A/B`), saved full layers (`base_layer.weight`) and
   `modules_to_save` copies (e.g. a trained `lm_head`).
+An mlx-lm adapter directory (`mlx_lm.lora`'s adapters.safetensors + adapter_config.json) reads as the PEFT
+adapter it converts to (krllm.model.mlx.peft_view), so every command above takes it as it is.
 A tied parameter (lm_head sharing the embedding) is untied first when the adapter changes either
 side, matching what PEFT computes; the config then says `tie_word_embeddings: false`, so a saved
 merged model keeps both. Anything else is an error that names the key, never a silent partial merge.
@@ -41,6 +43,11 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def _is_mlx(cfg: dict) -> bool:
+    """mlx-lm's adapter_config.json (fine_tune_type / lora_parameters, no peft_type): krllm.model.mlx."""
+    return "peft_type" not in cfg and ("fine_tune_type" in cfg or "lora_parameters" in cfg)
+
+
 def read_adapter_config(path: str | Path) -> dict:
     """adapter_config.json of a LoRA / DoRA adapter; anything we cannot merge is an error naming the file."""
     cfg_path = Path(path) / "adapter_config.json"
@@ -48,6 +55,10 @@ def read_adapter_config(path: str | Path) -> dict:
         raise KrllmError(f"{path} is not a PEFT adapter directory (no adapter_config.json); "
                          "point at runs/<name>/adapter")
     cfg = read_json_object(cfg_path)
+    if _is_mlx(cfg):  # an mlx-lm adapter (mlx_lm.lora), seen as the PEFT adapter it converts to
+        from krllm.model.mlx import peft_view
+
+        return peft_view(path)[0]
     if cfg.get("peft_type", "LORA") != "LORA":
         raise KrllmError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (only LoRA / DoRA "
                          "adapters merge into the weights)")
@@ -67,6 +78,10 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(st))
     if binf.is_file():
         return torch.load(binf, map_location="cpu", weights_only=True)
+    if is_adapter_dir(path) and _is_mlx(read_json_object(path / "adapter_config.json")):
+        from krllm.model.mlx import peft_view
+
+        return peft_view(path)[1]
     raise KrllmError(f"{path}: no adapter weights (adapter_model.safetensors or adapter_model.bin)")
 
 

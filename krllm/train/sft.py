@@ -12,6 +12,7 @@ Run directory (`runs/<name>/`):
     config.yaml  lineage.json  metrics.jsonl  tb/  summary.json  samples.md  samples.jsonl
     checkpoints/checkpoint-N/   transformers Trainer checkpoints (weights + optimizer + scheduler + RNG)
     adapter/     PEFT adapter (adapter_config.json + adapter_model.safetensors) + tokenizer  [lora/dora/qlora]
+    adapter_mlx/ mlx-lm's adapter, with `backend: mlx` (krllm.train.mlx_sft)                    [lora/dora/full]
     merged/      base + adapter as one HF directory (when `merge: true`)                     [lora/dora]
     hf/          the fine-tuned HF directory                                                [full]
 """
@@ -128,6 +129,12 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) ->
     Safe under `accelerate launch` (several processes): rank 0 alone writes config, metrics, samples and
     outputs; merged/ and samples are written only by single-process runs (then: `krllm merge`).
     """
+    from krllm.train.mlx_sft import resolve_backend
+
+    if resolve_backend(cfg.backend) == "mlx":  # mlx-lm's trainer, same config and run layout (docs/mlx.md)
+        from krllm.train.mlx_sft import run_sft_mlx
+
+        return run_sft_mlx(cfg, resume=resume, overwrite=overwrite)
     t_start = time.time()
     main, single = O.rank() == 0, O.world_size() == 1
     p = prepare(cfg)  # every input validated before an old run directory is touched (--overwrite clears it)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from krllm.config import StrictModel
 from krllm.train.hf.config import DataSourceSection, TunedRunConfig
@@ -36,10 +36,33 @@ class SamplesSection(StrictModel):
     max_new_tokens: int = Field(64, gt=0)
 
 
+class MlxSection(StrictModel):
+    """mlx-lm settings with no PyTorch counterpart (used by `backend: mlx` only; see docs/mlx.md)."""
+
+    optimizer: Literal["adamw", "adam", "sgd", "adafactor", "muon"] = Field(
+        "adamw", description="mlx.optimizers class; adamw uses train.weight_decay (as the PyTorch path's AdamW)")
+    bias_correction: bool = Field(True, description="Adam/AdamW bias correction, as torch's AdamW on the PyTorch "
+                                  "path (the same lr then behaves alike); false = mlx's default, as mlx_lm.lora")
+    val_batches: int = Field(25, description="validation batches per evaluation; -1 = the whole validation set")
+    resume_adapter_file: str | None = Field(None, description="start from these adapter weights (an "
+                                            "adapters.safetensors of mlx_lm.lora or of an earlier run)")
+
+    @field_validator("val_batches")
+    @classmethod
+    def _val_batches(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("mlx.val_batches must be a positive count or -1 (all)")
+        return v
+
+
 class SFTRunConfig(TunedRunConfig):
     name: str = Field("sft", description="run name: outputs go to <runs_dir>/<name>/")
+    backend: Literal["auto", "torch", "mlx"] = Field(
+        "auto", description="torch = transformers/TRL; mlx = mlx-lm (Apple Silicon GPU, or CPU); auto = mlx on "
+        "Apple Silicon when mlx-lm is installed, else torch")
     data: DataSection = DataSection()
     samples: SamplesSection = SamplesSection()
+    mlx: MlxSection = MlxSection()
 
     @model_validator(mode="after")
     def _check(self) -> "SFTRunConfig":
