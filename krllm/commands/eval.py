@@ -4,6 +4,7 @@
         --shards runs/demo_ko/data/shards --out runs/my_eval
     krllm eval -c configs/eval/demo_ko.yaml --base runs/demo_ko/pretrain/hf \\
         --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
+    krllm eval translate DIR|URL --data builtin:ko-en-help:heldout --src ko --tgt en   # krllm.commands.eval_translate
 """
 
 from __future__ import annotations
@@ -34,9 +35,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set math.n=100 "
                    "(repeatable; KEY={a: 1} merges into section KEY)")
+    _add_tasks(p)
+
+
+TASKS = {"translate": ("krllm.commands.eval_translate", "BLEU / chrF / TER of one model's translations (a "
+                       "directory or a served URL)")}  # `krllm eval TASK ...`: one module each
+
+
+def _add_tasks(p: argparse.ArgumentParser) -> None:
+    import importlib
+
+    sub = p.add_subparsers(dest="eval_task", metavar="TASK", help="optional single task: " + ", ".join(TASKS))
+    for name, (module, help_text) in TASKS.items():
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text, description=help_text))
 
 
 def run(args) -> int:
+    if getattr(args, "eval_task", None):
+        import importlib
+
+        return importlib.import_module(TASKS[args.eval_task][0]).run(args)
     from krllm.config import load_config
     from krllm.eval.run import EvalConfig, run_eval
 
