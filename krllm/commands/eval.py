@@ -5,6 +5,7 @@
     krllm eval -c configs/eval/demo_ko.yaml --base runs/demo_ko/pretrain/hf \\
         --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
     krllm eval translate DIR|URL --data builtin:ko-en-help:heldout --src ko --tgt en   # krllm.commands.eval_translate
+    krllm eval prompts DIR --data builtin:math:ko --n 40                                # krllm.commands.eval_prompts
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 TASKS = {"translate": ("krllm.commands.eval_translate", "BLEU / chrF / TER of one model's translations (a "
-                       "directory or a served URL)")}  # `krllm eval TASK ...`: one module each
+                       "directory or a served URL)"),
+         "prompts": ("krllm.commands.eval_prompts", "math exact match of one model under several prompt "
+                     "templates (plain, step-by-step, persona), with a bar plot")}  # `krllm eval TASK ...`
 
 
 def _add_tasks(p: argparse.ArgumentParser) -> None:
