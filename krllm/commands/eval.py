@@ -6,6 +6,7 @@
         --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
     krllm eval translate DIR|URL --data builtin:ko-en-help:heldout --src ko --tgt en   # krllm.commands.eval_translate
     krllm eval prompts DIR --data builtin:math:ko --n 40                                # krllm.commands.eval_prompts
+    krllm eval harness DIR --tasks krllm_ko_sentiment --include-path configs/harness    # krllm.commands.eval_harness
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 TASKS = {"translate": ("krllm.commands.eval_translate", "BLEU / chrF / TER of one model's translations (a "
                        "directory or a served URL)"),
          "prompts": ("krllm.commands.eval_prompts", "math exact match of one model under several prompt "
-                     "templates (plain, step-by-step, persona), with a bar plot")}  # `krllm eval TASK ...`
+                     "templates (plain, step-by-step, persona), with a bar plot"),
+         "harness": ("krllm.commands.eval_harness", "lm-evaluation-harness tasks (kobest, kmmlu, your own JSONL "
+                     "task YAML) on a model or adapter directory")}  # `krllm eval TASK ...`: one module each
 
 
 def _add_tasks(p: argparse.ArgumentParser) -> None:
