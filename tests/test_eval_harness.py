@@ -93,7 +93,7 @@ def test_numbers_equal_lm_eval_cli(setup, tmp_path):
 def test_shipped_task_yamls_run_offline(setup, tmp_path, monkeypatch):
     model, _, _ = setup
     monkeypatch.chdir(ROOT)  # their data_files are relative to the repository root
-    got = run_harness(model, ["krllm_ko_sentiment", "krllm_ko_math"], tmp_path / "o", include_path="configs/harness",
+    got = run_harness(model, ["krllm_ko_sentiment", "krllm_ko_math"], tmp_path / "o", include_path="benchmarks/harness",
                       limit=3)
     assert got["n-samples"]["krllm_ko_sentiment"]["effective"] == 3
     assert 0 <= got["results"]["krllm_ko_sentiment"]["acc,none"] <= 1

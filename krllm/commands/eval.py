@@ -6,7 +6,7 @@
         --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
     krllm eval translate DIR|URL --data builtin:ko-en-help:heldout --src ko --tgt en   # krllm.commands.eval_translate
     krllm eval prompts DIR --data builtin:math:ko --n 40                                # krllm.commands.eval_prompts
-    krllm eval harness DIR --tasks krllm_ko_sentiment --include-path configs/harness    # krllm.commands.eval_harness
+    krllm eval harness DIR --tasks krllm_ko_sentiment --include-path benchmarks/harness    # krllm.commands.eval_harness
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`krllm eval harness`: lm-evaluation-harness tasks on a model or adapter directory.
 
-    krllm eval harness runs/demo_ko/sft/merged --tasks krllm_ko_sentiment,krllm_ko_math --include-path configs/harness
+    krllm eval harness runs/demo_ko/sft/merged --tasks krllm_ko_sentiment,krllm_ko_math --include-path benchmarks/harness
     krllm eval harness DIR --tasks kobest_copa,kobest_boolq --limit 200      # online: the tasks' Hub datasets
 """
 
@@ -13,7 +13,7 @@ Runs lm_eval.simple_evaluate with the harness's `hf` model (pretrained=DIR; an a
 pretrained=BASE,peft=DIR) — the numbers equal `lm-eval run --model hf --model_args pretrained=DIR,dtype=float32
 --tasks ...` on the same model. Writes OUT/results.json and OUT/samples_<task>.jsonl.
 Korean tasks (online): kobest_boolq, kobest_copa, kobest_hellaswag, kobest_sentineg, kobest_wic, kmmlu,
-haerae. Offline: your own task YAML over a local JSONL (configs/harness/*.yaml) with --include-path.
+haerae. Offline: your own task YAML over a local JSONL (benchmarks/harness/*.yaml) with --include-path.
 Needs: pip install "lm-eval[hf]". See docs/evaluation.md.
 """
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("target", metavar="DIR", help="model directory (HF) or PEFT adapter directory")
     p.add_argument("--tasks", required=True, help="comma-separated harness task names")
-    p.add_argument("--include-path", help="directory of your own task YAML files (e.g. configs/harness)")
+    p.add_argument("--include-path", help="directory of your own task YAML files (e.g. benchmarks/harness)")
     p.add_argument("--limit", type=float, help="examples per task (an integer count, or a fraction < 1)")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     p.add_argument("--batch-size", type=int, default=1, help="harness batch size (default 1)")

@@ -1,7 +1,7 @@
 """lm-evaluation-harness on a krllm model directory (or a PEFT adapter directory): `krllm eval harness`.
 
     krllm eval harness runs/demo_ko/sft/merged --tasks kobest_boolq,kobest_copa --limit 200   # online: Hub data
-    krllm eval harness DIR --tasks my_task --include-path configs/harness                      # offline: local JSONL
+    krllm eval harness DIR --tasks my_task --include-path benchmarks/harness                      # offline: local JSONL
 
 Why a bridge and not our own copies of the benchmarks: the harness is what papers and model cards
 report, so its task definitions, prompts and metrics are used as they are (`lm_eval.simple_evaluate`
@@ -12,7 +12,7 @@ keeps everything local (`HF_HUB_OFFLINE` for the model), and writes results.json
 Korean tasks (online, datasets from the Hub): kobest_boolq, kobest_copa, kobest_hellaswag,
 kobest_sentineg, kobest_wic (group `kobest`), kmmlu (group; kmmlu_direct for generation), haerae
 (haerae_general_knowledge, haerae_history, ...). Offline, a task YAML over a local JSONL (dataset_path:
-json, dataset_kwargs.data_files) runs anywhere: see configs/harness/ and docs/evaluation.md.
+json, dataset_kwargs.data_files) runs anywhere: see benchmarks/harness/ and docs/evaluation.md.
 Needs the extra: pip install "lm-eval[hf]".
 """
 
