@@ -19,7 +19,7 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)  # stage config paths in the pipelines are relative to the repository
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipelines").glob("demo_ko*.yaml")), ids=lambda p: p.name)
 def test_pipeline_config_wires_and_validates(path, tmp_path):
     cfg = load_pipeline(path, [f"runs_dir={tmp_path}"])
     pipe = Pipeline(cfg, config_path=path)
@@ -50,6 +50,26 @@ def test_pipeline_config_wires_and_validates(path, tmp_path):
     assert {("builtin:math:ko", 0), ("builtin:math:ko", 2), ("builtin:math:ko", 1)} <= held
     plans = pipe.run(dry_run=True)
     assert [p.action for p in plans] == ["run"] * 10
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipelines").glob("translate_ko_en*.yaml")),
+                         ids=lambda p: p.name)
+def test_translation_pipeline_wires_and_validates(path, tmp_path):
+    cfg = load_pipeline(path, [f"runs_dir={tmp_path}"])
+    pipe = Pipeline(cfg, config_path=path)
+    assert [p.kind.name for p in pipe.plans] == ["tokenizer", "data", "pretrain", "sft", "eval", "report"]
+    run, by = tmp_path / cfg.name, {p.name: p for p in pipe.plans}
+    tok = by["tokenizer"].ctx.config
+    assert (tok["pre_tokenizer"], tok["merge_unit"]) == ("llama3", "char")
+    assert [s["path"] if isinstance(s, dict) else s for s in tok["sources"]] == ["builtin:ko-help", "builtin:en-help"]
+    assert by["data"].ctx.config["filters"]["min_hangul_ratio"] == 0.0  # English pages kept
+    sft = by["sft"].ctx.config
+    assert sft["base_model"] == str(run / "pretrain" / "hf") and sft["data"]["train"] == "builtin:ko-en-help:train"
+    ev = by["eval"].ctx.config
+    assert ev["base"] == str(run / "pretrain" / "hf") and ev["tuned"] == str(run / "sft" / "hf")  # full tuning: hf/
+    assert ev["translate"]["enabled"] and ev["translate"]["data"] == "builtin:ko-en-help:heldout"
+    assert not ev["npc"]["enabled"] and not ev["math"]["enabled"]
+    assert [p.action for p in pipe.run(dry_run=True)] == ["run"] * 6
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)

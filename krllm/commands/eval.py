@@ -4,6 +4,9 @@
         --shards runs/demo_ko/data/shards --out runs/my_eval
     krllm eval -c configs/eval/demo_ko.yaml --base runs/demo_ko/pretrain/hf \\
         --model math_sft=runs/demo_ko/math_sft/merged --model grpo=runs/demo_ko/math_grpo/merged
+    krllm eval translate DIR|URL --data builtin:ko-en-help:heldout --src ko --tgt en   # krllm.commands.eval_translate
+    krllm eval prompts DIR --data builtin:math:ko --n 40                                # krllm.commands.eval_prompts
+    krllm eval harness DIR --tasks krllm_ko_sentiment --include-path benchmarks/harness    # krllm.commands.eval_harness
 """
 
 from __future__ import annotations
@@ -34,9 +37,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set math.n=100 "
                    "(repeatable; KEY={a: 1} merges into section KEY)")
+    _add_tasks(p)
+
+
+TASKS = {"translate": ("krllm.commands.eval_translate", "BLEU / chrF / TER of one model's translations (a "
+                       "directory or a served URL)"),
+         "prompts": ("krllm.commands.eval_prompts", "math exact match of one model under several prompt "
+                     "templates (plain, step-by-step, persona), with a bar plot"),
+         "harness": ("krllm.commands.eval_harness", "lm-evaluation-harness tasks (kobest, kmmlu, your own JSONL "
+                     "task YAML) on a model or adapter directory")}  # `krllm eval TASK ...`: one module each
+
+
+def _add_tasks(p: argparse.ArgumentParser) -> None:
+    import importlib
+
+    sub = p.add_subparsers(dest="eval_task", metavar="TASK", help="optional single task: " + ", ".join(TASKS))
+    for name, (module, help_text) in TASKS.items():
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text, description=help_text))
 
 
 def run(args) -> int:
+    if getattr(args, "eval_task", None):
+        import importlib
+
+        return importlib.import_module(TASKS[args.eval_task][0]).run(args)
     from krllm.config import load_config
     from krllm.eval.run import EvalConfig, run_eval
 

@@ -16,7 +16,7 @@ import re
 import time
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from krllm.config import StrictModel, write_resolved
 from krllm.errors import KrllmError
@@ -72,8 +72,37 @@ class MathSection(StrictModel):
     seed: int = Field(9002)
     max_new_tokens: int = Field(96, ge=1, description="answer length limit (tokens)")
     holdout_from: list[TrainingSet] = Field(default_factory=list, description="training sets to drop overlap with")
+    samples: int = Field(0, ge=0, description="sampled answers per problem for pass@k (0 = greedy exact match only)")
+    k: list[int] = Field(default_factory=lambda: [1], description="pass@k for each k (each <= samples)")
+    temperature: float = Field(0.8, gt=0, description="sampling temperature of the pass@k answers")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of the pass@k answers")
 
     _list = field_validator("holdout_from", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _ks(self):
+        if self.samples and any(not 1 <= k <= self.samples for k in self.k):
+            raise ValueError(f"every k of pass@k must be between 1 and samples ({self.samples}); got k={self.k}")
+        return self
+
+
+class TranslateSection(StrictModel):
+    enabled: bool = Field(False, description="BLEU / chrF / TER of greedy translations (krllm.eval.translate)")
+    data: str = Field("builtin:ko-en-help:heldout", description="pairs: JSONL with the src/tgt codes as keys, "
+                      "builtin:ko-en-help[:train|heldout] or hf:NAME[:CONFIG][@SPLIT] (e.g. "
+                      "hf:Helsinki-NLP/opus-100:en-ko@test online)")
+    src: str = Field("ko", description="source language code (and its key in the pairs)")
+    tgt: str = Field("en", description="target language code (and its key in the pairs)")
+    src_key: str | None = Field(None, description="key of the source text when it is not `src`")
+    tgt_key: str | None = Field(None, description="key of the reference when it is not `tgt`")
+    n: int | None = Field(100, ge=1, description="pairs (a seeded sample for builtin:, the first n of a file); "
+                          "null = all")
+    seed: int = 0
+    prompt: str | None = Field(None, description="prompt template with {text}; None = the SFT records' instruction "
+                               "(krllm.eval.translate.default_template)")
+    max_new_tokens: int = Field(96, ge=1, description="tokens per translation")
+    tokenize: str | None = Field(None, description="BLEU tokenizer; None = sacrebleu's choice for tgt (13a for en)")
+    examples: int = Field(5, ge=0, description="sample translations shown in the report")
 
 
 class SamplesSection(StrictModel):
@@ -101,6 +130,7 @@ class EvalConfig(StrictModel):
     npc: ChatLossSection = Field(default_factory=ChatLossSection)
     math: MathSection = Field(default_factory=MathSection)
     samples: SamplesSection = Field(default_factory=SamplesSection)
+    translate: TranslateSection = Field(default_factory=TranslateSection)
 
     @field_validator("models")
     @classmethod
@@ -172,9 +202,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     t0 = time.time()
     data = _load_data(cfg)
     units = len(models) * sum(bool(x) for x in (data["shards"] is not None, data["npc"], data["math"],
-                                                 data["prompts"]))
+                                                 data["math"] and cfg.math.samples, data["prompts"],
+                                                 data["translate"]))
     out: dict = {"models": {}, "perplexity": {}, "npc": {}, "math": {}, "samples": [],
                  "data": data["meta"], "device": str(device)}
+    if data["translate"]:
+        out["translate"] = {}
     answers: dict[str, list[dict]] = {}
     tokens_scored = 0
     with _Progress(units) as prog:
@@ -193,6 +226,11 @@ def run_eval(cfg: EvalConfig) -> dict:
         write_resolved(cfg, tmp / "config.yaml")
         write_json(tmp / "eval.json", out)
         (tmp / "samples.md").write_text(samples_markdown(out), encoding="utf-8")
+        if data["translate"]:
+            from krllm.eval.translate import samples_markdown as translations_markdown
+
+            (tmp / "translations.md").write_text(translations_markdown(
+                {"translate": out["translate"], "data": data["meta"]["translate"]}, list(models)), encoding="utf-8")
     return out
 
 
@@ -234,7 +272,15 @@ def _load_data(cfg: EvalConfig) -> dict:
         from krllm.eval.samples import NPC_PROMPTS
 
         prompts = list(cfg.samples.prompts if cfg.samples.prompts is not None else NPC_PROMPTS)
-    return {"shards": shards, "npc": npc, "math": math, "prompts": prompts, "meta": meta}
+    pairs: list[dict] = []
+    if cfg.translate.enabled:
+        from krllm.eval.translate import default_template, load_pairs
+
+        t = cfg.translate
+        pairs = load_pairs(t.data, t.src, t.tgt, n=t.n, seed=t.seed, src_key=t.src_key, tgt_key=t.tgt_key)
+        meta["translate"] = {"data": t.data, "src": t.src, "tgt": t.tgt, "n": len(pairs),
+                             "template": t.prompt or default_template(t.src, t.tgt), "examples": t.examples}
+    return {"shards": shards, "npc": npc, "math": math, "prompts": prompts, "translate": pairs, "meta": meta}
 
 
 def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: dict, prog: _Progress) -> int:
@@ -273,6 +319,10 @@ def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: di
         tokens += sum(g["tokens"] for g in got) + sum(len(chat_prompt_ids(lm.tokenizer, q, cfg.system))
                                                      for q in questions)
         prog.step(f"{role} math", f"exact match {em['correct']}/{em['n']} = {em['accuracy']:.1%}")
+        if cfg.math.samples:
+            tokens += _pass_at_k(cfg, lm, role, questions, data["math"], em, prog)
+    if data["translate"]:
+        tokens += _translate(cfg, lm, role, data, out, prog)
     if data["prompts"]:
         got = greedy_answers(lm, data["prompts"], max_new_tokens=cfg.samples.max_new_tokens, system=cfg.system,
                              batch_size=cfg.decode_batch)
@@ -280,6 +330,34 @@ def _eval_one(cfg: EvalConfig, lm, role: str, data: dict, out: dict, answers: di
         tokens += sum(g["tokens"] for g in got)
         prog.step(f"{role} samples", f"{len(got)} answers, first: {got[0]['answer'][:60]!r}")
     return tokens
+
+
+def _pass_at_k(cfg: EvalConfig, lm, role: str, questions: list[str], problems: list[dict], em: dict,
+               prog: _Progress) -> int:
+    """pass@k of sampled answers into em["pass_at_k"]; returns the tokens generated."""
+    from krllm.eval.generate import sampled_answers
+    from krllm.eval.passk import math_pass_at_k
+
+    m = cfg.math
+    sampled = sampled_answers(lm, questions, m.samples, temperature=m.temperature, top_p=m.top_p, seed=m.seed,
+                              max_new_tokens=m.max_new_tokens, system=cfg.system, batch_size=cfg.decode_batch)
+    pk = math_pass_at_k([[a["answer"] for a in s] for s in sampled], [r["ground_truth_answer"] for r in problems], m.k)
+    em["pass_at_k"] = {**pk, "temperature": m.temperature, "top_p": m.top_p}
+    prog.step(f"{role} pass@k", ", ".join(f"{k} {v:.1%}" for k, v in pk.items() if k.startswith("pass@")))
+    return sum(a["tokens"] for s in sampled for a in s)
+
+
+def _translate(cfg: EvalConfig, lm, role: str, data: dict, out: dict, prog: _Progress) -> int:
+    """BLEU / chrF / TER of this model's greedy translations into out["translate"][role]."""
+    from krllm.eval.translate import render_prompt, score_translations, translate_local
+
+    t, pairs = cfg.translate, data["translate"]
+    prompts = [render_prompt(data["meta"]["translate"]["template"], p["src"]) for p in pairs]
+    got = translate_local(lm, prompts, t.max_new_tokens, cfg.decode_batch, cfg.system)
+    r = score_translations(pairs, got, t.tgt, t.tokenize)
+    out["translate"][role] = r
+    prog.step(f"{role} translate", f"BLEU {r['bleu']:.2f}, chrF {r['chrf']:.2f}, TER {r['ter']:.2f} on {r['n']} pairs")
+    return sum(g["tokens"] for g in got) + sum(g["prompt_tokens"] for g in got)
 
 
 def samples_markdown(result: dict) -> str:

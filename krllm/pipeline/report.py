@@ -28,6 +28,9 @@ METRIC_ROWS = (  # (eval.json section, key, label, better)
     ("npc", "loss", "NPC chat loss (held-out, assistant tokens)", "lower"),
     ("npc", "ppl", "NPC chat perplexity", "lower"),
     ("math", "accuracy", "math exact match (held-out)", "higher"),
+    ("translate", "bleu", "translation BLEU (held-out pairs, sacrebleu)", "higher"),
+    ("translate", "chrf", "translation chrF", "higher"),
+    ("translate", "ter", "translation TER", "lower"),
 )
 
 
@@ -89,15 +92,27 @@ def _labels(ev: dict, upstream: dict[str, str]) -> dict[str, str]:
     return {r: upstream.get(r, r) for r in roles}
 
 
+def _pass_at_k_rows(ev: dict) -> list[tuple[str, str, str, str]]:
+    """(section, key, label, better) rows for the pass@k values any model of eval.json has."""
+    ks = sorted({key for m in (ev.get("math") or {}).values() for key in (m.get("pass_at_k") or {})
+                 if key.startswith("pass@")}, key=lambda key: int(key[5:]))
+    return [("math", key, f"math {key} (sampled)", "higher") for key in ks]
+
+
+def _value(ev: dict, section: str, role: str, key: str):
+    entry = (ev.get(section) or {}).get(role, {})
+    return entry.get("pass_at_k", {}).get(key) if key.startswith("pass@") else entry.get(key)
+
+
 def _metrics_table(ev: dict, labels: dict[str, str]) -> list[str]:
     roles = list(labels)
     head = "| metric | " + " | ".join(labels[r] for r in roles)
     lines = [head + (" | change |" if len(roles) == 2 else " |"), "|---" * (len(roles) + 1 + (len(roles) == 2)) + "|"]
-    for section, key, label, better in METRIC_ROWS:
-        vals = [(ev.get(section) or {}).get(r, {}).get(key) for r in roles]
+    for section, key, label, better in (*METRIC_ROWS, *_pass_at_k_rows(ev)):
+        vals = [_value(ev, section, r, key) for r in roles]
         if all(v is None for v in vals):
             continue
-        digits = 2 if key == "ppl" else 4
+        digits = 2 if key in ("ppl", "bleu", "chrf", "ter") else 4
         cells = [f"{100 * v:.1f}% ({ev[section][r]['correct']}/{ev[section][r]['n']})" if key == "accuracy"
                  and v is not None else _num(v, digits) for r, v in zip(roles, vals)]
         row = f"| {label} | " + " | ".join(cells)
@@ -105,9 +120,10 @@ def _metrics_table(ev: dict, labels: dict[str, str]) -> list[str]:
             delta = vals[1] - vals[0]
             good = (delta < 0) if better == "lower" else (delta > 0)
             mark = "better" if good else ("same" if delta == 0 else "worse")
-            shown = f"{100 * delta:.1f}" if key == "accuracy" else _num(delta, digits)
+            pts = key == "accuracy" or key.startswith("pass@")
+            shown = f"{100 * delta:.1f}" if pts else _num(delta, digits)
             row += f" | {'+' if delta >= 0 else ''}{shown}" \
-                   f"{' pts' if key == 'accuracy' else ''} ({mark}) |"
+                   f"{' pts' if pts else ''} ({mark}) |"
         else:
             row += " |"
         lines.append(row)
@@ -174,6 +190,28 @@ def _math_answers(ev: dict, labels: dict[str, str], k: int = 3) -> list[str]:
             got = math[r]["examples"][i - 1] if i <= len(math[r]["examples"]) else {}
             mark = {True: " ✓ right", False: " ✗ wrong"}.get(got.get("correct"), "")  # absent in older eval.json
             lines.append(f"- *{labels[r]}*{mark}: `{_one_line(got.get('answer', ''))}`")
+        lines.append("")
+    return lines
+
+
+def _translations(ev: dict, labels: dict[str, str]) -> list[str]:
+    """The first held-out pairs: source, reference and every model's greedy translation (with sentence chrF)."""
+    tr = ev.get("translate") or {}
+    roles = [r for r in labels if (tr.get(r) or {}).get("examples")]
+    if not roles:
+        return []
+    meta = (ev.get("data") or {}).get("translate") or {}
+    k = meta.get("examples", 5)
+    first = tr[roles[0]]
+    lines = [f"## Sample translations ({meta.get('src', '?')} → {meta.get('tgt', '?')}, greedy, first {k} held-out pairs)",
+             "", f"BLEU signature `{first['signatures']['bleu']}`; chrF `{first['signatures']['chrf']}`; "
+             f"TER `{first['signatures']['ter']}`.", ""]
+    for i, ex in enumerate(first["examples"][:k], 1):
+        lines += [f"**Pair {i}**", "", f"- source: `{_one_line(ex['source'])}`",
+                  f"- reference: `{_one_line(ex['reference'])}`"]
+        for r in roles:
+            got = tr[r]["examples"][i - 1] if i <= len(tr[r]["examples"]) else {}
+            lines.append(f"- *{labels[r]}* (chrF {got.get('chrf', 0):.1f}): `{_one_line(got.get('hypothesis', ''))}`")
         lines.append("")
     return lines
 
@@ -247,6 +285,10 @@ def build_report(run_dir: str | Path) -> Path:
             if k in dm:
                 notes.append(f"{k}: {dm[k]['n']} held-out examples from `{dm[k]['data']}` "
                              f"({dm[k]['dropped_in_training']} dropped for appearing in training)")
+        if "translate" in dm:
+            notes.append(f"translation: {dm['translate']['n']} pairs {dm['translate']['src']} → "
+                         f"{dm['translate']['tgt']} from `{dm['translate']['data']}`, greedy; BLEU and chrF 0-100 "
+                         "(higher is better), TER edits per reference word × 100 (lower is better)")
         md += [f"- {n}" for n in notes] + [""]
     else:
         md += ["No finished eval stage yet.", ""]
@@ -271,6 +313,7 @@ def build_report(run_dir: str | Path) -> Path:
                 md += [f"*{labels[r]}*:", "", "```text", smp.get(r) or "(empty)", "```", ""]
     if ev:
         md += _math_answers(ev, labels)
+        md += _translations(ev, labels)
 
     md += _commands(run_dir, states, order)
     text = "\n".join(md).rstrip() + "\n"

@@ -6,7 +6,8 @@ VM starts. Public-domain government works (Korean Copyright Act, Article 7).
 
 `builtin:ko-help` = the Korean pages of LibreOffice's help (MPL-2.0), ~0.8M characters of Korean
 paragraphs in ~2,000 documents (one per page): Debian's `libreoffice-help-ko`, downloaded with
-`apt-get download` on first use and cached (krllm.data.sets.help_corpus).
+`apt-get download` on first use and cached (krllm.data.sets.help_corpus). `builtin:en-help` = the
+English paragraphs of the same (train) pages, from the English package fetched with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Iterator
 BUILTIN_CORPORA = {
     "ko-law": "konlpy's law and bill texts (offline)",
     "ko-help": "LibreOffice's Korean help pages (Debian package, fetched once)",
+    "en-help": "the English paragraphs of those help pages (train pages; the translation pairs' English side)",
 }
 KONLPY_DIRS = {"ko-law": ("kolaw", "kobill")}
 
@@ -42,6 +44,10 @@ def builtin_files(spec: str) -> list[Path]:
         from krllm.data.sets.help_corpus import text_file
 
         return [text_file()]
+    if name == "en-help":
+        from krllm.data.sets.help_corpus import english_text_file
+
+        return [english_text_file()]
     root = Path(str(resources.files("konlpy") / "data" / "corpus"))
     files = []
     for sub in KONLPY_DIRS[name]:
@@ -70,6 +76,13 @@ def builtin_documents(spec: str) -> Iterator[tuple[str, str]]:
         from krllm.data.sets.help_corpus import help_documents
 
         yield from help_documents()
+        return
+    if _name(spec) == "en-help":
+        from krllm.data.sets.help_corpus import english_text_file
+
+        for i, doc in enumerate(english_text_file().read_text(encoding="utf-8").split("\n\n")):
+            if doc.strip():
+                yield f"en-help/{i}", doc.strip("\n")
         return
     for path in builtin_files(spec):
         yield f"{path.parent.name}/{path.name}", path.read_text(encoding="utf-8")

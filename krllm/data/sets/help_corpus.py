@@ -1,6 +1,7 @@
 """LibreOffice's help in Korean and English: a larger real Korean corpus and Korean↔English pairs.
 
     builtin:ko-help                  Korean help pages as text, one document per page
+    builtin:en-help                  the English paragraphs matching them (train pages), one document per page
     builtin:ko-en-help[:train|heldout]
                                      paragraphs whose `id` matches an English paragraph: {"id", "ko", "en"}
 
@@ -316,6 +317,28 @@ def read_manifest() -> dict:
 def text_file() -> Path:
     """The `builtin:ko-help` text (train pages only), for `krllm data prepare` (txt, paragraph mode = per page)."""
     return fetch() / "ko-help.txt"
+
+
+ENGLISH_TEXT = "en-help.txt"  # derived from paragraphs.jsonl.gz on first use (no re-download, same FORMAT)
+
+
+def english_text_file() -> Path:
+    """The `builtin:en-help` text: the English paragraph of every id'd paragraph of the train pages (the
+    English side of the pairs and its context), a blank line between pages: English prose for a tokenizer
+    and a pretraining corpus that cover both languages of the translation pairs. Held-out pages stay out,
+    and so does any paragraph equal to a held-out pair's English (a sentence repeated on several pages)."""
+    from krllm.config import atomic_write_text
+
+    path = fetch() / ENGLISH_TEXT
+    if not path.exists():
+        heldout = {p["en"] for p in help_pairs("heldout")}
+        pages: dict[str, list[str]] = {}
+        for row in paragraphs():
+            text = row.get("en") or ""
+            if LATIN.search(text) and not HANGUL.search(text) and not is_heldout(row["page"]) and text not in heldout:
+                pages.setdefault(row["page"], []).append(text)
+        atomic_write_text(path, "\n\n".join("\n".join(p) for p in pages.values()) + "\n")
+    return path
 
 
 def help_documents() -> Iterator[tuple[str, str]]:

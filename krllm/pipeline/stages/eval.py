@@ -1,4 +1,5 @@
-"""The `eval` stage: perplexity, NPC chat loss, math exact match and sample answers of every model.
+"""The `eval` stage: perplexity, NPC chat loss, math exact match (and pass@k), translation BLEU / chrF / TER
+and sample answers of every model.
 
 Stand-alone: `krllm eval -c runs/<p>/_pipeline/configs/<stage>.yaml`.
 
@@ -75,7 +76,8 @@ def _run(ctx: StageContext) -> dict:
     out = run_eval(KIND.typed(ctx.config, f"stage {ctx.stage}"))
     summary = {"tokens": out["tokens_scored"], "tokens_per_s": out["tokens_per_s"]}
     for role in out["models"]:
-        for sec, key in (("perplexity", "loss"), ("npc", "loss"), ("math", "accuracy")):
+        for sec, key in (("perplexity", "loss"), ("npc", "loss"), ("math", "accuracy"), ("translate", "bleu"),
+                         ("translate", "chrf")):
             v = out.get(sec, {}).get(role, {}).get(key)
             if v is not None:
                 summary[f"{role}_{sec}_{key}"] = v
@@ -83,7 +85,9 @@ def _run(ctx: StageContext) -> dict:
 
 
 def _estimate(cfg: EvalConfig) -> float:
-    return 30.0 + CPU_S_PER_PROBLEM * cfg.math.n * len(cfg.roles()) / 2
+    math = cfg.math.n * (1 + cfg.math.samples) if cfg.math.enabled else 0
+    pairs = (cfg.translate.n or 100) if cfg.translate.enabled else 0
+    return 30.0 + CPU_S_PER_PROBLEM * (math + pairs) * len(cfg.roles()) / 2
 
 
 KIND = StageKind(
@@ -93,5 +97,5 @@ KIND = StageKind(
     optional=("tuned", "math_sft", "dpo", "grpo", "data", "texts"), explicit=("math_sft",),
     outputs={"eval": "eval.json"}, prepare=_prepare, schema=EvalConfig, estimate_s=_estimate,
     command="krllm eval -c {config}",
-    description="perplexity, NPC chat loss, math exact match and sample answers of every model "
-                "(base, fine-tuned, math track)")
+    description="perplexity, NPC chat loss, math exact match / pass@k, translation BLEU / chrF / TER and sample "
+                "answers of every model (base, fine-tuned, math track)")
