@@ -171,3 +171,19 @@ def test_math_sft_is_wired_only_by_name_and_absent_roles_stay_unwired(tmp_path, 
     assert ev.config["math"]["holdout_from"] == [{"data": "builtin:math:ko", "n": None, "seed": 0, "kind": "sft"}]
     with pytest.raises(ConfigError, match="math_sft: 'pretrain' is a pretrain stage"):
         _plan(tmp_path, {**BASE, "eval": {"inputs": {"math_sft": "pretrain"}}})
+
+
+def test_eval_dtype_int8_measures_the_quantized_model(four, tmp_path):
+    """`krllm eval --dtype int8`: the model is quantized at load (a loss close to, but not the same as, fp32's)."""
+    from krllm.cli import main
+
+    losses = {}
+    for dtype in ("fp32", "int8"):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--base", four["base"], "--out", str(tmp_path / dtype), "--dtype", dtype,
+                  "--set", "npc.n=3", "--set", "math.enabled=false", "--set", "samples.enabled=false"])
+        assert e.value.code == 0
+        ev = json.loads((tmp_path / dtype / "eval.json").read_text(encoding="utf-8"))
+        assert ev["models"]["base"]["dtype"] == dtype
+        losses[dtype] = ev["npc"]["base"]["loss"]
+    assert losses["int8"] != losses["fp32"] and abs(losses["int8"] - losses["fp32"]) < 0.05 * losses["fp32"]

@@ -38,6 +38,21 @@ def test_export_logits_match_pytorch(bases, tmp_path, arch):
         p.name for p in out.iterdir()}
 
 
+def test_export_mlx_command(bases, tmp_path, capsys):
+    """`krllm export mlx DIR --out D --q-bits 8`: the CLI reaches export_mlx with its options."""
+    from krllm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["export", "mlx", str(bases["llama"]), "--out", str(tmp_path / "m"), "--q-bits", "8",
+              "--q-group-size", "32"])
+    assert e.value.code == 0 and "mlx_lm.generate --model" in capsys.readouterr().out
+    q = json.loads((tmp_path / "m" / "config.json").read_text())["quantization"]
+    assert q["bits"] == 8 and q["group_size"] == 32
+    with pytest.raises(SystemExit) as e:
+        main(["export", "mlx", str(bases["llama"]), "--out", str(tmp_path / "m2"), "--q-bits", "7"])
+    assert e.value.code == 2 and not (tmp_path / "m2").exists()
+
+
 def test_rope_theta_from_a_transformers5_config_reaches_mlx(bases, tmp_path):
     """A config.json with rope_theta only inside rope_parameters (as transformers 5 writes it): mlx-lm alone
     would use its default base; the export writes the top-level key and the logits match."""

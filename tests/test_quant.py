@@ -226,3 +226,20 @@ def test_serve_decodes_an_int4_model_like_the_generator(tmp_path):
                                                       "temperature": 0}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"] == want
+
+
+def test_export_int4_command_saves_what_dtype_int4_loads(tmp_path, capsys):
+    """`krllm export int4 DIR --out Q --group-size 64`: the saved directory loads (as saved) to the logits
+    of `load(DIR, dtype=int4, group_size=64)`, with the tokenizer and chat template beside it."""
+    from krllm.cli import main
+
+    src = tiny_model_dir(tmp_path / "fp32", hidden_size=64, intermediate_size=160)
+    with pytest.raises(SystemExit) as e:
+        main(["export", "int4", str(src), "--out", str(tmp_path / "q"), "--group-size", "64"])
+    assert e.value.code == 0 and "krllm serve" in capsys.readouterr().out
+    back, ref = load(tmp_path / "q", device="cpu"), load(src, device="cpu", dtype="int4", group_size=64)
+    spec = quant.quant_spec(back.model)
+    assert spec.format == "int4" and spec.group_size == 64
+    ids = torch.tensor([[3, 9, 4, 7, 1]])
+    torch.testing.assert_close(back.model(ids)[0], ref.model(ids)[0], rtol=0, atol=0)
+    assert back.encode("안녕") == ref.encode("안녕") and back.tokenizer.chat_template == ref.tokenizer.chat_template

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sets models.ROLE=)")
     p.add_argument("--shards", metavar="DIR", help="token shards for validation perplexity (sets perplexity.shards=)")
     p.add_argument("--out", metavar="DIR", help="output directory (sets out_dir=; default runs/eval)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8", "int4"], default=None,
+                   help="weights while evaluating (sets dtype=; default fp32): e.g. int4 to measure what it costs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set math.n=100 "
                    "(repeatable; KEY={a: 1} merges into section KEY)")
@@ -73,7 +75,7 @@ def run(args) -> int:
             raise KrllmError(f"--model {item!r}: expected ROLE=DIR, e.g. --model grpo=runs/x/math_grpo/merged")
         overrides.append(f"models.{role}={path}")
     for key, val in (("base", args.base), ("tuned", args.tuned), ("perplexity.shards", args.shards),
-                     ("out_dir", args.out)):
+                     ("out_dir", args.out), ("dtype", args.dtype)):
         if val:
             overrides.append(f"{key}={val}")
     cfg = load_config(args.config, EvalConfig, overrides)

@@ -121,6 +121,9 @@ class EvalConfig(StrictModel):
     models: dict[str, str] = Field(default_factory=dict, description="more models, role name -> model directory, "
                                    "evaluated in this order after base and tuned (e.g. math_sft, dpo, grpo)")
     device: str = Field("cpu", description="cpu, cuda, mps or auto")
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "int4"] = Field(
+        "fp32", description="weights while evaluating: fp32 (numbers that do not depend on the CPU), or bf16 / "
+                            "fp16 / int8 / int4 to measure what that precision costs (int: quantized at load)")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (perplexity, losses)")
     decode_batch: int = Field(64, ge=1, description="answers decoded together by the engine (math, samples): all "
                               "40 demo problems in one batched pass is ~2x faster on CPU than 8 at a time; "
@@ -212,8 +215,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     tokens_scored = 0
     with _Progress(units) as prog:
         for role, path in models.items():
-            lm = load(path, device=device, dtype="fp32")  # fp32: eval numbers do not depend on the CPU
-            out["models"][role] = {"path": str(path), "source": lm.source, "params": lm.num_parameters}
+            lm = load(path, device=device, dtype=cfg.dtype)
+            out["models"][role] = {"path": str(path), "source": lm.source, "params": lm.num_parameters,
+                                   "dtype": cfg.dtype}
             tokens_scored += _eval_one(cfg, lm, role, data, out, answers, prog)
             del lm  # free this model before loading the next
     if data["prompts"]:
