@@ -23,23 +23,12 @@ def llama_base(tmp: Path) -> Path:
 def qwen2_base(tmp: Path) -> Path:
     """A tiny transformers Qwen2 with nonzero q/k/v biases, untied head, rope_theta 2e5 (not mlx-lm's 1e6
     default), as transformers 5 saves it plus the top-level rope_theta mlx-lm reads."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
+
+    from krllm.infer.testing import random_qwen2
 
     tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(tmp / "qwen2_tok")))
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      rope_theta=2e5, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=1,
-                      bos_token_id=0, eos_token_id=0)
-    hf = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.5)
-            elif "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0, 0.1)
+    hf = random_qwen2(len(tok), layers=3, rope_theta=2e5)
     out = tmp / "qwen2"
     hf.save_pretrained(out)
     tok.save_pretrained(out)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from krllm.config import ConfigError
 from krllm.errors import KrllmError
@@ -15,6 +15,7 @@ from krllm.infer import native
 from krllm.infer.engine import Engine
 from krllm.infer.runner import ModelRunner
 from krllm.infer.sampling import SamplingParams
+from krllm.infer.testing import random_qwen2
 from krllm.model.config import ModelConfig
 from krllm.model.hf import load_hf, save_hf
 from krllm.model.registry import family_for, model_type_of
@@ -26,21 +27,7 @@ needs_native = pytest.mark.skipif(native.library() is None, reason="no C compile
 
 def _qwen2(tie: bool, seed: int = 0) -> Qwen2ForCausalLM:
     """Random weights, biases included (transformers initialises them to zero), peaked logits."""
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=tie, pad_token_id=1,
-                      bos_token_id=0, eos_token_id=0)
-    hf = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.5)
-            elif "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0, 0.1)
-    return hf
+    return random_qwen2(VOCAB, tie=tie, seed=seed)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])

@@ -30,7 +30,6 @@ from krllm.eval.text_metrics import corpus_scores, one_line, sentence_chrf
 LANGS = {"ko": ("Korean", "한국어"), "en": ("English", "영어"), "ja": ("Japanese", "일본어"),
          "zh": ("Chinese", "중국어"), "fr": ("French", "프랑스어"), "de": ("German", "독일어"),
          "es": ("Spanish", "스페인어")}
-MAX_REPORTED = 20
 
 
 def default_template(src: str, tgt: str) -> str:
@@ -72,17 +71,10 @@ def _pair(row, src_key: str, tgt_key: str) -> dict:
 
 
 def _validated(rows, src_key: str, tgt_key: str, source: str) -> list[dict]:
-    pairs, problems, n_bad = [], [], 0
-    for where, row in rows:
-        try:
-            pairs.append(_pair(row, src_key, tgt_key))
-        except ValueError as e:
-            n_bad += 1
-            if len(problems) < MAX_REPORTED:
-                problems.append(f"{where}: {e}")
-    if problems:
-        more = f"\n  ... and {n_bad - len(problems)} more bad rows" if n_bad > len(problems) else ""
-        raise DataError(f"{n_bad} invalid translation pair(s) in {source}:\n  " + "\n  ".join(problems) + more)
+    from krllm.data.sets.records import convert_rows
+
+    pairs = convert_rows(rows, lambda row: _pair(row, src_key, tgt_key), "translation pair(s)", source,
+                         errors=(ValueError,))
     if not pairs:
         raise DataError(f"{source}: no translation pairs (the file is empty)")
     return pairs

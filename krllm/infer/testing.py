@@ -99,3 +99,26 @@ def tiny_mistral_dir(out_dir: str | Path, seed: int = 0, **config_overrides) -> 
     AutoModelForCausalLM.from_config(MistralConfig(**{**shape, **config_overrides})).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def random_qwen2(vocab_size: int, layers: int = 2, rope_theta: float = 1e6, tie: bool = False, seed: int = 0):
+    """A tiny transformers Qwen2ForCausalLM whose biases are nonzero (transformers initialises them to
+    zero, which would hide a reader that drops them), norms away from 1 and peaked logits."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rope_theta=rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=tie, pad_token_id=1,
+                      bos_token_id=0, eos_token_id=0)
+    hf = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+            elif "norm" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0, 0.1)
+    return hf

@@ -94,7 +94,6 @@ def save_hf(
     eos_token_id: ids in generation_config.json; default = config eos + `<|im_end|>` if the tokenizer has it.
     A tied lm_head is not stored (transformers re-ties it from the embedding, as it does itself).
     """
-    from safetensors.torch import save_file
 
     for _ in range(3):  # torch.compile (`_orig_mod`) and DDP (`module`) wrappers, possibly nested
         if not isinstance(model, Llama):
@@ -120,10 +119,19 @@ def save_hf(
     stored = dtype or next(iter(tensors.values())).dtype
     hf_config = cfg.to_hf_dict()
     hf_config["dtype"] = _dtype_name(stored)
+    return write_hf_dir(out_dir, tensors, hf_config, cfg, tok_dir, eos_token_id=eos_token_id)
+
+
+def write_hf_dir(out_dir: str | Path, tensors: dict, hf_config: dict, cfg, tok_dir: Path | None,
+                 eos_token_id: int | list[int] | None = None, metadata: dict | None = None) -> Path:
+    """One HF model directory, written atomically: model.safetensors, config.json, generation_config.json
+    (eos: given, else the model's end-of-turn ids) and the tokenizer files of `tok_dir`."""
+    from safetensors.torch import save_file
+
     gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
            "eos_token_id": eos_token_id if eos_token_id is not None else _generation_eos(cfg, tok_dir)}
     with atomic_dir(out_dir) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
         write_json(tmp / "config.json", hf_config)
         write_json(tmp / "generation_config.json", gen)
         if tok_dir is not None:

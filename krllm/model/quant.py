@@ -263,11 +263,7 @@ def save_quantized(model, out_dir: str | Path, tokenizer_dir: str | Path | None 
     int8 / uint8 packed, `<name>.weight_scale` fp32, norms and biases fp32), config.json with a
     `krllm_quantization` entry, generation_config.json, and the tokenizer files of `tokenizer_dir`.
     `krllm.model.load.load` recognises the directory and needs nothing else."""
-    from safetensors.torch import save_file
-
-    from krllm.model.hf import TOKENIZER_FILES, _generation_eos
-    from krllm.runs import atomic_dir, write_json
-    import shutil
+    from krllm.model.hf import write_hf_dir
 
     model = _llama(model)
     spec = quant_spec(model)
@@ -284,17 +280,7 @@ def save_quantized(model, out_dir: str | Path, tokenizer_dir: str | Path | None 
     hf_config["tie_word_embeddings"] = False  # lm_head (norm folded in) and the embedding are stored apart
     hf_config["dtype"] = "float32"
     hf_config[CONFIG_KEY] = {**asdict(spec), "activation_block": ACT_BLOCK, "norms_folded": True}
-    gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
-           "eos_token_id": _generation_eos(cfg, tok_dir)}
-    with atomic_dir(out_dir) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "krllm_quantization": spec.format})
-        write_json(tmp / "config.json", hf_config)
-        write_json(tmp / "generation_config.json", gen)
-        if tok_dir is not None:
-            for name in TOKENIZER_FILES:
-                if (tok_dir / name).is_file():
-                    shutil.copy2(tok_dir / name, tmp / name)
-    return Path(out_dir)
+    return write_hf_dir(out_dir, tensors, hf_config, cfg, tok_dir, metadata={"krllm_quantization": spec.format})
 
 
 def read_spec(model_dir: str | Path) -> QuantSpec | None:

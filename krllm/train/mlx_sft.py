@@ -349,19 +349,14 @@ def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False
     from krllm.tracking import MetricsLogger
     from krllm.train.hf import outputs as O
     from krllm.train.hf import samples as S
-    from krllm.train.hf.data import split_records
     from krllm.train.hf.model import base_model_path, load_tokenizer
-    from krllm.train.sft_data import tokenize_records
+    from krllm.train.sft_data import split_and_tokenize
 
     t_start = time.time()
     check_supported(cfg)
     device = _set_device(cfg.train.device)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.data.chat_template)
-    train_records, eval_records = split_records(cfg.data, "sft")
-    train_rows, stats = tokenize_records(train_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
-    eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
-    if not train_rows:
-        raise KrllmError("no training example has a token to learn (all dropped); check data.loss_on / max_length")
+    train_records, eval_records, train_rows, eval_rows, stats = split_and_tokenize(cfg, tokenizer)
     if len(train_rows) < cfg.train.batch_size:
         raise UsageError(f"{len(train_rows)} training examples but train.batch_size={cfg.train.batch_size}")
     base_dir = Path(base_model_path(cfg.base_model))

@@ -26,18 +26,16 @@ from pathlib import Path
 import torch
 
 from krllm.device import pick_device, pick_dtype
-from krllm.errors import KrllmError
 from krllm.runs import write_json
 from krllm.train.hf import batching as B
 from krllm.train.hf import outputs as O
 from krllm.train.hf import samples as S
 from krllm.train.hf.callbacks import KrllmLogCallback, open_logger
-from krllm.train.hf.data import split_records
 from krllm.train.hf.model import load_causal_lm, load_tokenizer, parameter_counts, peft_config_for
 from krllm.train.hf.trainer import (early_stopping, last_eval, trainer_arguments, use_krllm_logging,
                                     with_length_sampling)
 from krllm.train.sft_config import SFTRunConfig
-from krllm.train.sft_data import tokenize_records
+from krllm.train.sft_data import split_and_tokenize
 
 
 # ---------------------------------------------------------------- the stage
@@ -64,11 +62,7 @@ def prepare(cfg: SFTRunConfig) -> Prepared:
     dtype = pick_dtype(cfg.train.dtype, device)
     mode = B.resolve_batching(cfg.train.batching, device)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.data.chat_template)
-    train_records, eval_records = split_records(cfg.data, "sft")
-    train_rows, stats = tokenize_records(train_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
-    eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
-    if not train_rows:
-        raise KrllmError("no training example has a token to learn (all dropped); check data.loss_on / max_length")
+    train_records, eval_records, train_rows, eval_rows, stats = split_and_tokenize(cfg, tokenizer)
     model = load_causal_lm(cfg.base_model, tokenizer, cfg.peft, dtype, cfg.train.gradient_checkpointing)
     if mode == "packed":
         B.check_packing_isolation(model, len(tokenizer))

@@ -67,3 +67,17 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int,
         stats.max_len = s[-1]
         stats.lengths_p50_p90 = [s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.9))]]
     return rows, stats
+
+
+def split_and_tokenize(cfg, tokenizer) -> tuple[list[dict], list[dict], list[dict], list[dict], object]:
+    """An SFT config's data (both backends): records split into train / eval, then tokenized ->
+    (train_records, eval_records, train_rows, eval_rows, stats of the train rows)."""
+    from krllm.errors import KrllmError
+    from krllm.train.hf.data import split_records
+
+    train_records, eval_records = split_records(cfg.data, "sft")
+    train_rows, stats = tokenize_records(train_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
+    eval_rows, _ = tokenize_records(eval_records, tokenizer, cfg.data.max_length, cfg.data.loss_on)
+    if not train_rows:
+        raise KrllmError("no training example has a token to learn (all dropped); check data.loss_on / max_length")
+    return train_records, eval_records, train_rows, eval_rows, stats

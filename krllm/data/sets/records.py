@@ -283,17 +283,24 @@ def validate_rows(rows, kind: str, source: str, system: str | None = None,
     """(where, row) pairs -> normalized records, or one DataError listing every bad row (where: key: why)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
+    return convert_rows(rows, lambda obj: _convert(rename_columns(obj, columns), kind, system),
+                        f"{kind} record(s)", source)
+
+
+def convert_rows(rows, convert, what: str, source: str, errors=(RecordError,)) -> list:
+    """`convert` over (where, row) pairs -> the results, or one DataError naming every bad row (the first
+    MAX_REPORTED of them, as where: why) once all were read, so one run shows the user every mistake."""
     out, problems, n_bad = [], [], 0
     for where, obj in rows:
         try:
-            out.append(_convert(rename_columns(obj, columns), kind, system))
-        except RecordError as e:
+            out.append(convert(obj))
+        except errors as e:
             n_bad += 1
             if len(problems) < MAX_REPORTED:
                 problems.append(f"{where}: {e}")
     if problems:
         more = f"\n  ... and {n_bad - len(problems)} more bad rows" if n_bad > len(problems) else ""
-        raise DataError(f"{n_bad} invalid {kind} record(s) in {source}:\n  " + "\n  ".join(problems) + more)
+        raise DataError(f"{n_bad} invalid {what} in {source}:\n  " + "\n  ".join(problems) + more)
     return out
 
 
