@@ -125,8 +125,7 @@ def export_ollama(source: str | Path, out_dir: str | Path, out_type: str = "q8_0
         template = getattr(load_tokenizer(plan.tokenizer_dir), "chat_template", None)
         check_chatml(gguf_chat_template(template), str(plan.tokenizer_dir))
         export_gguf(source, target, out_type, base=base, name=model_name)
-    metadata = read_gguf_metadata(target)
-    check_chatml(metadata.get("tokenizer.chat_template"), str(target))
+    metadata = read_gguf_metadata(target)  # its template was checked above, before the copy / export
     modelfile = out_dir / "Modelfile"
     atomic_write_text(modelfile, modelfile_text(GGUF_NAME, metadata))
     return modelfile, f"ollama create {model_name} -f {modelfile}"

@@ -164,10 +164,33 @@ class QMat(NamedTuple):
         return QTYPES[self.data.dtype]
 
 
+def _check_float(layers, lm_head: torch.Tensor, embed: torch.Tensor) -> None:
+    tensors = [w for ws in layers for w in ws] + [lm_head, embed]
+    if any(t.dtype != embed.dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
+        raise ValueError("native decode needs contiguous CPU weights of one dtype")
+
+
+def _check_quantized(layers, lm_head: "QMat", embed: "QMat", group_size: int) -> None:
+    """int8 / int4 matrices (QMat) as krllm.model.quant stores them (rows padded to whole 32-column
+    blocks), int4 groups a multiple of 32; the RMSNorm weights already folded in."""
+    mats = [w for ws in layers for w in ws] + [lm_head, embed]
+    qtype = layers[0][0].qtype
+    if any(not isinstance(w, QMat) for w in mats) or any(w.qtype != qtype for ws in layers for w in ws):
+        raise ValueError("native decode needs every layer matrix in one quantized format")
+    if lm_head.qtype != embed.qtype:
+        raise ValueError("native decode needs lm_head and the embedding in one quantized format")
+    if any(w.data.device.type != "cpu" or not w.data.is_contiguous() or not w.scale.is_contiguous()
+           or w.scale.dtype != torch.float32 for w in mats):
+        raise ValueError("native decode needs contiguous CPU quantized weights with fp32 scales")
+    if group_size % 32:
+        raise ValueError(f"native int4 decode needs a group size in multiples of 32, not {group_size}")
+
+
 class NativeDecoder:
     """Decode steps through the C library over tensors the runner owns (kept alive here).
 
-    layers: per layer (qkv, o, gate_up, down) weights (out, in), contiguous, norm weights folded in;
+    layers: per layer (qkv, o, gate_up, down) weights (out, in), contiguous, norm weights folded in: fp32 /
+    bf16 tensors, or QMat (int8 / int4) with lm_head and embed QMat too (`group_size`: int4 columns per scale);
     cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32; qkv_bias: None, or per layer the
     (H + 2 KV) D fp32 bias added to the qkv rows before RoPE (Qwen2).
     """
@@ -178,12 +201,12 @@ class NativeDecoder:
                  group_size: int = 32):
         quantized = isinstance(layers[0][0], QMat)
         if quantized:
-            return self._init_quantized(lib, cfg, layers, lm_head, embed, cos, sin, k_cache, v_cache, max_rows,
-                                        qkv_bias, group_size)
-        dtype = embed.dtype
-        tensors = [w for ws in layers for w in ws] + [lm_head, embed]
-        if any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
-            raise ValueError("native decode needs contiguous CPU weights of one dtype")
+            _check_quantized(layers, lm_head, embed, group_size)
+            data = [tuple(w.data for w in ws) for ws in layers]
+            head, emb = lm_head.data, embed.data
+        else:
+            _check_float(layers, lm_head, embed)
+            data, head, emb = layers, lm_head, embed
         if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
             raise ValueError("native decode needs contiguous fp32 rope tables and caches")
         n_layers, R, KV, S, D = k_cache.shape
@@ -193,54 +216,21 @@ class NativeDecoder:
             raise ValueError("native decode needs one contiguous fp32 q/k/v bias of (H + 2 KV) D per layer")
         self.lib = lib
         self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache, qkv_bias)
-        V = lm_head.shape[0]
 
-        def ptrs(i):
-            return (ctypes.c_void_p * n_layers)(*[ws[i].data_ptr() for ws in layers])
+        def ptrs(tensors):
+            return (ctypes.c_void_p * n_layers)(*[t.data_ptr() for t in tensors])
 
-        self._ptrs = [ptrs(i) for i in range(4)]
-        self._bias_ptrs = None if qkv_bias is None else (ctypes.c_void_p * n_layers)(*[b.data_ptr() for b in qkv_bias])
-        self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(dtype == torch.bfloat16), cfg.rms_norm_eps,
-                            *self._ptrs, lm_head.data_ptr(), embed.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                            k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs)
-        self._buffers(lib, V, max_rows)
-
-    def _init_quantized(self, lib, cfg, layers, lm_head: QMat, embed: QMat, cos, sin, k_cache, v_cache, max_rows,
-                        qkv_bias, group_size: int) -> None:
-        """int8 / int4 matrices (QMat) as krllm.model.quant stores them (rows padded to whole 32-column
-        blocks), int4 groups a multiple of 32; the RMSNorm weights already folded in."""
-        mats = [w for ws in layers for w in ws] + [lm_head, embed]
-        qtype = layers[0][0].qtype
-        if any(not isinstance(w, QMat) for w in mats) or any(w.qtype != qtype for ws in layers for w in ws):
-            raise ValueError("native decode needs every layer matrix in one quantized format")
-        if lm_head.qtype != embed.qtype:
-            raise ValueError("native decode needs lm_head and the embedding in one quantized format")
-        if any(w.data.device.type != "cpu" or not w.data.is_contiguous() or not w.scale.is_contiguous()
-               or w.scale.dtype != torch.float32 for w in mats):
-            raise ValueError("native decode needs contiguous CPU quantized weights with fp32 scales")
-        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
-            raise ValueError("native decode needs contiguous fp32 rope tables and caches")
-        n_layers, R, KV, S, D = k_cache.shape
-        H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
-        if group_size % 32:
-            raise ValueError(f"native int4 decode needs a group size in multiples of 32, not {group_size}")
-        if qkv_bias is not None and (len(qkv_bias) != n_layers or any(
-                b.dtype != torch.float32 or not b.is_contiguous() or b.shape != ((H + 2 * KV) * D,) for b in qkv_bias)):
-            raise ValueError("native decode needs one contiguous fp32 q/k/v bias of (H + 2 KV) D per layer")
-        self.lib = lib
-        self._keep = (layers, lm_head, embed, cos, sin, k_cache, v_cache, qkv_bias)
-        V = lm_head.data.shape[0]
-
-        def ptrs(i, part):
-            return (ctypes.c_void_p * n_layers)(*[getattr(ws[i], part).data_ptr() for ws in layers])
-
-        self._ptrs = [ptrs(i, "data") for i in range(4)] + [ptrs(i, "scale") for i in range(4)]
-        self._bias_ptrs = None if qkv_bias is None else (ctypes.c_void_p * n_layers)(*[b.data_ptr() for b in qkv_bias])
-        self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, 0, cfg.rms_norm_eps,
-                            *self._ptrs[:4], lm_head.data.data_ptr(), embed.data.data_ptr(), cos.data_ptr(),
-                            sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs,
-                            qtype, lm_head.qtype, group_size, *self._ptrs[4:], lm_head.scale.data_ptr(),
-                            embed.scale.data_ptr())
+        self._ptrs = [ptrs([ws[i] for ws in data]) for i in range(4)]
+        self._bias_ptrs = None if qkv_bias is None else ptrs(qkv_bias)
+        quant_fields = ()  # left zero / NULL in the struct for fp32 and bf16 weights
+        if quantized:
+            self._scale_ptrs = [ptrs([ws[i].scale for ws in layers]) for i in range(4)]
+            quant_fields = (layers[0][0].qtype, lm_head.qtype, group_size, *self._scale_ptrs,
+                            lm_head.scale.data_ptr(), embed.scale.data_ptr())
+        V = head.shape[0]
+        self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(head.dtype == torch.bfloat16), cfg.rms_norm_eps,
+                            *self._ptrs, head.data_ptr(), emb.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                            k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs, *quant_fields)
         self._buffers(lib, V, max_rows)
 
     def _buffers(self, lib, V: int, max_rows: int) -> None:

@@ -250,7 +250,6 @@ def load(path: str | Path, base: str | Path | None = None, device: str | torch.d
     """
     from krllm.data.tokens.chat_tokens import stop_ids
     from krllm.device import pick_device
-
     from krllm.model import quant
 
     model_dir = resolve_model_dir(path)

@@ -133,6 +133,16 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- the modules
 
+def _quantized_buffers(module: nn.Module, rows: int, cols: int, fmt: str, group_size: int, device) -> None:
+    """Empty `weight` (int8 (rows, padded cols), or uint8 two columns a byte) and `weight_scale` (fp32:
+    one per row, or one per row and int4 group) buffers, in the layout quantize_int8 / quantize_int4 fill."""
+    shape = (rows, padded(cols)) if fmt == "int8" else (rows, padded(cols) // 2)
+    scale_shape = (rows,) if fmt == "int8" else (rows, -(-cols // group_size))
+    module.register_buffer("weight", torch.zeros(shape, dtype=torch.int8 if fmt == "int8" else torch.uint8,
+                                                 device=device))
+    module.register_buffer("weight_scale", torch.zeros(scale_shape, dtype=torch.float32, device=device))
+
+
 class QuantLinear(nn.Module):
     """A Linear whose weight is stored quantized; forward dequantizes it (any device) and rounds the
     input per ACT_BLOCK as the C step does. Buffers: `weight` (int8, or uint8 packed) and `weight_scale`."""
@@ -141,11 +151,7 @@ class QuantLinear(nn.Module):
                  bias: bool = False, device=None):
         super().__init__()
         self.in_features, self.out_features, self.fmt, self.group_size = in_features, out_features, fmt, group_size
-        shape = (out_features, padded(in_features)) if fmt == "int8" else (out_features, padded(in_features) // 2)
-        scale_shape = (out_features,) if fmt == "int8" else (out_features, -(-in_features // group_size))
-        self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8 if fmt == "int8" else torch.uint8,
-                                                   device=device))
-        self.register_buffer("weight_scale", torch.zeros(scale_shape, dtype=torch.float32, device=device))
+        _quantized_buffers(self, out_features, in_features, fmt, group_size, device)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
@@ -179,11 +185,7 @@ class QuantEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, device=None):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.fmt, self.group_size = num_embeddings, dim, fmt, group_size
-        shape = (num_embeddings, padded(dim)) if fmt == "int8" else (num_embeddings, padded(dim) // 2)
-        scale_shape = (num_embeddings,) if fmt == "int8" else (num_embeddings, -(-dim // group_size))
-        self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8 if fmt == "int8" else torch.uint8,
-                                                   device=device))
-        self.register_buffer("weight_scale", torch.zeros(scale_shape, dtype=torch.float32, device=device))
+        _quantized_buffers(self, num_embeddings, dim, fmt, group_size, device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
