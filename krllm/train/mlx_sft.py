@@ -323,19 +323,12 @@ def _steps_done(run_dir: Path) -> int:
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    import shutil
-
-    from krllm.train.hf.outputs import STALE_FILES
+    """A fresh run must not mix into an old one (mlx-lm keeps no checkpoints/: its adapters mark a run)."""
+    from krllm.train.hf.outputs import clear_previous_run
 
     if resume or not ((run_dir / "metrics.jsonl").exists() or (run_dir / ADAPTER_MLX).exists()):
         return
-    if not overwrite:
-        raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start "
-                         "over, or change name")
-    for sub in ("checkpoints", "tb", "adapter", "merged", "hf", ADAPTER_MLX):
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
-    for name in STALE_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    clear_previous_run(run_dir, overwrite, extra_dirs=(ADAPTER_MLX,))
 
 
 def run_sft_mlx(cfg: SFTRunConfig, resume: bool = False, overwrite: bool = False) -> dict:

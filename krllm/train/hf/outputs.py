@@ -39,15 +39,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             raise KrllmError(f"--resume: no checkpoint in {run_dir / CHECKPOINTS}")
         return ckpts[-1]
     if ckpts or (run_dir / "metrics.jsonl").exists():
-        if not overwrite:
-            raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                             "start over (deletes its checkpoints, metrics and outputs), or change name")
-        if rank() == 0:  # everything a previous run wrote, so nothing stale is mistaken for this run's
-            for sub in (CHECKPOINTS, "tb", "adapter", "merged", "hf"):
-                shutil.rmtree(run_dir / sub, ignore_errors=True)
-            for name in STALE_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+        clear_previous_run(run_dir, overwrite)
     return None
+
+
+def clear_previous_run(run_dir: Path, overwrite: bool, extra_dirs: tuple[str, ...] = ()) -> None:
+    """A run directory that already holds a run: refused without --overwrite; with it, (rank 0) everything
+    a previous run wrote is deleted (`extra_dirs`: a backend's own), so nothing stale is mistaken for this run's."""
+    if not overwrite:
+        raise KrllmError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                         "start over (deletes its checkpoints, metrics and outputs), or change name")
+    if rank() == 0:
+        for sub in (CHECKPOINTS, "tb", "adapter", "merged", "hf", *extra_dirs):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for name in STALE_FILES:
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def start_run(cfg, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
