@@ -79,12 +79,14 @@ class KrllmSide:
 
 
 class LongLlamaCpp(LlamaCppSide):
-    """llama.cpp with a context for the longest prompt and its own default batch sizes."""
+    """llama.cpp with a context for the longest prompt and its own default batch sizes (n_batch: smaller ones)."""
 
-    def __init__(self, path: Path, threads: int, n_ctx: int):
+    def __init__(self, path: Path, threads: int, n_ctx: int, n_batch: int | None = None):
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        batch = {} if n_batch is None else {"n_batch": n_batch, "n_ubatch": n_batch}
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
+                                   **batch)
         self.n_vocab = self.llm.n_vocab()
 
 
@@ -100,7 +102,13 @@ def make_sides(names: list[str], d: Path, threads: int, max_len: int) -> dict:
         else:
             from krllm.export.gguf import export_gguf
 
-            sides[name] = LongLlamaCpp(Path(export_gguf(model_dir, d / f"model-{dtype}.gguf", dtype)), threads, max_len)
+            # llama.cpp q8_0 dies with SIGILL inside libggml-cpu on multi-token batches at a 1K context on this
+            # machine (tried batches of 32, 16 and 8; its 32-token prompts in decode_quant.py run): its
+            # prompts go one token a batch, so its prefill column understates llama.cpp; its decode, the
+            # q8_0 target, is unaffected
+            n_batch = 1 if dtype == "q8_0" else None
+            sides[name] = LongLlamaCpp(Path(export_gguf(model_dir, d / f"model-{dtype}.gguf", dtype)), threads, max_len,
+                                       n_batch)
     return sides
 
 

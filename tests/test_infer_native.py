@@ -204,9 +204,9 @@ def test_builds_for_cpus_without_avx512_compute_the_same(tmp_path, dtype, flags)
 def test_prompts_prefill_through_the_c_step_like_the_pytorch_path(length):
     """A prompt is rows of one slot at consecutive positions, in chunks of PREFILL_ROWS, each row
     attending to the keys of the rows before it, logits for the last only."""
-    model = _model(EVEN)
-    ours = ModelRunner(model, n_slots=2, max_seq_len=256)
-    ref = ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=256, use_native=False)
+    model = _model({**EVEN, "max_position_embeddings": 2 * PREFILL_ROWS + 16})
+    ours = ModelRunner(model, n_slots=2, max_seq_len=2 * PREFILL_ROWS + 16)
+    ref = ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=2 * PREFILL_ROWS + 16, use_native=False)
     prompt = torch.randint(2, EVEN["vocab_size"], (length,), generator=torch.Generator().manual_seed(7)).tolist()
     ours.prefill(0, [5, 6, 7])  # a neighbour in the other slot must not be disturbed
     ref.prefill(0, [5, 6, 7])

@@ -28,7 +28,7 @@ from krllm.model.cache import SlotKVCache
 
 # Prompt tokens per C-step call at prefill: each call reads the weights once for all its rows, and
 # its buffers grow with it (64 rows of a 128k vocabulary's logits are 32 MB).
-PREFILL_ROWS = 64
+PREFILL_ROWS = 512
 
 
 def _fold(weight: torch.Tensor, in_scale: torch.Tensor) -> torch.Tensor:

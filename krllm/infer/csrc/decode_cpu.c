@@ -585,6 +585,152 @@ static void matmul_rows(const Model *m, const void *w, long n_in, const float *X
         }
 }
 
+/* ---------------------------------------------------------------- prefill GEMM
+Many rows at once (a prompt, or a chunk of one) are bound by arithmetic, not by reading the weights,
+and the kernels above spend a horizontal sum per output there. From GEMM_MIN_ROWS rows on, fp32 and
+bf16 matmuls take the BLAS layout instead: the rows' inputs packed once per phase, MR rows interleaved
+(xp[block][k][MR]), and each panel of NR weight rows packed transposed (p[k][NR], bf16 widened to
+fp32) into a buffer of the thread's; the kernel then keeps an MR x NR tile of outputs in registers
+and adds one broadcast input times one weight vector per multiply-add, with no sums across lanes.
+The products are the same as the row kernels'; the order of the additions differs (by k, not in
+LANES partial sums), which moves results by rounding only. */
+#define GEMM_MIN_ROWS 48
+#define NR (2 * LANES) /* weight rows per panel: two vectors */
+#if LANES == 16
+#define MR 12 /* 24 accumulators + 2 weight vectors + a broadcast: 27 of AVX-512's 32 registers */
+#else
+#define MR 6 /* 12 + 3 of AVX2's 16 */
+#endif
+
+static inline int use_gemm(int wt, int n_live) { return wt <= WT_BF16 && n_live >= GEMM_MIN_ROWS; }
+
+/* A 16 x 16 tile transposed in registers (r[i][j] -> r[j][i]): four rounds, each swapping the
+   off-diagonal blocks of size 8, 4, 2, 1 with two-source shuffles; 64 shuffles for 256 floats, where
+   scalar copies into a transposed layout cost a store each (measured: packing took longer than the
+   multiply-adds it feeds at 128 rows). */
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && LANES == 16
+#define TRANSPOSE16 1
+#define TR_LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define TR_HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define TR_LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define TR_HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TR_LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define TR_HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TR_LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define TR_HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define TR_ROUND(S)                                                                  \
+    for (int i = 0; i < 16; i++)                                                     \
+        if (!(i & S)) {                                                              \
+            const vf a_ = r[i], b_ = r[i + S];                                       \
+            r[i] = __builtin_shufflevector(a_, b_, TR_LO##S);                        \
+            r[i + S] = __builtin_shufflevector(a_, b_, TR_HI##S);                    \
+        }
+static inline __attribute__((always_inline)) void transpose16(vf *r) {
+    TR_ROUND(8)
+    TR_ROUND(4)
+    TR_ROUND(2)
+    TR_ROUND(1)
+}
+#else
+#define TRANSPOSE16 0
+#endif
+
+/* 16 floats of row `row` from column k of a matrix of n columns, fp32 or bf16. */
+static inline vf load_row16(int bf16, const void *w, long row, long n, long k) {
+    if (!bf16) return loadf((const float *)w + row * n + k);
+    vf v;
+    const uint16_t *src = (const uint16_t *)w + row * n + k;
+    for (int j = 0; j < LANES; j++) v[j] = bf16_to_float(src[j]);
+    return v;
+}
+
+/* The live rows of X (n columns each), MR at a time, column-interleaved: xp[blk * MR * n + k * MR + i];
+   the rows past n_live in the last block are zeros. */
+static void pack_x(const float *X, long n, const int *idx, int n_live, float *xp) {
+    for (int b0 = 0; b0 < n_live; b0 += MR) {
+        float *blk = xp + (long)b0 * n;
+        const int nb = n_live - b0 < MR ? n_live - b0 : MR;
+        long k = 0;
+#if TRANSPOSE16
+        for (; k + 16 <= n; k += 16) {
+            vf r[16];
+            for (int i = 0; i < 16; i++) r[i] = i < nb ? loadf(X + (long)idx[b0 + i] * n + k) : (vf){0};
+            transpose16(r);
+            for (int j = 0; j < 16; j++) memcpy(blk + (k + j) * MR, &r[j], sizeof(float) * MR);
+        }
+#endif
+        for (int i = 0; i < MR; i++) {
+            const float *x = i < nb ? X + (long)idx[b0 + i] * n : NULL;
+            for (long kk = k; kk < n; kk++) blk[kk * MR + i] = x != NULL ? x[kk] : 0.f;
+        }
+    }
+}
+
+/* Weight rows [o, o + nr) of W (rows of n columns) as p[k * NR + r], fp32, the columns past nr zero. */
+static void pack_w(int bf16, const void *w, long n, long o, int nr, float *p) {
+    long k = 0;
+#if TRANSPOSE16
+    for (; k + 16 <= n; k += 16)
+        for (int r0 = 0; r0 < NR; r0 += 16) {
+            vf r[16];
+            for (int i = 0; i < 16; i++) r[i] = r0 + i < nr ? load_row16(bf16, w, o + r0 + i, n, k) : (vf){0};
+            transpose16(r);
+            for (int j = 0; j < 16; j++) memcpy(p + (k + j) * NR + r0, &r[j], sizeof(vf));
+        }
+#endif
+    for (int r = 0; r < NR; r++)
+        for (long kk = k; kk < n; kk++)
+            p[kk * NR + r] = r >= nr ? 0.f : bf16 ? bf16_to_float(((const uint16_t *)w)[(o + r) * n + kk])
+                                                  : ((const float *)w)[(o + r) * n + kk];
+}
+
+/* One MR x NR tile: rows b0.. of the packed inputs against a packed panel; stores the nb valid rows'
+   nr valid columns at Y + idx[b] * y_stride + col. The accumulators are named, not an array, so that
+   they stay in registers (an array of them went through memory: measured 3x slower). */
+#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) GEMM_ROWS_HI(X)
+#if MR == 12
+#define GEMM_ROWS_HI(X) X(6) X(7) X(8) X(9) X(10) X(11)
+#else
+#define GEMM_ROWS_HI(X)
+#endif
+#define GEMM_DECLARE(i) vf c##i##_0 = {0}, c##i##_1 = {0};
+#define GEMM_FMA(i) c##i##_0 += a[i] * b0, c##i##_1 += a[i] * b1; /* scalar * vector: one broadcast load */
+#define GEMM_SAVE(i) memcpy(t + (i) * NR, &c##i##_0, sizeof(vf)), memcpy(t + (i) * NR + LANES, &c##i##_1, sizeof(vf));
+
+static inline __attribute__((always_inline)) void gemm_tile(const float *p, const float *xp, long n, const int *idx,
+                                                            int nb, int nr, float *Y, long y_stride, long col,
+                                                            int accumulate) {
+    GEMM_ROWS(GEMM_DECLARE)
+    for (long k = 0; k < n; k++) {
+        const vf b0 = loadf(p + k * NR), b1 = loadf(p + k * NR + LANES);
+        const float *a = xp + k * MR;
+        GEMM_ROWS(GEMM_FMA)
+    }
+    float t[MR * NR];
+    GEMM_ROWS(GEMM_SAVE)
+    for (int i = 0; i < nb; i++) {
+        float *y = Y + (long)idx[i] * y_stride + col;
+        const float *ti = t + i * NR;
+        if (accumulate)
+            for (int r = 0; r < nr; r++) y[r] += ti[r];
+        else
+            memcpy(y, ti, sizeof(float) * nr);
+    }
+}
+
+/* Output rows [row0, row1) of Y[b] (+)= W @ X[b] for every live row, X packed by pack_x into xp;
+   pack: the thread's NR * n floats for a weight panel. */
+static void gemm_rows(int bf16, const void *w, long n, const float *xp, const int *idx, int n_live, long row0,
+                      long row1, float *Y, long y_stride, long out0, int accumulate, float *pack) {
+    for (long o = row0; o < row1; o += NR) {
+        const int nr = row1 - o < NR ? (int)(row1 - o) : NR;
+        pack_w(bf16, w, n, o, nr, pack);
+        for (int b0 = 0; b0 < n_live; b0 += MR)
+            gemm_tile(pack, xp + (long)b0 * n, n, idx + b0, n_live - b0 < MR ? n_live - b0 : MR, nr, Y, y_stride,
+                      o - out0, accumulate);
+    }
+}
+
 /* A weight matrix as the step reads it: its data, its scales (quantized types) and its type. */
 typedef struct {
     const void *w;
@@ -598,9 +744,12 @@ static inline Mat layer_mat(const Model *m, const void *const *w, const float *c
     return (Mat){w[l], s != NULL ? s[l] : NULL, layer_type(m)};
 }
 
+/* Xs: X as prepare_rows left it for this matrix type and n_live; pack: the thread's gemm_rows panel. */
 static void matmul_any(const Model *m, Mat w, long n_in, const float *X, const float *Xs, const int *idx, int n_live,
-                       long row0, long row1, float *Y, long y_stride, long out0, int accumulate) {
-    if (w.type >= WT_INT8)
+                       long row0, long row1, float *Y, long y_stride, long out0, int accumulate, float *pack) {
+    if (use_gemm(w.type, n_live))
+        gemm_rows(w.type == WT_BF16, w.w, n_in, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate, pack);
+    else if (w.type >= WT_INT8)
         matmul_rows_q(w.type, m->group_size, w.w, w.s, n_in, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
     else
         matmul_rows(m, w.w, n_in, X, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
@@ -674,12 +823,12 @@ static void wait_done(Phase *ph, int n_items) {
 
 /* Every item of a matmul phase: output rows in chunks, for all live batch rows. */
 static void matmul_phase(Phase *ph, const Model *m, Mat w, long n_in, const float *X, const float *Xs,
-                         const int *idx, int n_live, long n_out, float *Y, int accumulate) {
-    const long rows = chunk_rows(n_in, w.type);
+                         const int *idx, int n_live, long n_out, float *Y, int accumulate, float *pack) {
+    const long rows = use_gemm(w.type, n_live) ? 2 * NR : chunk_rows(n_in, w.type);
     const int n_items = (int)((n_out + rows - 1) / rows);
     for (int c; (c = claim(ph, n_items)) >= 0; finish(ph)) {
         const long r0 = c * rows, r1 = r0 + rows < n_out ? r0 + rows : n_out;
-        matmul_any(m, w, n_in, X, Xs, idx, n_live, r0, r1, Y, n_out, 0, accumulate);
+        matmul_any(m, w, n_in, X, Xs, idx, n_live, r0, r1, Y, n_out, 0, accumulate, pack);
     }
     wait_done(ph, n_items);
 }
@@ -705,11 +854,16 @@ static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, floa
         for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
         const float s = 1.f / sqrtf(ss / C + m->eps);
         for (int i = 0; i < C; i++) hb[i] = xb[i] * s;
-        prepare_for(wt, hb, hs + (long)idx[k] * xs_stride(wt, C), C);
+        if (!use_gemm(wt, n_live)) prepare_for(wt, hb, hs + (long)idx[k] * xs_stride(wt, C), C);
     }
+    if (use_gemm(wt, n_live)) pack_x(h, C, idx, n_live, hs);
 }
 
 static void prepare_rows(int wt, const float *X, float *Xs, long n, const int *idx, int n_live) {
+    if (use_gemm(wt, n_live)) {
+        pack_x(X, n, idx, n_live, Xs);
+        return;
+    }
     for (int k = 0; k < n_live; k++) prepare_for(wt, X + idx[k] * n, Xs + idx[k] * xs_stride(wt, n), n);
 }
 
@@ -757,6 +911,221 @@ static void attend_group(const float *q, const float *k, const float *v, int G, 
     }
 }
 
+/* ---------------------------------------------------------------- attention kernels
+Vectorised attention for head_dim a multiple of LANES (attend_group above is the general fallback).
+Neither materialises a score matrix per head: a decode row keeps one score per cached position, a
+prompt's block of rows one LANES-key tile at a time.
+
+- attend_decode: one row's G heads (one KV head) over its n_pos keys, each key and value read once
+  for all G heads. Scores by dot products, LANES keys at a time, their partial sums reduced across
+  lanes together (reduce_lanes: a transpose-add tree, not LANES horizontal sums); softmax with a
+  vector exp; then the values weighted, G heads per value read.
+- attend_flash: nq consecutive rows of one slot (a prompt's chunk) x G heads, online softmax over
+  tiles of LANES keys (flash attention): each tile's keys are transposed once into kt[d][j] and every
+  query-head of the block scores the whole tile with one broadcast multiply-add per dimension; the
+  running max, sum and output of each query-head live in the thread's scratch. */
+
+/* exp(x) for a vector, to ~1 ulp (Cephes' expf polynomial); x below -87.3 gives ~0, not 0. */
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+static inline vf vexp(vf x) {
+    const vf hi = (vf){0} + 88.3762626647949f, lo = (vf){0} - 87.3365447504f;
+    x = (vf)(((vi)x & (vi)(x < hi)) | ((vi)hi & ~(vi)(x < hi)));
+    x = (vf)(((vi)x & (vi)(x > lo)) | ((vi)lo & ~(vi)(x > lo)));
+    const vf magic = (vf){0} + 12582912.f; /* 1.5 * 2^23: adding it rounds to an integer */
+    const vf n = (x * 1.44269504088896341f + magic) - magic;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf y = (vf){0} + 1.9875691500E-4f;
+    y = y * r + 1.3981999507E-3f;
+    y = y * r + 8.3334519073E-3f;
+    y = y * r + 4.1665795894E-2f;
+    y = y * r + 1.6666665459E-1f;
+    y = y * r + 5.0000001201E-1f;
+    y = y * (r * r) + r + 1.f;
+    const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return y * (vf)e;
+}
+
+static inline float hmax(vf v) {
+    float mx = v[0];
+    for (int j = 1; j < LANES; j++) mx = v[j] > mx ? v[j] : mx;
+    return mx;
+}
+
+/* out[j] = sum of the lanes of part[j], for j < LANES. */
+static inline vf reduce_lanes(const vf *part) {
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && LANES == 16
+    vf a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = __builtin_shufflevector(part[2 * i], part[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(part[2 * i], part[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#else
+    vf out;
+    for (int j = 0; j < LANES; j++) out[j] = hsum(part[j]);
+    return out;
+#endif
+}
+
+/* Lanes j with first + j > last set to -inf (keys after the query's position). */
+static inline vf mask_after(vf s, int first, int last) {
+    vi lane;
+    for (int j = 0; j < LANES; j++) lane[j] = first + j;
+    const vi keep = lane <= ((vi){0} + last);
+    return (vf)(((vi)s & keep) | ((vi)((vf){0} - INFINITY) & ~keep));
+}
+
+/* q: G heads (D each, D % LANES == 0) of one row; k, v: its KV head's cache (n_pos x D);
+   scores: G * QPAD(n_pos) floats of scratch; y: the G heads' outputs. */
+static void attend_decode(const float *q, const float *k, const float *v, int G, int D, int n_pos, float *scores,
+                          float *y) {
+    const float scale = 1.f / sqrtf((float)D);
+    const int stride = (n_pos + LANES - 1) / LANES * LANES, nd = D / LANES;
+    for (int t0 = 0; t0 < n_pos; t0 += LANES) {
+        const int nk = n_pos - t0 < LANES ? n_pos - t0 : LANES;
+        for (int h = 0; h < G; h++) {
+            const float *qh = q + (long)h * D;
+            vf part[LANES];
+            for (int j = 0; j < LANES; j++) {
+                const float *kt = k + (long)(t0 + (j < nk ? j : 0)) * D;
+                vf a = {0};
+                for (int dv = 0; dv < nd; dv++) a += loadf(qh + dv * LANES) * loadf(kt + dv * LANES);
+                part[j] = a;
+            }
+            const vf sc = mask_after(reduce_lanes(part) * scale, t0, n_pos - 1);
+            memcpy(scores + (long)h * stride + t0, &sc, sizeof sc);
+        }
+    }
+    for (int h = 0; h < G; h++) {
+        float *sh = scores + (long)h * stride;
+        vf mx = loadf(sh);
+        for (int t = LANES; t < stride; t += LANES) {
+            const vf b = loadf(sh + t);
+            mx = (vf)(((vi)b & (vi)(b > mx)) | ((vi)mx & ~(vi)(b > mx)));
+        }
+        const float m = hmax(mx);
+        vf sum = {0};
+        for (int t = 0; t < stride; t += LANES) {
+            const vf p = vexp(loadf(sh + t) - m);
+            const vf pz = (vf)((vi)p & (vi)(loadf(sh + t) > (vf){0} - INFINITY)); /* masked keys: exactly 0 */
+            sum += pz;
+            memcpy(sh + t, &pz, sizeof pz);
+        }
+        const float inv = 1.f / hsum(sum);
+        for (int t = 0; t < n_pos; t++) sh[t] *= inv;
+    }
+    for (int dv = 0; dv < nd; dv++)
+        for (int h0 = 0; h0 < G; h0 += 4) { /* four heads' outputs in registers per value read */
+            const int nh = G - h0 < 4 ? G - h0 : 4;
+            const float *p0 = scores + (long)h0 * stride, *p1 = p0 + (nh > 1) * stride, *p2 = p0 + (nh > 2) * 2 * stride,
+                        *p3 = p0 + (nh > 3) * 3 * stride;
+            vf o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+            for (int t = 0; t < n_pos; t++) {
+                const vf vt = loadf(v + (long)t * D + dv * LANES);
+                o0 += p0[t] * vt;
+                o1 += p1[t] * vt;
+                o2 += p2[t] * vt;
+                o3 += p3[t] * vt;
+            }
+            const vf o[4] = {o0, o1, o2, o3};
+            for (int h = 0; h < nh; h++) memcpy(y + (long)(h0 + h) * D + dv * LANES, &o[h], sizeof o0);
+        }
+}
+
+/* Query-heads of a flash block: query row i / G of the block, head i % G. */
+#define FLASH_ROWS 32 /* prompt rows per attention work item */
+
+/* Query-heads scored together against a key tile: 8 accumulator chains, enough to hide the latency
+   of the multiply-adds (with 4 they waited on each other: measured 1.6x slower). */
+#define QH 8
+#define QH_EACH(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+/* rows of the block: q[i] = the row's G heads (QKV floats apart), y[i] = its outputs (H * D apart);
+   positions p0 .. p0 + nq - 1; k, v: the slot's KV head's cache; scratch: attend_flash_floats. */
+static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, int D, const float *k, const float *v,
+                         float *y, long y_stride, float *scratch) {
+    const float scale = 1.f / sqrtf((float)D);
+    const int nqh = nq * G, nd = D / LANES, n_keys = p0 + nq;
+    float *o = scratch, *mrow = o + (long)nqh * D, *lrow = mrow + nqh, *kt = lrow + nqh, *pt = kt + (long)D * LANES;
+    for (int i = 0; i < nqh; i++) mrow[i] = -INFINITY, lrow[i] = 0.f;
+    memset(o, 0, sizeof(float) * nqh * D);
+    for (int t0 = 0; t0 < n_keys; t0 += LANES) {
+        const int nk = n_keys - t0 < LANES ? n_keys - t0 : LANES;
+        /* the tile's keys transposed: kt[d * LANES + j] = key t0 + j, dimension d */
+#if TRANSPOSE16
+        if (nk == LANES)
+            for (int d0 = 0; d0 < D; d0 += 16) {
+                vf r[16];
+                for (int j = 0; j < 16; j++) r[j] = loadf(k + (long)(t0 + j) * D + d0);
+                transpose16(r);
+                memcpy(kt + (long)d0 * LANES, r, sizeof r);
+            }
+        else
+#endif
+            for (int j = 0; j < LANES; j++)
+                for (int d = 0; d < D; d++) kt[d * LANES + j] = j < nk ? k[(long)(t0 + j) * D + d] : 0.f;
+        const int first = t0 > p0 ? (t0 - p0) * G : 0; /* query-heads whose row sees some key of the tile */
+        for (int i0 = first; i0 < nqh; i0 += QH) {
+            const int ni = nqh - i0 < QH ? nqh - i0 : QH;
+            const float *qi[QH];
+            for (int i = 0; i < QH; i++) {
+                const int ii = i0 + (i < ni ? i : 0);
+                qi[i] = q + (long)(ii / G) * q_stride + (long)(ii % G) * D;
+            }
+#define FLASH_S_DECLARE(i) vf s##i = {0};
+#define FLASH_S_FMA(i) s##i += qi[i][d] * kd;
+            QH_EACH(FLASH_S_DECLARE)
+            for (int d = 0; d < D; d++) {
+                const vf kd = loadf(kt + d * LANES);
+                QH_EACH(FLASH_S_FMA)
+            }
+            const vf sv[QH] = {s0, s1, s2, s3, s4, s5, s6, s7};
+            float alpha[QH];
+            for (int i = 0; i < QH; i++) alpha[i] = 1.f;
+            for (int i = 0; i < ni; i++) {
+                const int ii = i0 + i, qpos = p0 + ii / G;
+                const vf sc = mask_after(sv[i] * scale, t0, qpos);
+                const float mnew = fmaxf(mrow[ii], hmax(sc));
+                const vf pr = (vf)((vi)vexp(sc - mnew) & (vi)(sc > (vf){0} - INFINITY));
+                alpha[i] = expf(mrow[ii] - mnew); /* 0 on the first tile (m = -inf) */
+                lrow[ii] = lrow[ii] * alpha[i] + hsum(pr);
+                mrow[ii] = mnew;
+                memcpy(pt + i * LANES, &pr, sizeof pr);
+            }
+            for (int i = ni; i < QH; i++) memset(pt + i * LANES, 0, sizeof(float) * LANES);
+            for (int dv = 0; dv < nd; dv++) {
+                float *oi[QH];
+                for (int i = 0; i < QH; i++) oi[i] = o + (long)(i0 + (i < ni ? i : 0)) * D + dv * LANES;
+#define FLASH_O_LOAD(i) vf o##i = loadf(oi[i]) * alpha[i];
+#define FLASH_O_FMA(i) o##i += pt[i * LANES + j] * vt;
+                QH_EACH(FLASH_O_LOAD)
+                for (int j = 0; j < nk; j++) {
+                    const vf vt = loadf(v + (long)(t0 + j) * D + dv * LANES);
+                    QH_EACH(FLASH_O_FMA)
+                }
+                const vf ov[QH] = {o0, o1, o2, o3, o4, o5, o6, o7};
+                for (int i = ni - 1; i >= 0; i--) memcpy(oi[i], &ov[i], sizeof o0); /* i = 0 last: padding aliases it */
+            }
+        }
+    }
+    for (int i = 0; i < nqh; i++) {
+        const float inv = 1.f / lrow[i];
+        float *yi = y + (long)(i / G) * y_stride + (long)(i % G) * D;
+        for (int d = 0; d < D; d++) yi[d] = o[(long)i * D + d] * inv;
+    }
+}
+
+static long attend_flash_floats(int G, int D) {
+    return (long)FLASH_ROWS * G * (D + 2) + (long)D * LANES + (long)QH * LANES;
+}
+
 /* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products. */
 int krllm_features(void) {
     int f = DPBF16 ? 2 : 0;
@@ -771,14 +1140,32 @@ int krllm_qpath(void) { return QPATH; }
 
 #define PHASES_PER_LAYER 6
 
+static long widest_input(const Model *m) {
+    const long C = m->hidden, HD = (long)m->n_heads * m->head_dim, I = m->inter;
+    return I > C ? (I > HD ? I : HD) : (C > HD ? C : HD);
+}
+
+/* Attention scratch of a thread: attend_decode's scores (G heads), attend_flash's block state,
+   attend_group's scores. */
+static long attention_floats(const Model *m) {
+    const int G = m->n_heads / m->n_kv;
+    const long decode = (long)G * (m->max_seq + LANES), flash = attend_flash_floats(G, m->head_dim);
+    return decode > flash ? decode : flash;
+}
+
+/* Each thread's own floats: h (B, C); xs, the prepared inputs (B rows of up to widest + QK, or pack_x's
+   whole blocks); attention scratch; gate/up outputs; a packed weight panel. */
+static long per_thread_floats(const Model *m, int B) {
+    const long widest = widest_input(m);
+    return (long)B * m->hidden + (B + MR) * (widest + QK) + attention_floats(m) + 2L * B * CHUNK_MAX + NR * widest;
+}
+
 /* Floats of `work` that krllm_decode needs for B rows and T threads (krllm.infer.native sizes it). */
 long krllm_work_floats(const Model *m, int B, int T) {
     const long C = m->hidden, HD = (long)m->n_heads * m->head_dim, I = m->inter;
     const long QKV = HD + 2L * m->n_kv * m->head_dim;
-    const long widest = I > C ? (I > HD ? I : HD) : (C > HD ? C : HD);
     const long shared = B * (C + QKV + HD + I);
-    const long per_thread = B * C + B * (widest + QK) + m->max_seq + 2L * B * CHUNK_MAX;
-    return shared + T * per_thread;
+    return shared + T * per_thread_floats(m, B);
 }
 
 /* One token for each of B rows. tokens[b]: input id; pos[b]: its position (= tokens cached so far
@@ -803,10 +1190,10 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
         idx[n_live++] = b;
         if (want == NULL || want[b]) out[n_out++] = b;
     }
-    const long widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
+    const long widest = widest_input(m);
     float *x = work, *qkv = x + (long)B * C, *y = qkv + (long)B * QKV, *act = y + (long)B * H * D;
     float *private0 = act + (long)B * I;
-    const long per_thread = (long)B * C + B * (widest + QK) + S + 2L * B * CHUNK_MAX;
+    const long per_thread = per_thread_floats(m, B);
 
     for (int k = 0; k < n_live; k++) {
         const int b = idx[k];
@@ -830,8 +1217,22 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
     if (counters == NULL) return -2;
     for (long i = 0; i < n_counters; i++) atomic_init(&counters[i].v, 0);
     const int wt = layer_type(m), ht = head_type(m);
-    const long gu_rows = chunk_rows(C, wt); /* intermediate units per gate/up work item */
-    const int gu_items = (int)((I + gu_rows - 1) / gu_rows), attn_items = n_live * KV;
+    const long gu_rows = use_gemm(wt, n_live) ? NR : chunk_rows(C, wt); /* intermediate units per gate/up item */
+    /* attention work: blocks of up to FLASH_ROWS consecutive rows of one slot at consecutive positions
+       (a prompt's chunk; a decode row is a block of its own), times the KV heads */
+    int blk_first[n_live > 0 ? n_live : 1], blk_len[n_live > 0 ? n_live : 1], n_blocks = 0;
+    for (int k = 0; k < n_live; k++) {
+        const int b = idx[k];
+        if (n_blocks > 0 && blk_len[n_blocks - 1] < FLASH_ROWS) {
+            const int prev = idx[k - 1];
+            if (b == prev + 1 && rows[b] == rows[prev] && pos[b] == pos[prev] + 1) {
+                blk_len[n_blocks - 1]++;
+                continue;
+            }
+        }
+        blk_first[n_blocks] = k, blk_len[n_blocks++] = 1;
+    }
+    const int gu_items = (int)((I + gu_rows - 1) / gu_rows), attn_items = n_blocks * KV, rope_items = n_live * KV;
 
 #pragma omp parallel num_threads(n_threads)
     {
@@ -840,7 +1241,8 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
 #else
         float *mine = private0;
 #endif
-        float *h = mine, *xs = h + (long)B * C, *scores = xs + (long)B * (widest + QK), *gu = scores + S;
+        float *h = mine, *xs = h + (long)B * C, *scores = xs + (B + MR) * (widest + QK), *gu = scores + attention_floats(m);
+        float *pack = gu + 2L * B * CHUNK_MAX;
 #ifdef _OPENMP
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
 #else
@@ -851,11 +1253,11 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
             for (int p = 0; p < PHASES_PER_LAYER; p++) ph[p] = phase_at(counters, l * PHASES_PER_LAYER + p, team, me);
             const long layer_base = (long)l * R * KV * S * D;
             rms_norm_rows(m, wt, x, h, xs, idx, n_live);
-            matmul_phase(&ph[0], m, layer_mat(m, m->qkv, m->qkv_s, l), C, h, xs, idx, n_live, QKV, qkv, 0);
+            matmul_phase(&ph[0], m, layer_mat(m, m->qkv, m->qkv_s, l), C, h, xs, idx, n_live, QKV, qkv, 0, pack);
             /* one (row, KV head) per item: RoPE on that group's q heads and its k head, k and v into
                the cache; all of them before any attention, since rows of one slot (a prompt) attend
                to each other's keys */
-            for (int c; (c = claim(&ph[1], attn_items)) >= 0; finish(&ph[1])) {
+            for (int c; (c = claim(&ph[1], rope_items)) >= 0; finish(&ph[1])) {
                 const int b = idx[c / KV], g = c % KV;
                 float *qb = qkv + (long)b * QKV;
                 if (m->qkv_bias != NULL) { /* this group's q heads, its k and v head */
@@ -871,36 +1273,50 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                 memcpy(m->k_cache + at, qb + (long)(H + g) * D, sizeof(float) * D);
                 memcpy(m->v_cache + at, qb + (long)(H + KV + g) * D, sizeof(float) * D);
             }
-            wait_done(&ph[1], attn_items);
+            wait_done(&ph[1], rope_items);
             for (int c; (c = claim(&ph[2], attn_items)) >= 0; finish(&ph[2])) { /* the group's heads attend */
-                const int b = idx[c / KV], g = c % KV;
-                const long base = layer_base + ((long)rows[b] * KV + g) * S * D;
-                attend_group(qkv + (long)b * QKV + (long)g * G * D, m->k_cache + base, m->v_cache + base, G, D,
-                             pos[b] + 1, scores, y + (long)b * H * D + (long)g * G * D);
+                const int first = blk_first[c / KV], nq = blk_len[c / KV], g = c % KV, b0 = idx[first];
+                const long base = layer_base + ((long)rows[b0] * KV + g) * S * D;
+                const float *kc = m->k_cache + base, *vc = m->v_cache + base;
+                if (D % LANES == 0 && nq * G >= 8)
+                    attend_flash(qkv + (long)b0 * QKV + (long)g * G * D, QKV, nq, pos[b0], G, D, kc, vc,
+                                 y + (long)b0 * H * D + (long)g * G * D, (long)H * D, scores);
+                else
+                    for (int b = b0; b < b0 + nq; b++) {
+                        const float *q = qkv + (long)b * QKV + (long)g * G * D;
+                        float *out = y + (long)b * H * D + (long)g * G * D;
+                        if (D % LANES == 0) attend_decode(q, kc, vc, G, D, pos[b] + 1, scores, out);
+                        else attend_group(q, kc, vc, G, D, pos[b] + 1, scores, out);
+                    }
             }
             wait_done(&ph[2], attn_items);
             prepare_rows(wt, y, xs, (long)H * D, idx, n_live);
-            matmul_phase(&ph[3], m, layer_mat(m, m->o, m->o_s, l), (long)H * D, y, xs, idx, n_live, C, x, 1);
+            matmul_phase(&ph[3], m, layer_mat(m, m->o, m->o_s, l), (long)H * D, y, xs, idx, n_live, C, x, 1, pack);
             rms_norm_rows(m, wt, x, h, xs, idx, n_live);
             /* gate and up rows of the same intermediate units in one item, so it can finish SwiGLU */
             for (int c; (c = claim(&ph[4], gu_items)) >= 0; finish(&ph[4])) {
                 const long j0 = c * gu_rows, j1 = j0 + gu_rows < I ? j0 + gu_rows : I, n = j1 - j0;
                 const Mat gum = layer_mat(m, m->gate_up, m->gate_up_s, l);
-                matmul_any(m, gum, C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0);
-                matmul_any(m, gum, C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows, I + j0, 0);
+                matmul_any(m, gum, C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0, pack);
+                matmul_any(m, gum, C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows, I + j0, 0, pack);
                 for (int k = 0; k < n_live; k++) {
                     const float *gate = gu + (long)idx[k] * 2 * gu_rows, *up = gate + gu_rows;
                     float *a = act + (long)idx[k] * I + j0;
-                    for (long i = 0; i < n; i++) a[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
+                    long i = 0;
+                    for (; i + LANES <= n; i += LANES) {
+                        const vf gv = loadf(gate + i), av = gv / (1.f + vexp(-gv)) * loadf(up + i);
+                        memcpy(a + i, &av, sizeof av);
+                    }
+                    for (; i < n; i++) a[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
                 }
             }
             wait_done(&ph[4], gu_items);
             prepare_rows(wt, act, xs, I, idx, n_live);
-            matmul_phase(&ph[5], m, layer_mat(m, m->down, m->down_s, l), I, act, xs, idx, n_live, C, x, 1);
+            matmul_phase(&ph[5], m, layer_mat(m, m->down, m->down_s, l), I, act, xs, idx, n_live, C, x, 1, pack);
         }
         rms_norm_rows(m, ht, x, h, xs, out, n_out);
         Phase last = phase_at(counters, L * PHASES_PER_LAYER, team, me);
-        matmul_phase(&last, m, (Mat){m->lm_head, m->lm_head_s, ht}, C, h, xs, out, n_out, V, logits, 0);
+        matmul_phase(&last, m, (Mat){m->lm_head, m->lm_head_s, ht}, C, h, xs, out, n_out, V, logits, 0, pack);
     }
     free(counters);
     return 0;
