@@ -16,6 +16,8 @@ given: parameters, their values and storage stay as they were.
     runner = ModelRunner(model, n_slots=8, max_seq_len=1024)
     logits = runner.prefill(slot=0, ids=[5, 6, 7])            # (V,)
     logits = runner.decode(torch.tensor([42]), n_rows=1)      # (1, V) for slot 0
+    # slot 0 decodes while slot 1 prefills a prompt's first 256 tokens, in one forward (chunked prefill)
+    logits, first = runner.step(torch.tensor([43]), 1, [True], Chunk(slot=1, start=0, ids=ids[:256], last=False))
 """
 
 from __future__ import annotations
