@@ -17,6 +17,7 @@ MAX_PROMPT_TOKENS = 4096  # longest prompt after the chat template (400 above it
 MAX_CONCURRENT = 64  # requests running + waiting; the next one gets 429 until one finishes
 MAX_REQUEST_BYTES = 1 << 20  # request body size (413 above it)
 MAX_BATCH = 16  # KV-cache slots: sequences decoded together in one step
+PREFILL_CHUNK = 256  # prompt tokens prefilled per engine step beside the decode rows (chunked prefill)
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"  # local only; use 0.0.0.0 on purpose (and set an API key) to expose it
 
@@ -37,6 +38,9 @@ class LimitsConfig(StrictModel):
 
 class EngineConfig(StrictModel):
     max_batch: int = Field(MAX_BATCH, ge=1, description="KV-cache slots (sequences decoded together)")
+    prefill_chunk: int = Field(PREFILL_CHUNK, ge=0, description="prompt tokens prefilled per step while the "
+                               "running sequences decode; a longer prompt takes several steps; 0 = each "
+                               "prompt whole in one step (running streams wait for it)")
     max_seq_len: int = Field(0, ge=0, description="prompt + output tokens per sequence; 0 = the model's "
                                                   "max_position_embeddings")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")

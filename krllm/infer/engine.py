@@ -1,9 +1,11 @@
 """Generation engine on token ids: prefill + KV-cache decode, sampling, stopping, batching.
 
 It knows nothing about text. Sequences join the running batch between decode steps
-(continuous batching): `step()` first admits waiting sequences into free cache slots (one
-prefill each, which also samples their first token), then decodes one token for every running
-sequence in a single batched forward. Finished or cancelled sequences free their slot at once.
+(continuous batching): `step()` decodes one token for every running sequence and, in the same
+forward, prefills up to `prefill_chunk` prompt tokens of admitted sequences (chunked prefill, as
+vLLM does): a long prompt takes several steps while the running streams keep receiving tokens, and
+a sequence's first token is sampled from the logits of its prompt's last chunk. Finished or
+cancelled sequences free their slot at once.
 
 The same loop serves every caller:
     engine = Engine(model, max_batch=8, max_seq_len=1024, eos_ids=[0, 3])
@@ -22,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from krllm.errors import KrllmError
+from krllm.infer.config import PREFILL_CHUNK
 from krllm.infer.sampling import SamplingParams, SamplingRows, sample
 from krllm.model.config_facts import config_eos_ids, config_max_len
 
@@ -29,6 +32,9 @@ _GREEDY = SamplingParams(temperature=0)
 # max_seq_len when neither the caller nor the model's config names a limit (models without
 # positions, e.g. state-space ones, have none; the KV cache / state still grows with it).
 DEFAULT_MAX_SEQ_LEN = 2048
+# Prompt tokens prefilled per step, beside the decode rows: a step's time, and so the gap between two
+# tokens of every running stream, grows with it; a prompt longer than this takes several steps.
+DEFAULT_PREFILL_CHUNK = PREFILL_CHUNK
 
 
 def make_runner(model, n_slots: int, max_seq_len: int, native: bool = True):
@@ -56,6 +62,7 @@ class Sequence:
     id: int = 0
     output: list[int] = field(default_factory=list)
     slot: int | None = None
+    prefilled: int = 0  # prompt tokens already in the slot's cache (chunked prefill)
     finish_reason: str | None = None  # "stop" (stop token / stop string), "length", "cancelled"
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # (V,) bool, only with a repetition penalty
@@ -67,6 +74,11 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def prefilling(self) -> bool:
+        """In a slot with part of its prompt still to prefill (not sampled yet)."""
+        return self.slot is not None and self.prefilled < len(self.prompt)
 
 
 @dataclass
@@ -83,14 +95,21 @@ class Engine:
     one thread calls add/cancel/step (see Scheduler for the threaded server loop)."""
 
     def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
-                 eos_ids: Iterable[int] | None = None, native: bool = True):
+                 eos_ids: Iterable[int] | None = None, native: bool = True,
+                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK):
         """model: krllm's Llama or any transformers causal LM (see make_runner).
         max_seq_len: None = the config's limit (max_position_embeddings), else DEFAULT_MAX_SEQ_LEN.
         eos_ids: None = the config's eos_token_id (int, list or none).
-        native=False keeps decoding on the PyTorch path even where the C step is available."""
+        native=False keeps decoding on the PyTorch path even where the C step is available.
+        prefill_chunk: prompt tokens prefilled per step beside the decode rows; None or 0 = each new
+        prompt whole in the step that admits it (also what runners without `step`, e.g. transformers'
+        models, always do)."""
         cfg = model.config
         max_seq_len = max_seq_len or config_max_len(cfg) or DEFAULT_MAX_SEQ_LEN
+        if prefill_chunk is not None and prefill_chunk < 0:
+            raise KrllmError(f"prefill_chunk must be >= 0 tokens (got {prefill_chunk})")
         self.runner = make_runner(model, n_slots=max_batch, max_seq_len=max_seq_len, native=native)
+        self.prefill_chunk = prefill_chunk if prefill_chunk and hasattr(self.runner, "step") else None
         self.eos_ids = frozenset(config_eos_ids(cfg) if eos_ids is None else eos_ids)
         self.max_batch = max_batch
         self.waiting: deque[Sequence] = deque()
@@ -160,7 +179,60 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[StepEvent]:
-        """Admit waiting sequences into free slots, then decode one token for each running one."""
+        """Decode one token for each running sequence and prefill the next prompt chunks (admitting
+        waiting sequences into free slots, in order, while the step's prompt-token budget lasts)."""
+        if self.prefill_chunk is None:
+            return self._step_whole_prompts()
+        events: list[StepEvent] = []
+        decoding = [s for s in self.running if not s.prefilling]
+        plan = self._plan_chunks()
+        if not plan:
+            return self._decode(decoding) if decoding else events
+        for i, (seq, start, n) in enumerate(plan):
+            with_decode = i == 0 and bool(decoding)
+            n_rows, active = self._decode_rows(decoding) if with_decode else (0, [])
+            last = start + n == len(seq.prompt)
+            if self.before_forward is not None:
+                self.before_forward()
+            logits, first = self.runner.step(self._tokens[:n_rows], n_rows, active,
+                                             (seq.slot, start, seq.prompt[start:start + n], last))
+            seq.prefilled = start + n
+            if with_decode:  # sampled before the next call: the logits may live in the runner's buffer
+                events.extend(self._sample_decoded(decoding, logits, n_rows))
+            if last and not seq.finished:
+                events.append(self._sample_first(seq, first))
+        return events
+
+    def _plan_chunks(self) -> list[tuple[Sequence, int, int]]:
+        """This step's prompt pieces (sequence, start, tokens) within the budget: sequences part-way
+        through their prompt first (in admission order), then waiting ones into free slots."""
+        budget, plan = self.prefill_chunk, []
+        for seq in sorted((s for s in self.slots if s is not None and s.prefilling), key=lambda s: s.id):
+            n = min(len(seq.prompt) - seq.prefilled, budget)
+            plan.append((seq, seq.prefilled, n))
+            budget -= n
+            if budget == 0:
+                return plan
+        while budget and self.waiting and None in self.slots:
+            seq = self.waiting.popleft()
+            seq.slot = self.slots.index(None)  # lowest free slot keeps the decoded rows contiguous
+            self.slots[seq.slot] = seq
+            n = min(len(seq.prompt), budget)
+            plan.append((seq, 0, n))
+            budget -= n
+        return plan
+
+    def _sample_first(self, seq: Sequence, logits: torch.Tensor) -> StepEvent:
+        """A sequence's first token, from the logits (V,) of its prompt's last position."""
+        rows = SamplingRows.build([seq.sampling], self.vocab_size, self.runner.device, [seq.generator])
+        if seq.seen is not None:
+            rows.seen = seq.seen[None]
+        token = sample(logits[None], rows)
+        self._record_logprobs([seq], logits[None], token)
+        return self._accept(seq, int(token[0]))
+
+    def _step_whole_prompts(self) -> list[StepEvent]:
+        """step() without chunks: each admitted prompt whole (one prefill), then one decode forward."""
         events: list[StepEvent] = []
         decoding = self.running  # sequences already running decode this step; new ones prefill
         while self.waiting and None in self.slots:
@@ -171,26 +243,31 @@ class Engine:
             if self.before_forward is not None:
                 self.before_forward()
             logits = self.runner.prefill(slot, seq.prompt)  # (V,)
-            rows = SamplingRows.build([seq.sampling], self.vocab_size, self.runner.device, [seq.generator])
-            if seq.seen is not None:
-                rows.seen = seq.seen[None]
-            token = sample(logits[None], rows)
-            self._record_logprobs([seq], logits[None], token)
-            events.append(self._accept(seq, int(token[0])))
+            seq.prefilled = len(seq.prompt)
+            events.append(self._sample_first(seq, logits))
         if decoding:
             events.extend(self._decode(decoding))
         return events
 
     def _decode(self, seqs: list[Sequence]) -> list[StepEvent]:
+        n_rows, active = self._decode_rows(seqs)
+        if self.before_forward is not None:
+            self.before_forward()
+        logits = self.runner.decode(self._tokens[:n_rows], n_rows, active)  # (n_rows, V)
+        return self._sample_decoded(seqs, logits, n_rows)
+
+    def _decode_rows(self, seqs: list[Sequence]) -> tuple[int, list[bool]]:
+        """Rows 0..n_rows-1 of a decode forward (row = slot) and which are active; fills `_tokens`."""
         n_rows = max(s.slot for s in seqs) + 1
         active = [False] * n_rows
         for s in seqs:
             active[s.slot] = True
             self._tokens[s.slot] = s.output[-1] if s.output else s.prompt[-1]
-        if self.before_forward is not None:
-            self.before_forward()
-        logits = self.runner.decode(self._tokens[:n_rows], n_rows, active)  # (n_rows, V)
-        rows = self._sampling_rows(n_rows)
+        return n_rows, active
+
+    def _sample_decoded(self, seqs: list[Sequence], logits: torch.Tensor, n_rows: int) -> list[StepEvent]:
+        """Next token of each decoded sequence from the forward's logits (n_rows, V), row = slot."""
+        rows = self._sampling_rows(seqs, n_rows)
         next_ids = sample(logits, rows)
         wanting = [s for s in seqs if s.logprobs is not None]
         if wanting:
@@ -210,9 +287,13 @@ class Engine:
         for s, lp in zip(seqs, logp.gather(1, tokens.view(-1, 1))[:, 0].tolist()):
             s.logprobs.append(lp)
 
-    def _sampling_rows(self, n_rows: int) -> SamplingRows:
-        """Per-row sampling tensors for slots 0..n_rows-1; rebuilt only when occupants change."""
-        occupants = self.slots[:n_rows]
+    def _sampling_rows(self, seqs: list[Sequence], n_rows: int) -> SamplingRows:
+        """Per-row sampling tensors for slots 0..n_rows-1; rebuilt only when the decoded sequences change.
+        Rows of other slots (free, or a sequence still prefilling or just sampled its first token) are
+        greedy placeholders: they must not draw from that sequence's generator, so that a seeded
+        request draws the same tokens however the batch around it changes."""
+        decoded = {s.id for s in seqs}
+        occupants = [s if s is not None and s.id in decoded else None for s in self.slots[:n_rows]]
         key = tuple(s.id if s is not None else 0 for s in occupants)
         if key != self._rows_key:
             params = [s.sampling if s is not None else _GREEDY for s in occupants]

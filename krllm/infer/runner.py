@@ -16,9 +16,13 @@ given: parameters, their values and storage stay as they were.
     runner = ModelRunner(model, n_slots=8, max_seq_len=1024)
     logits = runner.prefill(slot=0, ids=[5, 6, 7])            # (V,)
     logits = runner.decode(torch.tensor([42]), n_rows=1)      # (1, V) for slot 0
+    # slot 0 decodes while slot 1 prefills a prompt's first 256 tokens, in one forward (chunked prefill)
+    logits, first = runner.step(torch.tensor([43]), 1, [True], Chunk(slot=1, start=0, ids=ids[:256], last=False))
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -220,3 +224,88 @@ class ModelRunner:
 
     def free(self, slot: int) -> None:
         self.cache.free(slot)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, n_rows: int, active: list[bool] | None = None,
+             chunk: "Chunk | tuple | None" = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One engine step: a decode token for each active slot among 0..n_rows-1 (as `decode`) and a
+        piece of one prompt (`chunk`: Chunk(slot, start, ids, last)) together, so that a long prompt is
+        prefilled over several steps while the other slots keep decoding (chunked prefill).
+
+        -> (decode logits (n_rows, V) fp32 or None when n_rows is 0, logits (V,) of the chunk's last
+        token when the chunk ends its prompt (`last`), else None). Both may be views of a buffer the next
+        call overwrites. On the C step (when the decode rows would take it) the decode rows and the
+        chunk are one call, split into several only where rows exceed its buffers (the prompt's first
+        rows go first, so the last call holds the decode rows and the chunk's end).
+        """
+        tokens = tokens[:n_rows]
+        if chunk is None:
+            return (self.decode(tokens, n_rows, active) if n_rows else None), None
+        slot, start, ids, last = Chunk(*chunk)
+        ids = self._chunk_ids(slot, start, ids)
+        active = active if active is not None else [True] * n_rows
+        if slot < n_rows and active[slot]:
+            raise KrllmError(f"slot {slot} cannot decode and prefill in the same step")
+        n_active = sum(active[:n_rows])
+        if self.native is None or n_active > self.native_max_rows:
+            decoded = self.decode(tokens, n_rows, active) if n_active else None
+            return decoded, self._chunk_forward(slot, start, ids, last)
+        return self._step_native(tokens, n_rows, active, slot, start, ids, last)
+
+    def _chunk_ids(self, slot: int, start: int, ids) -> torch.Tensor:
+        """A chunk's ids as a (T,) tensor, checked: it continues what the slot holds (start 0 = a new
+        prompt, replacing it) and fits the cache."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)  # (T,)
+        if ids.shape[0] == 0:
+            raise KrllmError("empty prompt chunk: give at least one token")
+        if start and self.cache.lengths[slot] != start:
+            raise KrllmError(f"slot {slot} holds {self.cache.lengths[slot]} tokens: a chunk at {start} does not follow")
+        if start + ids.shape[0] > self.max_seq_len:
+            raise KrllmError(f"prompt of {start + ids.shape[0]} tokens does not fit max_seq_len={self.max_seq_len}")
+        return ids
+
+    def _chunk_forward(self, slot: int, start: int, ids: torch.Tensor, last: bool) -> torch.Tensor | None:
+        """A chunk alone: through the C step in pieces of its buffer's rows, else the model's forward."""
+        T = ids.shape[0]
+        if self.native is not None:
+            return self._step_native(ids[:0], 0, [], slot, start, ids, last)[1]
+        logits, _ = self.model(ids[None], cache=self.cache.prefill(slot, start, T), logits_to_keep=1)  # (1, 1, V)
+        return logits[0, -1].float() if last else None
+
+    def _step_native(self, tokens: torch.Tensor, n_rows: int, active: list[bool], slot: int, start: int,
+                     ids: torch.Tensor, last: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Decode rows + a chunk through the C step: the chunk's head alone in calls of `max_rows` rows,
+        then one call with the decode rows (idle ones as row -1) and the chunk's tail."""
+        lengths, R, T = self.cache.lengths, self.native.max_rows, ids.shape[0]
+        if n_rows >= R:  # no room for a chunk row beside the decode rows: the chunk first, on its own
+            chunk_logits = self._step_native(tokens[:0], 0, [], slot, start, ids, last)[1]
+            chunk_logits = chunk_logits.clone() if chunk_logits is not None else None
+            return self.decode(tokens, n_rows, active), chunk_logits
+        for s in range(n_rows):
+            if active[s] and lengths[s] >= self.max_seq_len:
+                raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        tail = min(T, R - n_rows)  # chunk rows that share the call with the decode rows
+        for a in range(0, T - tail, R):
+            b = min(a + R, T - tail)
+            self.native.decode(ids[a:b].contiguous(), list(range(start + a, start + b)), [slot] * (b - a),
+                               want=[False] * (b - a))
+        a = T - tail
+        pos = [lengths[s] if active[s] else 0 for s in range(n_rows)] + list(range(start + a, start + T))
+        rows = [s if active[s] else -1 for s in range(n_rows)] + [slot] * tail
+        want = [True] * n_rows + [False] * (tail - 1) + [last]
+        logits = self.native.decode(torch.cat([tokens[:n_rows].view(n_rows), ids[a:]]), pos, rows, want)
+        for s in range(n_rows):
+            if active[s]:
+                lengths[s] += 1
+        lengths[slot] = start + T
+        return (logits[:n_rows] if n_rows else None), (logits[n_rows + tail - 1] if last else None)
+
+
+class Chunk(NamedTuple):
+    """A piece of one prompt for `ModelRunner.step`: ids (T,) of slot `slot` at positions start..start+T;
+    `last`: it ends the prompt (its last token's logits are computed)."""
+
+    slot: int
+    start: int
+    ids: list[int] | torch.Tensor
+    last: bool = True
