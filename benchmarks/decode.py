@@ -53,7 +53,8 @@ def _our_times(engine, prompt: list[int]) -> tuple[float, float, list[int]]:
 
     t0 = time.perf_counter()
     seq = engine.add(prompt, SamplingParams(temperature=0), NEW_TOKENS, stop_ids=())
-    engine.step()  # prefill + first token
+    while not seq.output and not seq.finished:  # prefill (in chunks: Engine.prefill_chunk) + first token
+        engine.step()
     t1 = time.perf_counter()
     while not seq.finished:
         engine.step()

@@ -11,7 +11,7 @@ import torch
 
 from krllm.errors import KrllmError
 from krllm.infer.engine import Engine
-from krllm.infer.runner import Chunk
+from krllm.infer.runner import PREFILL_ROWS, Chunk
 from krllm.infer.sampling import SamplingParams
 from krllm.infer.testing import tiny_model_dir
 from krllm.model.hf import load_hf
@@ -168,26 +168,27 @@ def test_runner_step_logits_equal_the_forward(model, native):
 
 
 def test_decode_rows_filling_the_c_buffer_still_take_a_chunk(model):
-    """64 slots, slot 63 decoding: the C step's 64-row buffer holds the decode rows alone, so the
-    chunk (into the freed slot 5) runs before them."""
-    engine = Engine(model, max_batch=64, max_seq_len=96)
+    """PREFILL_ROWS slots, the last one decoding: the C step's buffer (PREFILL_ROWS rows) holds the
+    decode rows alone, so the chunk (into the freed slot 5) runs before them."""
+    n = PREFILL_ROWS
+    engine = Engine(model, max_batch=n, max_seq_len=96)
     if engine.runner.native is None:
         pytest.skip("no C step here")
-    assert engine.runner.native.max_rows == 64
-    prompts = _prompts(model.config.vocab_size, [3] * 64 + [40], seed=6)
+    assert engine.runner.native.max_rows == n
+    prompts = _prompts(model.config.vocab_size, [3] * n + [40], seed=6)
     alone = Engine(model, max_batch=1, max_seq_len=96, prefill_chunk=0)
-    want = [alone.generate([p], GREEDY, 6, stop_ids=())[0].output for p in (prompts[0], prompts[63], prompts[64])]
-    engine.prefill_chunk = 1000  # the 64 short prompts in the first step
-    seqs = [engine.add(p, GREEDY, 1 if i == 5 else 6, stop_ids=()) for i, p in enumerate(prompts[:64])]
+    want = [alone.generate([p], GREEDY, 6, stop_ids=())[0].output for p in (prompts[0], prompts[n - 1], prompts[n])]
+    engine.prefill_chunk = 3 * n  # the n short prompts in the first step
+    seqs = [engine.add(p, GREEDY, 1 if i == 5 else 6, stop_ids=()) for i, p in enumerate(prompts[:n])]
     engine.step()
-    assert engine.slots[5] is None and engine.slots[63] is seqs[63]
+    assert engine.slots[5] is None and engine.slots[n - 1] is seqs[n - 1]
     engine.prefill_chunk = 10
-    late = engine.add(prompts[64], GREEDY, 6, stop_ids=())
-    engine.step()  # decode rows 0..63 + the first chunk, in slot 5
+    late = engine.add(prompts[n], GREEDY, 6, stop_ids=())
+    engine.step()  # decode rows 0..n-1 + the first chunk, in slot 5
     assert late.slot == 5 and late.prefilled == 10
     while engine.has_work():
         engine.step()
-    assert [seqs[0].output, seqs[63].output, late.output] == want
+    assert [seqs[0].output, seqs[n - 1].output, late.output] == want
 
 
 def test_transformers_runner_keeps_whole_prompt_prefill():

@@ -17,7 +17,7 @@ MAX_PROMPT_TOKENS = 4096  # longest prompt after the chat template (400 above it
 MAX_CONCURRENT = 64  # requests running + waiting; the next one gets 429 until one finishes
 MAX_REQUEST_BYTES = 1 << 20  # request body size (413 above it)
 MAX_BATCH = 16  # KV-cache slots: sequences decoded together in one step
-PREFILL_CHUNK = 256  # prompt tokens prefilled per engine step beside the decode rows (chunked prefill)
+PREFILL_CHUNK = 512  # prompt tokens prefilled per engine step beside the decode rows (chunked prefill)
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"  # local only; use 0.0.0.0 on purpose (and set an API key) to expose it
 

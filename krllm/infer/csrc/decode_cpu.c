@@ -946,10 +946,24 @@ static inline vf vexp(vf x) {
     return y * (vf)e;
 }
 
+static inline vf vmax(vf a, vf b) { return (vf)(((vi)a & (vi)(a > b)) | ((vi)b & ~(vi)(a > b))); }
+
+/* Largest lane: a shuffle tree, as hsum (a scalar loop over the lanes cost as much as the exp). */
+typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef int32_t vi4 __attribute__((vector_size(16)));
 static inline float hmax(vf v) {
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && LANES == 16
+    const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const v8 m8 = (v8)(((vi8)a & (a > b)) | ((vi8)b & ~(a > b)));
+    const v4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+    const v4 m4 = (v4)(((vi4)c & (c > d)) | ((vi4)d & ~(c > d)));
+    const float x = m4[0] > m4[1] ? m4[0] : m4[1], y = m4[2] > m4[3] ? m4[2] : m4[3];
+    return x > y ? x : y;
+#else
     float mx = v[0];
     for (int j = 1; j < LANES; j++) mx = v[j] > mx ? v[j] : mx;
     return mx;
+#endif
 }
 
 /* out[j] = sum of the lanes of part[j], for j < LANES. */
@@ -1007,8 +1021,7 @@ static void attend_decode(const float *q, const float *k, const float *v, int G,
         float *sh = scores + (long)h * stride;
         vf mx = loadf(sh);
         for (int t = LANES; t < stride; t += LANES) {
-            const vf b = loadf(sh + t);
-            mx = (vf)(((vi)b & (vi)(b > mx)) | ((vi)mx & ~(vi)(b > mx)));
+            mx = vmax(mx, loadf(sh + t));
         }
         const float m = hmax(mx);
         vf sum = {0};
@@ -1053,9 +1066,18 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
                          float *y, long y_stride, float *scratch) {
     const float scale = 1.f / sqrtf((float)D);
     const int nqh = nq * G, nd = D / LANES, n_keys = p0 + nq;
-    float *o = scratch, *mrow = o + (long)nqh * D, *lrow = mrow + nqh, *kt = lrow + nqh, *pt = kt + (long)D * LANES;
-    for (int i = 0; i < nqh; i++) mrow[i] = -INFINITY, lrow[i] = 0.f;
-    memset(o, 0, sizeof(float) * nqh * D);
+    const int nqp = (nqh + QH - 1) / QH * QH; /* query-heads rounded up to whole groups */
+    float *o = scratch, *mrow = o + (long)nqp * D, *lrow = mrow + nqp, *kt = lrow + nqp, *pt = kt + (long)D * LANES;
+    float *qp = pt + (long)QH * LANES;
+    for (int i = 0; i < nqp; i++) mrow[i] = -INFINITY, lrow[i] = 0.f;
+    memset(o, 0, sizeof(float) * nqp * D);
+    /* the queries, scaled by 1/sqrt(D), interleaved by groups of QH: qp[g * QH * D + d * QH + i] */
+    for (int ii = 0; ii < nqp; ii++) {
+        const int src_i = ii < nqh ? ii : 0;
+        const float *src = q + (long)(src_i / G) * q_stride + (long)(src_i % G) * D;
+        float *dst = qp + (long)(ii / QH) * QH * D + ii % QH;
+        for (int d = 0; d < D; d++) dst[d * QH] = src[d] * scale;
+    }
     for (int t0 = 0; t0 < n_keys; t0 += LANES) {
         const int nk = n_keys - t0 < LANES ? n_keys - t0 : LANES;
         /* the tile's keys transposed: kt[d * LANES + j] = key t0 + j, dimension d */
@@ -1071,16 +1093,12 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
 #endif
             for (int j = 0; j < LANES; j++)
                 for (int d = 0; d < D; d++) kt[d * LANES + j] = j < nk ? k[(long)(t0 + j) * D + d] : 0.f;
-        const int first = t0 > p0 ? (t0 - p0) * G : 0; /* query-heads whose row sees some key of the tile */
+        const int first = t0 > p0 ? (t0 - p0) * G / QH * QH : 0; /* from the group of the first row that sees the tile */
         for (int i0 = first; i0 < nqh; i0 += QH) {
             const int ni = nqh - i0 < QH ? nqh - i0 : QH;
-            const float *qi[QH];
-            for (int i = 0; i < QH; i++) {
-                const int ii = i0 + (i < ni ? i : 0);
-                qi[i] = q + (long)(ii / G) * q_stride + (long)(ii % G) * D;
-            }
+            const float *qg = qp + (long)i0 * D; /* qg[d * QH + i]: query-head i0 + i */
 #define FLASH_S_DECLARE(i) vf s##i = {0};
-#define FLASH_S_FMA(i) s##i += qi[i][d] * kd;
+#define FLASH_S_FMA(i) s##i += qg[d * QH + i] * kd;
             QH_EACH(FLASH_S_DECLARE)
             for (int d = 0; d < D; d++) {
                 const vf kd = loadf(kt + d * LANES);
@@ -1091,7 +1109,12 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
             for (int i = 0; i < QH; i++) alpha[i] = 1.f;
             for (int i = 0; i < ni; i++) {
                 const int ii = i0 + i, qpos = p0 + ii / G;
-                const vf sc = mask_after(sv[i] * scale, t0, qpos);
+                if (qpos < t0) { /* a row before the tile, in the first group that sees it */
+                    alpha[i] = 1.f;
+                    memset(pt + i * LANES, 0, sizeof(float) * LANES);
+                    continue;
+                }
+                const vf sc = mask_after(sv[i], t0, qpos);
                 const float mnew = fmaxf(mrow[ii], hmax(sc));
                 const vf pr = (vf)((vi)vexp(sc - mnew) & (vi)(sc > (vf){0} - INFINITY));
                 alpha[i] = expf(mrow[ii] - mnew); /* 0 on the first tile (m = -inf) */
@@ -1123,7 +1146,8 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
 }
 
 static long attend_flash_floats(int G, int D) {
-    return (long)FLASH_ROWS * G * (D + 2) + (long)D * LANES + (long)QH * LANES;
+    const long nqp = ((long)FLASH_ROWS * G + QH - 1) / QH * QH;
+    return nqp * (2L * D + 2) + (long)D * LANES + (long)QH * LANES;
 }
 
 /* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products. */
