@@ -15,6 +15,7 @@ Prefill tokens/s = prompt tokens / time to the first token; decode tokens/s = 12
 
 Targets (issue 19), at 1,024 and 4,096: krllm fp32 prefill >= 1.2x llama.cpp f32 and >= 1.5x
 transformers fp32; krllm fp32 decode >= 1.2x llama.cpp f32; krllm bf16 decode >= llama.cpp q8_0.
+The `-kv16` sides keep the KV cache in fp16 (`Engine(kv_dtype="fp16")`), as llama.cpp does by default.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from decode import BENCH_31M, _hf_times, _our_times  # benchmarks/decode.py
 from decode_quant import LlamaCppSide, llama_cpp_unavailable
 
 NEW_TOKENS = 128
-SIDES = ("transformers-fp32", "transformers-bf16", "krllm-fp32", "krllm-bf16", "llama.cpp-f32", "llama.cpp-q8_0")
+SIDES = ("transformers-fp32", "transformers-bf16", "krllm-fp32", "krllm-bf16", "krllm-fp32-kv16", "krllm-bf16-kv16",
+         "llama.cpp-f32", "llama.cpp-q8_0")
 TARGETS = (  # (ours, theirs, phase, at least)
     ("krllm-fp32", "llama.cpp-f32", "prefill", 1.2), ("krllm-fp32", "transformers-fp32", "prefill", 1.5),
-    ("krllm-fp32", "llama.cpp-f32", "decode", 1.2), ("krllm-bf16", "llama.cpp-q8_0", "decode", 1.0))
+    ("krllm-fp32", "llama.cpp-f32", "decode", 1.2), ("krllm-bf16", "llama.cpp-q8_0", "decode", 1.0),
+    # with an fp16 KV cache, as llama.cpp keeps its own by default
+    ("krllm-fp32-kv16", "llama.cpp-f32", "decode", 1.2), ("krllm-bf16-kv16", "llama.cpp-q8_0", "decode", 1.0))
 
 
 def _bf16_native() -> bool:
@@ -68,11 +72,12 @@ class HfSide:
 
 
 class KrllmSide:
-    def __init__(self, model_dir: Path, dtype: str, max_len: int):
+    def __init__(self, model_dir: Path, dtype: str, max_len: int, kv_dtype: str = "auto"):
         from krllm.infer.engine import Engine
         from krllm.model.load import load
 
-        self.engine = Engine(load(model_dir, device="cpu", dtype=dtype).model, max_batch=1, max_seq_len=max_len)
+        self.engine = Engine(load(model_dir, device="cpu", dtype=dtype).model, max_batch=1, max_seq_len=max_len,
+                             kv_dtype=kv_dtype)
 
     def times(self, prompt: list[int]) -> tuple[float, float, list[int]]:
         return _our_times(self.engine, prompt)
@@ -98,7 +103,8 @@ def make_sides(names: list[str], d: Path, threads: int, max_len: int) -> dict:
         if kind == "transformers":
             sides[name] = HfSide(model_dir, {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
         elif kind == "krllm":
-            sides[name] = KrllmSide(model_dir, dtype, max_len)
+            dtype, _, kv = dtype.partition("-")
+            sides[name] = KrllmSide(model_dir, dtype, max_len, "fp16" if kv == "kv16" else "auto")
         else:
             from krllm.export.gguf import export_gguf
 
@@ -128,7 +134,7 @@ def bench(prompt_len: int, sides: dict, repeats: int) -> dict:
     agree = {}
     for name in sides:  # same-precision references: how many greedy tokens match
         ref = {"fp32": "transformers-fp32", "f32": "transformers-fp32", "bf16": "transformers-bf16"}.get(
-            name.split("-", 1)[1])
+            name.split("-")[1])
         if ref in outs and ref != name:
             agree[name] = next((i for i, (a, b) in enumerate(zip(outs[name], outs[ref])) if a != b), NEW_TOKENS)
     return {"prompt": prompt_len, "rates": rates, "agree": agree}

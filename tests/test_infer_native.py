@@ -185,7 +185,7 @@ def test_builds_for_cpus_without_avx512_compute_the_same(tmp_path, dtype, flags)
     registers, bf16 weights widened by shift and mask instead of AVX-512 BF16 dot products) the step
     matches the PyTorch path in fp32 on the same weights to fp32 rounding, bf16 weights included."""
     lib = native.build_library(tmp_path / "portable.so", flags)
-    assert lib is not None and lib.krllm_features() == 1  # OpenMP, no AVX-512 BF16
+    assert lib is not None and lib.krllm_features() & 3 == 1  # OpenMP, no AVX-512 BF16 (bit 2: an fp16 KV cache)
     model = _model(ODD).to(dtype)
     ours = ModelRunner(model, n_slots=4, max_seq_len=32)
     ours.native = ours._native_decoder(lib, model.model.rotary_emb, 32)
@@ -215,3 +215,28 @@ def test_prompts_prefill_through_the_c_step_like_the_pytorch_path(length):
     for t in (9, 4):  # the cache it left behind decodes like the reference's
         tokens = torch.tensor([t, t + 1])
         torch.testing.assert_close(ours.decode(tokens, 2), ref.decode(tokens, 2), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.skipif(not native.features()["kv_fp16"], reason="this compiler has no _Float16")
+@pytest.mark.parametrize("length", [1, 17, 600])
+def test_an_fp16_kv_cache_holds_the_fp32_entries_rounded_and_decodes_alike(length):
+    """kv_dtype=fp16: the C step writes each key and value rounded once to fp16 (layer 0: the fp32
+    cache's entries, exactly; later layers read fp16 attention inputs), and prefill + decode logits
+    stay within fp16 rounding of the fp32 cache's."""
+    model = _model({**EVEN, "max_position_embeddings": 1024})
+    full = ModelRunner(model, n_slots=2, max_seq_len=1024)
+    half = ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=1024, kv_dtype=torch.float16)
+    assert half.native is not None and half.cache.k.dtype == torch.float16
+    prompt = torch.randint(2, EVEN["vocab_size"], (length,), generator=torch.Generator().manual_seed(3)).tolist()
+    want, got = full.prefill(1, prompt), half.prefill(1, prompt)
+    for cache_half, cache_full in ((half.cache.k, full.cache.k), (half.cache.v, full.cache.v)):
+        torch.testing.assert_close(cache_half[0, 1, :, :length], cache_full[0, 1, :, :length].half(), rtol=0, atol=0)
+        torch.testing.assert_close(cache_half[:, 1, :, :length].float(), cache_full[:, 1, :, :length], rtol=2e-2,
+                                   atol=2e-2)
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-3 * scale)
+    for t in (9, 4):
+        tokens = torch.tensor([0, t])
+        a, b = full.decode(tokens, 2, [False, True])[1], half.decode(tokens, 2, [False, True])[1]
+        torch.testing.assert_close(b, a, rtol=0, atol=5e-3 * scale)

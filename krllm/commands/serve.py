@@ -74,7 +74,8 @@ def run(args) -> int:
     with console.status("loading model…"):
         lm = load(args.model, base=args.base, device=cfg.engine.device, dtype=cfg.engine.dtype,
                   name=cfg.model_name)
-        engine = make_engine(lm, cfg.engine.max_batch, cfg.engine.max_seq_len, cfg.engine.prefill_chunk)
+        engine = make_engine(lm, cfg.engine.max_batch, cfg.engine.max_seq_len, cfg.engine.prefill_chunk,
+                             cfg.engine.kv_dtype)
     console.print(describe(lm, engine))
     scheduler = Scheduler(engine)
     app = create_app(lm, scheduler, cfg, api_key, allowed_hosts=args.allowed_hosts, cors_origins=args.cors_origins)

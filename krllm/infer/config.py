@@ -6,6 +6,8 @@ Every limit is a named constant here and a config key, so a deployment changes i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from krllm.config import StrictModel
@@ -43,6 +45,9 @@ class EngineConfig(StrictModel):
                                "prompt whole in one step (running streams wait for it)")
     max_seq_len: int = Field(0, ge=0, description="prompt + output tokens per sequence; 0 = the model's "
                                                   "max_position_embeddings")
+    kv_dtype: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="KV cache dtype: auto = fp32 on CPU, the model's dtype on GPUs; fp16 halves the "
+                            "cache's memory and the bytes each decode step reads from it (llama.cpp's default)")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")
     dtype: str | None = Field("auto", description="auto = bf16 where the device multiplies it natively (CUDA, "
                                                   "CPUs with AVX-512 BF16 / AMX), else fp32; None = as saved; "

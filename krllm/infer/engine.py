@@ -37,7 +37,10 @@ DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_PREFILL_CHUNK = PREFILL_CHUNK
 
 
-def make_runner(model, n_slots: int, max_seq_len: int, native: bool = True):
+KV_DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def make_runner(model, n_slots: int, max_seq_len: int, native: bool = True, kv_dtype: str = "auto"):
     """krllm's own runner (batched decode, the C step on CPU) for krllm's Llama; transformers' forward
     (krllm.infer.hf_runner) for every other causal LM. `runner.decode_path` says which one runs."""
     from krllm.model.llama import Llama
@@ -45,7 +48,11 @@ def make_runner(model, n_slots: int, max_seq_len: int, native: bool = True):
     if isinstance(model, Llama):
         from krllm.infer.runner import ModelRunner
 
-        return ModelRunner(model, n_slots=n_slots, max_seq_len=max_seq_len, use_native=native)
+        return ModelRunner(model, n_slots=n_slots, max_seq_len=max_seq_len, use_native=native,
+                           kv_dtype=KV_DTYPES[kv_dtype])
+    if kv_dtype != "auto":
+        raise KrllmError(f"kv_dtype={kv_dtype!r} needs krllm's own Llama; {type(model).__name__} keeps "
+                         "transformers' cache")
     from krllm.infer.hf_runner import TransformersRunner
 
     return TransformersRunner(model, n_slots=n_slots, max_seq_len=max_seq_len)
@@ -96,19 +103,23 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
                  eos_ids: Iterable[int] | None = None, native: bool = True,
-                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK, kv_dtype: str = "auto"):
         """model: krllm's Llama or any transformers causal LM (see make_runner).
         max_seq_len: None = the config's limit (max_position_embeddings), else DEFAULT_MAX_SEQ_LEN.
         eos_ids: None = the config's eos_token_id (int, list or none).
         native=False keeps decoding on the PyTorch path even where the C step is available.
         prefill_chunk: prompt tokens prefilled per step beside the decode rows; None or 0 = each new
         prompt whole in the step that admits it (also what runners without `step`, e.g. transformers'
-        models, always do)."""
+        models, always do).
+        kv_dtype: the KV cache's dtype: "auto" (fp32 on CPU, the model's on GPUs), "fp32", or "fp16"
+        (half the bytes each decode step reads at long contexts, as llama.cpp's default; see ModelRunner)."""
         cfg = model.config
         max_seq_len = max_seq_len or config_max_len(cfg) or DEFAULT_MAX_SEQ_LEN
+        if kv_dtype not in KV_DTYPES:
+            raise KrllmError(f"kv_dtype must be one of {', '.join(KV_DTYPES)} (got {kv_dtype!r})")
         if prefill_chunk is not None and prefill_chunk < 0:
             raise KrllmError(f"prefill_chunk must be >= 0 tokens (got {prefill_chunk})")
-        self.runner = make_runner(model, n_slots=max_batch, max_seq_len=max_seq_len, native=native)
+        self.runner = make_runner(model, n_slots=max_batch, max_seq_len=max_seq_len, native=native, kv_dtype=kv_dtype)
         self.prefill_chunk = prefill_chunk if prefill_chunk and hasattr(self.runner, "step") else None
         self.eos_ids = frozenset(config_eos_ids(cfg) if eos_ids is None else eos_ids)
         self.max_batch = max_batch

@@ -119,11 +119,12 @@ def open_library(path: Path) -> ctypes.CDLL:
 
 
 def features() -> dict[str, bool]:
-    """What the compiled step uses here: OpenMP threads, AVX-512 BF16 dot products for bf16 weights, and
-    which int8/int4 kernels (AVX-512 VNNI, AVX2 or portable C)."""
+    """What the compiled step uses here: OpenMP threads, AVX-512 BF16 dot products for bf16 weights, whether
+    it can keep the KV cache in fp16 (the compiler has _Float16), and which int8/int4 kernels (AVX-512
+    VNNI, AVX2 or portable C)."""
     lib = library()
     bits = lib.krllm_features() if lib is not None else 0
-    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2),
+    return {"openmp": bool(bits & 1), "avx512_bf16": bool(bits & 2), "kv_fp16": bool(bits & 4),
             "int_kernels": QPATHS[lib.krllm_qpath()] if lib is not None else None}
 
 
@@ -143,6 +144,7 @@ class _Model(ctypes.Structure):
         ("qkv_s", ctypes.POINTER(ctypes.c_void_p)), ("o_s", ctypes.POINTER(ctypes.c_void_p)),
         ("gate_up_s", ctypes.POINTER(ctypes.c_void_p)), ("down_s", ctypes.POINTER(ctypes.c_void_p)),
         ("lm_head_s", ctypes.c_void_p), ("embed_s", ctypes.c_void_p),
+        ("kv_f16", ctypes.c_int),
     ]
 
 
@@ -191,7 +193,7 @@ class NativeDecoder:
 
     layers: per layer (qkv, o, gate_up, down) weights (out, in), contiguous, norm weights folded in: fp32 /
     bf16 tensors, or QMat (int8 / int4) with lm_head and embed QMat too (`group_size`: int4 columns per scale);
-    cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32; qkv_bias: None, or per layer the
+    cos/sin (S_max, D) fp32; k/v caches (L, R, KV, S_max, D) fp32 or fp16 (both alike); qkv_bias: None, or per layer the
     (H + 2 KV) D fp32 bias added to the qkv rows before RoPE (Qwen2).
     """
 
@@ -207,8 +209,14 @@ class NativeDecoder:
         else:
             _check_float(layers, lm_head, embed)
             data, head, emb = layers, lm_head, embed
-        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin, k_cache, v_cache)):
-            raise ValueError("native decode needs contiguous fp32 rope tables and caches")
+        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (cos, sin)):
+            raise ValueError("native decode needs contiguous fp32 rope tables")
+        if k_cache.dtype not in (torch.float32, torch.float16) or v_cache.dtype != k_cache.dtype or not (
+                k_cache.is_contiguous() and v_cache.is_contiguous()):
+            raise ValueError("native decode needs contiguous fp32 or fp16 KV caches")
+        kv_f16 = k_cache.dtype == torch.float16
+        if kv_f16 and not lib.krllm_features() & 4:
+            raise ValueError("this build of the C step has no fp16 KV cache (its compiler lacks _Float16)")
         n_layers, R, KV, S, D = k_cache.shape
         H, C, I = cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
         if qkv_bias is not None and (len(qkv_bias) != n_layers or any(
@@ -222,7 +230,7 @@ class NativeDecoder:
 
         self._ptrs = [ptrs([ws[i] for ws in data]) for i in range(4)]
         self._bias_ptrs = None if qkv_bias is None else ptrs(qkv_bias)
-        quant_fields = ()  # left zero / NULL in the struct for fp32 and bf16 weights
+        quant_fields = (0, 0, 0) + (None,) * 6  # zero / NULL in the struct for fp32 and bf16 weights
         if quantized:
             self._scale_ptrs = [ptrs([ws[i].scale for ws in layers]) for i in range(4)]
             quant_fields = (layers[0][0].qtype, lm_head.qtype, group_size, *self._scale_ptrs,
@@ -230,7 +238,7 @@ class NativeDecoder:
         V = head.shape[0]
         self.model = _Model(n_layers, C, H, KV, D, I, V, S, R, int(head.dtype == torch.bfloat16), cfg.rms_norm_eps,
                             *self._ptrs, head.data_ptr(), emb.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                            k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs, *quant_fields)
+                            k_cache.data_ptr(), v_cache.data_ptr(), self._bias_ptrs, *quant_fields, int(kv_f16))
         self._buffers(lib, V, max_rows)
 
     def _buffers(self, lib, V: int, max_rows: int) -> None:

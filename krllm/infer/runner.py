@@ -108,7 +108,8 @@ def prompt_tensor(ids: list[int] | torch.Tensor, device: torch.device, max_seq_l
 class ModelRunner:
     """Prefill one slot / decode a batch of slots; knows token ids and logits, nothing else."""
 
-    def __init__(self, model, n_slots: int, max_seq_len: int, use_native: bool = True):
+    def __init__(self, model, n_slots: int, max_seq_len: int, use_native: bool = True,
+                 kv_dtype: torch.dtype | None = None):
         cfg = model.config
         self.model, self.cfg = model, cfg
         p = next(model.parameters())
@@ -121,7 +122,10 @@ class ModelRunner:
         # on the cache as it is, where bf16 would need SDPA's bf16 kernel (3-4x slower for one query)
         # or a cast of every cached key and value at every step (measured 1.9 vs 1.4 ms a layer at
         # 32 rows). It costs 2x KV memory in bf16; on GPUs the cache keeps the model's dtype.
-        cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        # kv_dtype=torch.float16 halves the cache's memory and what each decode step reads from it (at 4K
+        # tokens the cache is most of a small model's traffic); the C step and PyTorch's attention read
+        # it as fp32 / in the cache's dtype.
+        cache_dtype = kv_dtype or (torch.float32 if self.device.type == "cpu" else self.dtype)
         self.cache = SlotKVCache.for_model(cfg, n_slots, max_seq_len, self.device, cache_dtype)
         from krllm.model.quant import quant_spec
 

@@ -56,14 +56,16 @@ typedef struct {
     const void *lm_head;
     const void *embed; /* (V, C) */
     const float *cos, *sin; /* (S_max, D) */
-    float *k_cache, *v_cache;
+    void *k_cache, *v_cache; /* fp32, or fp16 with kv_f16 */
     const float **qkv_bias; /* per layer (H + 2 KV) D fp32, added before RoPE (Qwen2); NULL: none */
     /* quantized weights (see "int8 / int4 weights" below): 0 = none (fp32 / bf16 as `bf16` says),
        2 = int8, 3 = int4, for the layers' matrices and for lm_head + embedding; their scales */
     int qtype, head_qtype, group_size;
     const float **qkv_s, **o_s, **gate_up_s, **down_s;
     const float *lm_head_s, *embed_s;
+    int kv_f16; /* 1: the KV cache holds fp16 (half the bytes each decode step reads), 0: fp32 */
 } Model;
+
 
 static inline float bf16_to_float(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
@@ -84,6 +86,51 @@ static inline vf loadf(const float *p) {
     vf v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* fp16 cache entries, where the compiler has _Float16 (GCC 12+, clang 15+; converted by F16C /
+   AVX-512 FP16 instructions where the CPU has them). */
+#ifdef __FLT16_MAX__
+#define KV_F16 1
+typedef _Float16 vh __attribute__((vector_size(2 * LANES)));
+#else
+#define KV_F16 0
+#endif
+
+/* LANES cache values from element i on, as fp32. */
+static inline __attribute__((always_inline)) vf load_kv(const void *p, long i, int f16) {
+#if KV_F16
+    if (f16) {
+        vh h;
+        memcpy(&h, (const _Float16 *)p + i, sizeof h);
+        return __builtin_convertvector(h, vf);
+    }
+#else
+    (void)f16;
+#endif
+    return loadf((const float *)p + i);
+}
+
+static inline __attribute__((always_inline)) float kv_at(const void *p, long i, int f16) {
+#if KV_F16
+    if (f16) return (float)((const _Float16 *)p)[i];
+#else
+    (void)f16;
+#endif
+    return ((const float *)p)[i];
+}
+
+/* n fp32 values into the cache at element i. */
+static inline void store_kv(void *p, long i, const float *x, int n, int f16) {
+#if KV_F16
+    if (f16) {
+        for (int j = 0; j < n; j++) ((_Float16 *)p)[i + j] = (_Float16)x[j];
+        return;
+    }
+#else
+    (void)f16;
+#endif
+    memcpy((float *)p + i, x, sizeof(float) * n);
 }
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -877,24 +924,17 @@ static void rope(float *v, const float *cos, const float *sin, int D) {
     }
 }
 
-static inline float dot(const float *a, const float *b, int n) {
-    vf acc = {0};
-    int i = 0;
-    for (; i + LANES <= n; i += LANES) acc += loadf(a + i) * loadf(b + i);
-    float s = hsum(acc);
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 /* Causal attention of one row's G query heads (sharing one KV head) over its n_pos cached positions. */
-static void attend_group(const float *q, const float *k, const float *v, int G, int D, int n_pos,
-                         float *scores, float *y) {
+static inline __attribute__((always_inline)) void attend_group(const float *q, const void *k, const void *v, int G,
+                                                               int D, int n_pos, float *scores, float *y, int f16) {
     float scale = 1.f / sqrtf((float)D);
     for (int h = 0; h < G; h++) {
         const float *qh = q + (long)h * D;
         float mx = -INFINITY;
         for (int t = 0; t < n_pos; t++) {
-            scores[t] = dot(qh, k + (long)t * D, D) * scale;
+            float s = 0.f;
+            for (int i = 0; i < D; i++) s += qh[i] * kv_at(k, (long)t * D + i, f16);
+            scores[t] = s * scale;
             if (scores[t] > mx) mx = scores[t];
         }
         float sum = 0.f;
@@ -905,8 +945,8 @@ static void attend_group(const float *q, const float *k, const float *v, int G, 
         float *yh = y + (long)h * D;
         for (int i = 0; i < D; i++) yh[i] = 0.f;
         for (int t = 0; t < n_pos; t++) {
-            const float p = scores[t] / sum, *vt = v + (long)t * D;
-            for (int i = 0; i < D; i++) yh[i] += p * vt[i];
+            const float p = scores[t] / sum;
+            for (int i = 0; i < D; i++) yh[i] += p * kv_at(v, (long)t * D + i, f16);
         }
     }
 }
@@ -998,8 +1038,8 @@ static inline vf mask_after(vf s, int first, int last) {
 
 /* q: G heads (D each, D % LANES == 0) of one row; k, v: its KV head's cache (n_pos x D);
    scores: G * QPAD(n_pos) floats of scratch; y: the G heads' outputs. */
-static void attend_decode(const float *q, const float *k, const float *v, int G, int D, int n_pos, float *scores,
-                          float *y) {
+static inline __attribute__((always_inline)) void attend_decode(const float *q, const void *k, const void *v, int G,
+                                                                int D, int n_pos, float *scores, float *y, int f16) {
     const float scale = 1.f / sqrtf((float)D);
     const int stride = (n_pos + LANES - 1) / LANES * LANES, nd = D / LANES;
     for (int t0 = 0; t0 < n_pos; t0 += LANES) {
@@ -1008,9 +1048,9 @@ static void attend_decode(const float *q, const float *k, const float *v, int G,
             const float *qh = q + (long)h * D;
             vf part[LANES];
             for (int j = 0; j < LANES; j++) {
-                const float *kt = k + (long)(t0 + (j < nk ? j : 0)) * D;
+                const long kt = (long)(t0 + (j < nk ? j : 0)) * D;
                 vf a = {0};
-                for (int dv = 0; dv < nd; dv++) a += loadf(qh + dv * LANES) * loadf(kt + dv * LANES);
+                for (int dv = 0; dv < nd; dv++) a += loadf(qh + dv * LANES) * load_kv(k, kt + dv * LANES, f16);
                 part[j] = a;
             }
             const vf sc = mask_after(reduce_lanes(part) * scale, t0, n_pos - 1);
@@ -1041,7 +1081,7 @@ static void attend_decode(const float *q, const float *k, const float *v, int G,
                         *p3 = p0 + (nh > 3) * 3 * stride;
             vf o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
             for (int t = 0; t < n_pos; t++) {
-                const vf vt = loadf(v + (long)t * D + dv * LANES);
+                const vf vt = load_kv(v, (long)t * D + dv * LANES, f16);
                 o0 += p0[t] * vt;
                 o1 += p1[t] * vt;
                 o2 += p2[t] * vt;
@@ -1062,8 +1102,9 @@ static void attend_decode(const float *q, const float *k, const float *v, int G,
 
 /* rows of the block: q[i] = the row's G heads (QKV floats apart), y[i] = its outputs (H * D apart);
    positions p0 .. p0 + nq - 1; k, v: the slot's KV head's cache; scratch: attend_flash_floats. */
-static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, int D, const float *k, const float *v,
-                         float *y, long y_stride, float *scratch) {
+static inline __attribute__((always_inline)) void attend_flash(const float *q, long q_stride, int nq, int p0, int G,
+                                                               int D, const void *k, const void *v, float *y,
+                                                               long y_stride, float *scratch, int f16) {
     const float scale = 1.f / sqrtf((float)D);
     const int nqh = nq * G, nd = D / LANES, n_keys = p0 + nq;
     const int nqp = (nqh + QH - 1) / QH * QH; /* query-heads rounded up to whole groups */
@@ -1085,14 +1126,14 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
         if (nk == LANES)
             for (int d0 = 0; d0 < D; d0 += 16) {
                 vf r[16];
-                for (int j = 0; j < 16; j++) r[j] = loadf(k + (long)(t0 + j) * D + d0);
+                for (int j = 0; j < 16; j++) r[j] = load_kv(k, (long)(t0 + j) * D + d0, f16);
                 transpose16(r);
                 memcpy(kt + (long)d0 * LANES, r, sizeof r);
             }
         else
 #endif
             for (int j = 0; j < LANES; j++)
-                for (int d = 0; d < D; d++) kt[d * LANES + j] = j < nk ? k[(long)(t0 + j) * D + d] : 0.f;
+                for (int d = 0; d < D; d++) kt[d * LANES + j] = j < nk ? kv_at(k, (long)(t0 + j) * D + d, f16) : 0.f;
         const int first = t0 > p0 ? (t0 - p0) * G / QH * QH : 0; /* from the group of the first row that sees the tile */
         for (int i0 = first; i0 < nqh; i0 += QH) {
             const int ni = nqh - i0 < QH ? nqh - i0 : QH;
@@ -1130,7 +1171,7 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
 #define FLASH_O_FMA(i) o##i += pt[i * LANES + j] * vt;
                 QH_EACH(FLASH_O_LOAD)
                 for (int j = 0; j < nk; j++) {
-                    const vf vt = loadf(v + (long)(t0 + j) * D + dv * LANES);
+                    const vf vt = load_kv(v, (long)(t0 + j) * D + dv * LANES, f16);
                     QH_EACH(FLASH_O_FMA)
                 }
                 const vf ov[QH] = {o0, o1, o2, o3, o4, o5, o6, o7};
@@ -1145,14 +1186,32 @@ static void attend_flash(const float *q, long q_stride, int nq, int p0, int G, i
     }
 }
 
+/* One attention work item: nq consecutive rows of one slot (b0 the first), one KV head (k, v: its
+   cache), through the kernel that fits; f16 a constant at each call, so each cache type gets its own code. */
+static inline __attribute__((always_inline)) void attend_item(const float *qkv, long QKV, const int *pos, int b0, int nq,
+                                                              int g, int G, int D, int H, const void *k, const void *v,
+                                                              float *y, float *scratch, int f16) {
+    if (D % LANES == 0 && nq * G >= 8) {
+        attend_flash(qkv + (long)b0 * QKV + (long)g * G * D, QKV, nq, pos[b0], G, D, k, v,
+                     y + (long)b0 * H * D + (long)g * G * D, (long)H * D, scratch, f16);
+        return;
+    }
+    for (int b = b0; b < b0 + nq; b++) {
+        const float *q = qkv + (long)b * QKV + (long)g * G * D;
+        float *out = y + (long)b * H * D + (long)g * G * D;
+        if (D % LANES == 0) attend_decode(q, k, v, G, D, pos[b] + 1, scratch, out, f16);
+        else attend_group(q, k, v, G, D, pos[b] + 1, scratch, out, f16);
+    }
+}
+
 static long attend_flash_floats(int G, int D) {
     const long nqp = ((long)FLASH_ROWS * G + QH - 1) / QH * QH;
     return nqp * (2L * D + 2) + (long)D * LANES + (long)QH * LANES;
 }
 
-/* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products. */
+/* What this build uses: bit 0 OpenMP threads, bit 1 AVX-512 BF16 dot products, bit 2 an fp16 KV cache. */
 int krllm_features(void) {
-    int f = DPBF16 ? 2 : 0;
+    int f = (DPBF16 ? 2 : 0) | (KV_F16 ? 4 : 0);
 #ifdef _OPENMP
     f |= 1;
 #endif
@@ -1294,24 +1353,19 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                 for (int hh = g * G; hh < (g + 1) * G; hh++) rope(qb + (long)hh * D, cs, sn, D);
                 rope(qb + (long)(H + g) * D, cs, sn, D);
                 const long at = layer_base + (((long)rows[b] * KV + g) * S + pos[b]) * D;
-                memcpy(m->k_cache + at, qb + (long)(H + g) * D, sizeof(float) * D);
-                memcpy(m->v_cache + at, qb + (long)(H + KV + g) * D, sizeof(float) * D);
+                store_kv(m->k_cache, at, qb + (long)(H + g) * D, D, m->kv_f16);
+                store_kv(m->v_cache, at, qb + (long)(H + KV + g) * D, D, m->kv_f16);
             }
             wait_done(&ph[1], rope_items);
             for (int c; (c = claim(&ph[2], attn_items)) >= 0; finish(&ph[2])) { /* the group's heads attend */
                 const int first = blk_first[c / KV], nq = blk_len[c / KV], g = c % KV, b0 = idx[first];
                 const long base = layer_base + ((long)rows[b0] * KV + g) * S * D;
-                const float *kc = m->k_cache + base, *vc = m->v_cache + base;
-                if (D % LANES == 0 && nq * G >= 8)
-                    attend_flash(qkv + (long)b0 * QKV + (long)g * G * D, QKV, nq, pos[b0], G, D, kc, vc,
-                                 y + (long)b0 * H * D + (long)g * G * D, (long)H * D, scores);
+                const long esize = m->kv_f16 ? 2 : 4;
+                const void *kc = (const char *)m->k_cache + base * esize, *vc = (const char *)m->v_cache + base * esize;
+                if (m->kv_f16)
+                    attend_item(qkv, QKV, pos, b0, nq, g, G, D, H, kc, vc, y, scores, 1);
                 else
-                    for (int b = b0; b < b0 + nq; b++) {
-                        const float *q = qkv + (long)b * QKV + (long)g * G * D;
-                        float *out = y + (long)b * H * D + (long)g * G * D;
-                        if (D % LANES == 0) attend_decode(q, kc, vc, G, D, pos[b] + 1, scores, out);
-                        else attend_group(q, kc, vc, G, D, pos[b] + 1, scores, out);
-                    }
+                    attend_item(qkv, QKV, pos, b0, nq, g, G, D, H, kc, vc, y, scores, 0);
             }
             wait_done(&ph[2], attn_items);
             prepare_rows(wt, y, xs, (long)H * D, idx, n_live);
