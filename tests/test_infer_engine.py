@@ -138,10 +138,15 @@ def test_bad_prompts_are_rejected_clearly(model):
 @pytest.mark.parametrize("native", [True, False], ids=["c-step", "pytorch"])
 def test_bf16_engine_batches_like_one_by_one_and_tracks_the_model(model_dir, native):
     """bf16 weights (what `--dtype auto` picks on CPUs with native bf16): the C step or packed bf16
-    matmuls, fp32 cache on CPU. Batched decoding must equal one-by-one exactly, and logits stay near the model's."""
+    matmuls; an fp16 cache where the C step does all attention (AVX-512 BF16), else fp32. Batched decoding
+    must equal one-by-one exactly, and logits stay near the model's."""
+    from krllm.infer import native as c_step
+
     model = load_hf(model_dir, dtype="bf16")
     engine = Engine(model, max_batch=4, max_seq_len=96, native=native)
-    assert engine.runner.cache.k.dtype == torch.float32  # CPU: fp32 cache whatever the weights
+    feats = c_step.features()
+    half = native and engine.runner.native is not None and feats["kv_fp16"] and feats["avx512_bf16"]
+    assert engine.runner.cache.k.dtype == (torch.float16 if half else torch.float32)
     prompts = _prompts(model.config.vocab_size, [3, 11, 1, 17], seed=5)
     alone = [engine.generate([p], GREEDY, max_new_tokens=12, stop_ids=())[0].output for p in prompts]
     batched = [s.output for s in engine.generate(prompts, GREEDY, max_new_tokens=12, stop_ids=())]

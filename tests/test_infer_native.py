@@ -76,7 +76,7 @@ def test_bf16_weights_decode_like_fp32_activations_on_the_same_weights(shape):
     bf16 too (as PyTorch's bf16 matmuls do): then within bf16 rounding, and the same argmax."""
     tol = 3e-2 if native.features()["avx512_bf16"] else 2e-4
     model = _model(shape).to(torch.bfloat16)
-    ours = ModelRunner(model, n_slots=5, max_seq_len=40)
+    ours = ModelRunner(model, n_slots=5, max_seq_len=40, kv_dtype=torch.float32)  # the weights' rounding only
     ref = ModelRunner(copy.deepcopy(model).float(), n_slots=5, max_seq_len=40, use_native=False)
     assert ours.native is not None and ours.native.model.bf16 == 1
     g = torch.Generator().manual_seed(2)
@@ -187,7 +187,7 @@ def test_builds_for_cpus_without_avx512_compute_the_same(tmp_path, dtype, flags)
     lib = native.build_library(tmp_path / "portable.so", flags)
     assert lib is not None and lib.krllm_features() & 3 == 1  # OpenMP, no AVX-512 BF16 (bit 2: an fp16 KV cache)
     model = _model(ODD).to(dtype)
-    ours = ModelRunner(model, n_slots=4, max_seq_len=32)
+    ours = ModelRunner(model, n_slots=4, max_seq_len=32, kv_dtype=torch.float32)
     ours.native = ours._native_decoder(lib, model.model.rotary_emb, 32)
     ref = ModelRunner(copy.deepcopy(model).float(), n_slots=4, max_seq_len=32, use_native=False)
     assert ours.native is not None and ours.native.lib is lib
@@ -240,3 +240,25 @@ def test_an_fp16_kv_cache_holds_the_fp32_entries_rounded_and_decodes_alike(lengt
         tokens = torch.tensor([0, t])
         a, b = full.decode(tokens, 2, [False, True])[1], half.decode(tokens, 2, [False, True])[1]
         torch.testing.assert_close(b, a, rtol=0, atol=5e-3 * scale)
+
+
+@needs_native
+@pytest.mark.parametrize("flags", PORTABLE, ids=lambda f: " ".join(f[1:]))
+def test_portable_builds_read_and_write_an_fp16_cache_alike(tmp_path, flags):
+    """The fp16 cache through _Float16 (baseline x86-64 / ARM) or F16C in 8-float vectors (AVX2) holds the
+    same entries as the AVX-512 build's and decodes to the same logits within fp32 rounding."""
+    lib = native.build_library(tmp_path / "portable.so", flags)
+    if not lib.krllm_features() & 4:
+        pytest.skip("this compiler has no _Float16 and the target no F16C")
+    model = _model({**EVEN, "max_position_embeddings": 128})
+    ours = ModelRunner(model, n_slots=2, max_seq_len=128, kv_dtype=torch.float16)
+    ours.native = ours._native_decoder(lib, model.model.rotary_emb, 128)
+    ref = ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=128, kv_dtype=torch.float16)
+    assert ours.native is not None and ours.native.lib is lib and ref.native.lib is not lib
+    prompt = torch.randint(2, EVEN["vocab_size"], (70,), generator=torch.Generator().manual_seed(4)).tolist()
+    want, got = ref.prefill(0, prompt), ours.prefill(0, prompt)
+    torch.testing.assert_close(ours.cache.k[:, 0, :, :70], ref.cache.k[:, 0, :, :70], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+    tokens = torch.tensor([7])
+    want, got = ref.decode(tokens, 1), ours.decode(tokens, 1)
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())

@@ -46,7 +46,8 @@ class EngineConfig(StrictModel):
     max_seq_len: int = Field(0, ge=0, description="prompt + output tokens per sequence; 0 = the model's "
                                                   "max_position_embeddings")
     kv_dtype: Literal["auto", "fp32", "fp16"] = Field(
-        "auto", description="KV cache dtype: auto = fp32 on CPU, the model's dtype on GPUs; fp16 halves the "
+        "auto", description="KV cache dtype: auto = the model's dtype on GPUs; on CPU fp16 for bf16 models where "
+                            "the C step does all attention (AVX-512 BF16), else fp32; fp16 halves the "
                             "cache's memory and the bytes each decode step reads from it (llama.cpp's default)")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, mps")
     dtype: str | None = Field("auto", description="auto = bf16 where the device multiplies it natively (CUDA, "

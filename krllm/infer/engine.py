@@ -111,8 +111,9 @@ class Engine:
         prefill_chunk: prompt tokens prefilled per step beside the decode rows; None or 0 = each new
         prompt whole in the step that admits it (also what runners without `step`, e.g. transformers'
         models, always do).
-        kv_dtype: the KV cache's dtype: "auto" (fp32 on CPU, the model's on GPUs), "fp32", or "fp16"
-        (half the bytes each decode step reads at long contexts, as llama.cpp's default; see ModelRunner)."""
+        kv_dtype: the KV cache's dtype: "auto" (ModelRunner._default_kv_dtype: the model's on GPUs; on CPU
+        fp16 for bf16 weights where the C step does all attention, else fp32), "fp32", or "fp16" (half
+        the bytes each decode step reads at long contexts, as llama.cpp's default)."""
         cfg = model.config
         max_seq_len = max_seq_len or config_max_len(cfg) or DEFAULT_MAX_SEQ_LEN
         if kv_dtype not in KV_DTYPES:

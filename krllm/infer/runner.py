@@ -118,19 +118,12 @@ class ModelRunner:
             raise KrllmError(f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
                              f"{cfg.max_position_embeddings}")
         self.vocab_size = cfg.vocab_size
-        # On CPU the cache is fp32 even for bf16 weights: attention then runs SDPA's fast fp32 kernel
-        # on the cache as it is, where bf16 would need SDPA's bf16 kernel (3-4x slower for one query)
-        # or a cast of every cached key and value at every step (measured 1.9 vs 1.4 ms a layer at
-        # 32 rows). It costs 2x KV memory in bf16; on GPUs the cache keeps the model's dtype.
-        # kv_dtype=torch.float16 halves the cache's memory and what each decode step reads from it (at 4K
-        # tokens the cache is most of a small model's traffic); the C step and PyTorch's attention read
-        # it as fp32 / in the cache's dtype.
-        cache_dtype = kv_dtype or (torch.float32 if self.device.type == "cpu" else self.dtype)
-        self.cache = SlotKVCache.for_model(cfg, n_slots, max_seq_len, self.device, cache_dtype)
         from krllm.model.quant import quant_spec
 
         self.quant = quant_spec(model)  # int8 / int4 weights (krllm.model.quant), or None
         lib = native.library() if use_native and self.device.type == "cpu" and self.dtype in native.NATIVE_DTYPES else None
+        self.cache = SlotKVCache.for_model(cfg, n_slots, max_seq_len, self.device,
+                                           kv_dtype or self._default_kv_dtype(lib))
         self.native = None  # the PyTorch path, until the C step has matched it on one token
         self.native = self._native_decoder(lib, model.model.rotary_emb, max_seq_len) if lib is not None else None
         # Batches up to this many rows take the C step. Few rows are bound by reading the weights,
@@ -141,6 +134,21 @@ class ModelRunner:
                                 else 8)  # quantized models are fp32 here: the C step at every batch size
         self.decode_path = ("PyTorch" if self.native is None else "C step" if self.native_max_rows >= n_slots
                             else f"C step up to {self.native_max_rows} rows, PyTorch above")
+
+    def _default_kv_dtype(self, lib) -> torch.dtype:
+        """The cache's dtype when the caller does not choose: the model's on GPUs. On CPU, fp16 for bf16
+        weights where the C step does every step's attention (AVX-512 BF16: every batch size) and reads
+        fp16: at 4K tokens the cache is most of what a decode step reads, and fp16 halves it (measured
+        1.4x decode at 4K on the ≈31M model, benchmarks/decode_long.py), with more mantissa than the bf16
+        weights. Otherwise fp32: PyTorch's attention then runs SDPA's fast fp32 kernel on the cache as it
+        is, where bf16/fp16 would need SDPA's half kernels (3-4x slower for one query) or a cast of every
+        cached key and value at every step (measured 1.9 vs 1.4 ms a layer at 32 rows)."""
+        if self.device.type != "cpu":
+            return self.dtype
+        feats = native.features() if lib is not None else {}
+        if self.dtype == torch.bfloat16 and feats.get("kv_fp16") and feats.get("avx512_bf16"):
+            return torch.float16
+        return torch.float32
 
     def _native_decoder(self, lib, rot, max_seq_len: int) -> "native.NativeDecoder | None":
         """The C decode step over this runner's weights and cache, if it computes what the PyTorch

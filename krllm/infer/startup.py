@@ -22,7 +22,8 @@ def make_engine(lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0,
 def describe(lm: LoadedModel, engine: Engine) -> str:
     """One start-up line: what runs where, in which dtype, with how much KV cache."""
     cache = engine.runner.cache
-    kv = (f"KV cache {cache.nbytes() / 2**20:.0f} MiB" if getattr(cache, "preallocated", True)
+    kv_dtype = str(cache.k.dtype).removeprefix("torch.") if hasattr(cache, "k") else ""
+    kv = (f"KV cache {cache.nbytes() / 2**20:.0f} MiB {kv_dtype}".rstrip() if getattr(cache, "preallocated", True)
           else "KV cache grows with each sequence")
     extra = f" + adapter {lm.adapter}" if lm.adapter else ""
     path = lm.base if lm.adapter else lm.path
