@@ -1179,24 +1179,31 @@ static inline __attribute__((always_inline)) void attend_flash(const float *q, l
                 QH_EACH(FLASH_S_FMA)
             }
             const vf sv[QH] = {s0, s1, s2, s3, s4, s5, s6, s7};
-            float alpha[QH];
-            for (int i = 0; i < QH; i++) alpha[i] = 1.f;
-            for (int i = 0; i < ni; i++) {
-                const int ii = i0 + i, qpos = p0 + ii / G;
-                if (qpos < t0) { /* a row before the tile, in the first group that sees it */
-                    alpha[i] = 1.f;
-                    memset(pt + i * LANES, 0, sizeof(float) * LANES);
+            float alpha[QH], mold[QH], mnew[QH];
+            vf pv[QH];
+            for (int i = 0; i < QH; i++) { /* the tile's probabilities and each query-head's new max */
+                const int ii = i0 + i, qpos = p0 + (i0 + (i < ni ? i : 0)) / G;
+                mold[i] = mnew[i] = i < ni ? mrow[ii] : 0.f;
+                if (i >= ni || qpos < t0) { /* padding, or a row before the tile in the first group that sees it */
+                    pv[i] = (vf){0};
                     continue;
                 }
-                const vf sc = mask_after(sv[i], t0, qpos);
-                const float mnew = fmaxf(mrow[ii], hmax(sc));
-                const vf pr = (vf)((vi)vexp(sc - mnew) & (vi)(sc > (vf){0} - INFINITY));
-                alpha[i] = expf(mrow[ii] - mnew); /* 0 on the first tile (m = -inf) */
-                lrow[ii] = lrow[ii] * alpha[i] + hsum(pr);
-                mrow[ii] = mnew;
-                memcpy(pt + i * LANES, &pr, sizeof pr);
+                const vf sc = t0 + LANES - 1 > qpos ? mask_after(sv[i], t0, qpos) : sv[i];
+                mnew[i] = fmaxf(mrow[ii], hmax(sc));
+                pv[i] = (vf)((vi)vexp(sc - mnew[i]) & (vi)(sc > (vf){0} - INFINITY));
             }
-            for (int i = ni; i < QH; i++) memset(pt + i * LANES, 0, sizeof(float) * LANES);
+            /* the rescale factors of all QH query-heads with one vector exp (0 on a first tile: m = -inf) */
+            vf md;
+            for (int j = 0; j < LANES; j++) md[j] = j < QH ? mold[j] - mnew[j] : 0.f;
+            md = vexp(md);
+            for (int i = 0; i < QH; i++) {
+                alpha[i] = mold[i] == -INFINITY ? 0.f : md[i];
+                if (i < ni) {
+                    lrow[i0 + i] = lrow[i0 + i] * alpha[i] + hsum(pv[i]);
+                    mrow[i0 + i] = mnew[i];
+                }
+                memcpy(pt + i * LANES, &pv[i], sizeof pv[i]);
+            }
             for (int dv = 0; dv < nd; dv++) {
                 float *oi[QH];
                 for (int i = 0; i < QH; i++) oi[i] = o + (long)(i0 + (i < ni ? i : 0)) * D + dv * LANES;
