@@ -262,3 +262,22 @@ def test_portable_builds_read_and_write_an_fp16_cache_alike(tmp_path, flags):
     tokens = torch.tensor([7])
     want, got = ref.decode(tokens, 1), ours.decode(tokens, 1)
     torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["fp32-cache", "fp16-cache"])
+def test_attention_at_4096_positions_equals_the_pytorch_path(kv_dtype):
+    """A 4,095-token prompt (flash attention over 8 chunks of 512 rows, GQA 4 query heads on 2 KV heads)
+    and a decode step at 4,096 positions (the decode kernel) against the PyTorch path, whose attention
+    is SDPA over the same cache: fp32 within 1e-4 of the logits' scale (fp16 cache: its rounding)."""
+    n = 4096
+    model = _model({**EVEN, "max_position_embeddings": n})
+    ours = ModelRunner(model, n_slots=1, max_seq_len=n, kv_dtype=kv_dtype)
+    ref = ModelRunner(copy.deepcopy(model), n_slots=1, max_seq_len=n, use_native=False, kv_dtype=kv_dtype)
+    assert ours.native is not None
+    prompt = torch.randint(2, EVEN["vocab_size"], (n - 1,), generator=torch.Generator().manual_seed(9)).tolist()
+    want, got = ref.prefill(0, prompt), ours.prefill(0, prompt)
+    tol = 1e-4 if kv_dtype == torch.float32 else 5e-3
+    torch.testing.assert_close(got, want, rtol=0, atol=tol * want.abs().max().item())
+    want, got = ref.decode(torch.tensor([11]), 1), ours.decode(torch.tensor([11]), 1)
+    torch.testing.assert_close(got, want, rtol=0, atol=tol * want.abs().max().item())
