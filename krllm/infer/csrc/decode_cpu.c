@@ -1126,7 +1126,7 @@ static inline __attribute__((always_inline)) void attend_decode(const float *q, 
 }
 
 /* Query-heads of a flash block: query row i / G of the block, head i % G. */
-#define FLASH_ROWS 32 /* prompt rows per attention work item */
+#define FLASH_ROWS 64 /* prompt rows per attention work item */
 
 /* Query-heads scored together against a key tile: 8 accumulator chains, enough to hide the latency
    of the multiply-adds (with 4 they waited on each other: measured 1.6x slower). */
