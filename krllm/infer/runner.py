@@ -11,7 +11,8 @@ given: parameters, their values and storage stay as they were.
   GPU/MPS, through the model's forward. The C step reads its own copies of the matrices it needs
   fused (q/k/v, gate/up) or with an RMSNorm weight folded in (q/k/v, gate/up, lm_head), made once
   at construction: build a new runner after changing the weights.
-- On CPU the cache and attention stay fp32 whatever the weights' dtype (see __init__).
+- On CPU attention runs in fp32 whatever the weights' dtype; the cache is fp32, or fp16 (`kv_dtype`; by
+  default for bf16 weights where the C step does all attention: `_default_kv_dtype`).
 
     runner = ModelRunner(model, n_slots=8, max_seq_len=1024)
     logits = runner.prefill(slot=0, ids=[5, 6, 7])            # (V,)

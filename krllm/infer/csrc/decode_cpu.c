@@ -13,9 +13,13 @@ Layout (all row-major, as PyTorch stores them; the Python side checks shapes and
   columns of the matmul that reads the norm's output, so the norm here has no weight;
   qkv rows = [q heads | k heads | v heads], gate_up rows = [gate | up]; an optional fp32 q/k/v
   bias (Qwen2) per layer, NULL for Llama;
-  cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 where R = cache rows.
-Activations, accumulation, attention and the cache are fp32 whatever the weights' dtype (with
-AVX-512 BF16, bf16 weights multiply inputs rounded to bf16, as PyTorch's bf16 matmuls do).
+  cos/sin (S_max, D) fp32; caches (L, R, KV, S_max, D) fp32 or fp16 (kv_f16) where R = cache rows.
+Activations, accumulation and attention are fp32 whatever the weights' dtype (with AVX-512 BF16,
+bf16 weights multiply inputs rounded to bf16, as PyTorch's bf16 matmuls do).
+
+A prompt's many rows are bound by arithmetic rather than by the weight reads: from GEMM_MIN_ROWS
+rows on the matmuls run as a packed GEMM ("prefill GEMM"), and a prompt's rows attend in blocks
+through a flash-attention kernel ("attention kernels").
 
 Dot products keep LANES independent partial sums (a vector register's worth), written with vector
 extensions rather than -ffast-math, so results do not depend on optimisation flags. */
