@@ -156,6 +156,10 @@ class ModelRunner:
     def _native_decoder(self, lib, rot, max_seq_len: int) -> "native.NativeDecoder | None":
         """The C decode step over this runner's weights and cache, if it computes what the PyTorch
         path computes (checked on one token in the still-empty slot 0; a mismatch means a broken build)."""
+        if self.cache.k.dtype == torch.float16 and not lib.krllm_features() & 4:
+            native.log.warning("the C step was built without fp16 support (no _Float16 / F16C): with an fp16 KV "
+                               "cache decoding uses the PyTorch path")
+            return None
         w = native_weights(self.model) if self.quant is None else quantized_native_weights(self.model)
         if w is None:
             native.log.warning("a quantized model with RMSNorm weights not folded: decoding uses the PyTorch path")
