@@ -281,3 +281,22 @@ def test_attention_at_4096_positions_equals_the_pytorch_path(kv_dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=tol * want.abs().max().item())
     want, got = ref.decode(torch.tensor([11]), 1), ours.decode(torch.tensor([11]), 1)
     torch.testing.assert_close(got, want, rtol=0, atol=tol * want.abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_decode_row_gets_bit_identical_logits_beside_a_prompt_chunk(dtype):
+    """A prompt chunk of 100 rows takes the GEMM; the decode row beside it keeps the row kernels, so a
+    stream's tokens do not depend on whether a prompt arrived in its step (chunked prefill)."""
+    from krllm.infer.runner import Chunk
+
+    model = _model({**EVEN, "max_position_embeddings": 256}).to(dtype)
+    alone, mixed = (ModelRunner(copy.deepcopy(model), n_slots=2, max_seq_len=256) for _ in range(2))
+    prompt = torch.randint(2, EVEN["vocab_size"], (120,), generator=torch.Generator().manual_seed(5)).tolist()
+    for r in (alone, mixed):
+        r.prefill(0, prompt[:7])
+    token = torch.tensor([13])
+    want = alone.decode(token, 1)[0].clone()
+    got, first = mixed.step(token, 1, [True], Chunk(slot=1, start=0, ids=prompt[:100], last=True))
+    assert torch.equal(got[0], want)
+    torch.testing.assert_close(first, alone.prefill(1, prompt[:100]), rtol=1e-3, atol=1e-3 * first.abs().max().item())

@@ -686,7 +686,14 @@ LANES partial sums), which moves results by rounding only. */
 #define MR 6 /* 12 + 3 of AVX2's 16 */
 #endif
 
-static inline int use_gemm(int wt, int n_live) { return wt <= WT_BF16 && n_live >= GEMM_MIN_ROWS; }
+/* The live rows of a step, split by which matmul kernels they take: a prompt's rows (runs of one slot
+   at consecutive positions) through the GEMM when there are GEMM_MIN_ROWS of them, every other row
+   (decode rows, short prompts) through the row kernels. A decode row's arithmetic, and so its
+   logits, are then the same whatever shares its step: alone, in any batch, or beside a prompt's chunk. */
+typedef struct {
+    const int *all, *gemm, *rest;
+    int n_all, n_gemm, n_rest;
+} Rows;
 
 /* A 16 x 16 tile transposed in registers (r[i][j] -> r[j][i]): four rounds, each swapping the
    off-diagonal blocks of size 8, 4, 2, 1 with two-source shuffles; 64 shuffles for 256 floats, where
@@ -828,15 +835,19 @@ static inline Mat layer_mat(const Model *m, const void *const *w, const float *c
     return (Mat){w[l], s != NULL ? s[l] : NULL, layer_type(m)};
 }
 
-/* Xs: X as prepare_rows left it for this matrix type and n_live; pack: the thread's gemm_rows panel. */
-static void matmul_any(const Model *m, Mat w, long n_in, const float *X, const float *Xs, const int *idx, int n_live,
-                       long row0, long row1, float *Y, long y_stride, long out0, int accumulate, float *pack) {
-    if (use_gemm(w.type, n_live))
-        gemm_rows(w.type == WT_BF16, w.w, n_in, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate, pack);
-    else if (w.type >= WT_INT8)
-        matmul_rows_q(w.type, m->group_size, w.w, w.s, n_in, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
+/* Xs, Xp: X as prepare_rows left it for this matrix type (the rest rows prepared, the gemm rows packed);
+   pack: the thread's gemm_rows panel. */
+static void matmul_any(const Model *m, Mat w, long n_in, const float *X, const float *Xs, const float *Xp,
+                       const Rows *r, long row0, long row1, float *Y, long y_stride, long out0, int accumulate,
+                       float *pack) {
+    if (r->n_gemm)
+        gemm_rows(w.type == WT_BF16, w.w, n_in, Xp, r->gemm, r->n_gemm, row0, row1, Y, y_stride, out0, accumulate, pack);
+    if (r->n_rest == 0) return;
+    if (w.type >= WT_INT8)
+        matmul_rows_q(w.type, m->group_size, w.w, w.s, n_in, Xs, r->rest, r->n_rest, row0, row1, Y, y_stride, out0,
+                      accumulate);
     else
-        matmul_rows(m, w.w, n_in, X, Xs, idx, n_live, row0, row1, Y, y_stride, out0, accumulate);
+        matmul_rows(m, w.w, n_in, X, Xs, r->rest, r->n_rest, row0, row1, Y, y_stride, out0, accumulate);
 }
 
 /* Output rows per work item: about 32 KB of weights, a whole number of ROWS blocks, at most CHUNK_MAX. */
@@ -906,13 +917,13 @@ static void wait_done(Phase *ph, int n_items) {
 }
 
 /* Every item of a matmul phase: output rows in chunks, for all live batch rows. */
-static void matmul_phase(Phase *ph, const Model *m, Mat w, long n_in, const float *X, const float *Xs,
-                         const int *idx, int n_live, long n_out, float *Y, int accumulate, float *pack) {
-    const long rows = use_gemm(w.type, n_live) ? 2 * NR : chunk_rows(n_in, w.type);
+static void matmul_phase(Phase *ph, const Model *m, Mat w, long n_in, const float *X, const float *Xs, const float *Xp,
+                         const Rows *r, long n_out, float *Y, int accumulate, float *pack) {
+    const long rows = r->n_gemm ? 2 * NR : chunk_rows(n_in, w.type);
     const int n_items = (int)((n_out + rows - 1) / rows);
     for (int c; (c = claim(ph, n_items)) >= 0; finish(ph)) {
         const long r0 = c * rows, r1 = r0 + rows < n_out ? r0 + rows : n_out;
-        matmul_any(m, w, n_in, X, Xs, idx, n_live, r0, r1, Y, n_out, 0, accumulate, pack);
+        matmul_any(m, w, n_in, X, Xs, Xp, r, r0, r1, Y, n_out, 0, accumulate, pack);
     }
     wait_done(ph, n_items);
 }
@@ -929,26 +940,25 @@ static inline void prepare_for(int wt, const float *x, float *xs, long n) {
 /* Floats between batch rows of prepared inputs of n columns (quantized rows are padded to whole blocks). */
 static inline long xs_stride(int wt, long n) { return wt >= WT_INT8 ? QPAD(n) : n; }
 
-static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, float *hs, const int *idx, int n_live) {
+/* X's rows as the matmul kernels read them: the rest rows prepared for wt into Xs, the gemm rows packed
+   into Xp. */
+static void prepare_rows(int wt, const float *X, float *Xs, float *Xp, long n, const Rows *r) {
+    for (int k = 0; k < r->n_rest; k++)
+        prepare_for(wt, X + r->rest[k] * n, Xs + r->rest[k] * xs_stride(wt, n), n);
+    if (r->n_gemm) pack_x(X, n, r->gemm, r->n_gemm, Xp);
+}
+
+static void rms_norm_rows(const Model *m, int wt, const float *x, float *h, float *hs, float *hp, const Rows *r) {
     const int C = m->hidden;
-    for (int k = 0; k < n_live; k++) {
-        const float *xb = x + (long)idx[k] * C;
-        float *hb = h + (long)idx[k] * C;
+    for (int k = 0; k < r->n_all; k++) {
+        const float *xb = x + (long)r->all[k] * C;
+        float *hb = h + (long)r->all[k] * C;
         float ss = 0.f;
         for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
         const float s = 1.f / sqrtf(ss / C + m->eps);
         for (int i = 0; i < C; i++) hb[i] = xb[i] * s;
-        if (!use_gemm(wt, n_live)) prepare_for(wt, hb, hs + (long)idx[k] * xs_stride(wt, C), C);
     }
-    if (use_gemm(wt, n_live)) pack_x(h, C, idx, n_live, hs);
-}
-
-static void prepare_rows(int wt, const float *X, float *Xs, long n, const int *idx, int n_live) {
-    if (use_gemm(wt, n_live)) {
-        pack_x(X, n, idx, n_live, Xs);
-        return;
-    }
-    for (int k = 0; k < n_live; k++) prepare_for(wt, X + idx[k] * n, Xs + idx[k] * xs_stride(wt, n), n);
+    prepare_rows(wt, h, hs, hp, C, r);
 }
 
 /* transformers' rotate_half pairing: element i turns with element i + D/2. */
@@ -1280,11 +1290,12 @@ static long attention_floats(const Model *m) {
     return decode > flash ? decode : flash;
 }
 
-/* Each thread's own floats: h (B, C); xs, the prepared inputs (B rows of up to widest + QK, or pack_x's
-   whole blocks); attention scratch; gate/up outputs; a packed weight panel. */
+/* Each thread's own floats: h (B, C); xs, the prepared inputs (B rows of up to widest + QK); xp, the
+   packed ones (pack_x's whole blocks); attention scratch; gate/up outputs; a packed weight panel. */
 static long per_thread_floats(const Model *m, int B) {
     const long widest = widest_input(m);
-    return (long)B * m->hidden + (B + MR) * (widest + QK) + attention_floats(m) + 2L * B * CHUNK_MAX + NR * widest;
+    return (long)B * m->hidden + B * (widest + QK) + (B + MR) * widest + attention_floats(m) + 2L * B * CHUNK_MAX +
+           NR * widest;
 }
 
 /* Floats of `work` that krllm_decode needs for B rows and T threads (krllm.infer.native sizes it). */
@@ -1344,7 +1355,6 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
     if (counters == NULL) return -2;
     for (long i = 0; i < n_counters; i++) atomic_init(&counters[i].v, 0);
     const int wt = layer_type(m), ht = head_type(m);
-    const long gu_rows = use_gemm(wt, n_live) ? NR : chunk_rows(C, wt); /* intermediate units per gate/up item */
     /* attention work: blocks of up to FLASH_ROWS consecutive rows of one slot at consecutive positions
        (a prompt's chunk; a decode row is a block of its own), times the KV heads */
     int blk_first[n_live > 0 ? n_live : 1], blk_len[n_live > 0 ? n_live : 1], n_blocks = 0;
@@ -1359,6 +1369,16 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
         }
         blk_first[n_blocks] = k, blk_len[n_blocks++] = 1;
     }
+    int gemm_idx[n_live > 0 ? n_live : 1], rest_idx[n_live > 0 ? n_live : 1], n_gemm = 0, n_rest = 0;
+    for (int bi = 0; bi < n_blocks; bi++)
+        for (int k = blk_first[bi]; k < blk_first[bi] + blk_len[bi]; k++) {
+            if (blk_len[bi] > 1) gemm_idx[n_gemm++] = idx[k];
+            else rest_idx[n_rest++] = idx[k];
+        }
+    Rows lr = {idx, gemm_idx, rest_idx, n_live, n_gemm, n_rest};
+    if (wt > WT_BF16 || n_gemm < GEMM_MIN_ROWS) lr = (Rows){idx, NULL, idx, n_live, 0, n_live};
+    const Rows hr = {out, NULL, out, n_out, 0, n_out}; /* the LM head: the wanted rows, row kernels */
+    const long gu_rows = lr.n_gemm ? NR : chunk_rows(C, wt); /* intermediate units per gate/up item */
     const int gu_items = (int)((I + gu_rows - 1) / gu_rows), attn_items = n_blocks * KV, rope_items = n_live * KV;
 
 #pragma omp parallel num_threads(n_threads)
@@ -1368,7 +1388,8 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
 #else
         float *mine = private0;
 #endif
-        float *h = mine, *xs = h + (long)B * C, *scores = xs + (B + MR) * (widest + QK), *gu = scores + attention_floats(m);
+        float *h = mine, *xs = h + (long)B * C, *xp = xs + (long)B * (widest + QK), *scores = xp + (B + MR) * widest;
+        float *gu = scores + attention_floats(m);
         float *pack = gu + 2L * B * CHUNK_MAX;
 #ifdef _OPENMP
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
@@ -1379,8 +1400,8 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
         for (int l = 0; l < L; l++) {
             for (int p = 0; p < PHASES_PER_LAYER; p++) ph[p] = phase_at(counters, l * PHASES_PER_LAYER + p, team, me);
             const long layer_base = (long)l * R * KV * S * D;
-            rms_norm_rows(m, wt, x, h, xs, idx, n_live);
-            matmul_phase(&ph[0], m, layer_mat(m, m->qkv, m->qkv_s, l), C, h, xs, idx, n_live, QKV, qkv, 0, pack);
+            rms_norm_rows(m, wt, x, h, xs, xp, &lr);
+            matmul_phase(&ph[0], m, layer_mat(m, m->qkv, m->qkv_s, l), C, h, xs, xp, &lr, QKV, qkv, 0, pack);
             /* one (row, KV head) per item: RoPE on that group's q heads and its k head, k and v into
                the cache; all of them before any attention, since rows of one slot (a prompt) attend
                to each other's keys */
@@ -1412,15 +1433,15 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                     attend_item(qkv, QKV, pos, b0, nq, g, G, D, H, kc, vc, y, scores, 0);
             }
             wait_done(&ph[2], attn_items);
-            prepare_rows(wt, y, xs, (long)H * D, idx, n_live);
-            matmul_phase(&ph[3], m, layer_mat(m, m->o, m->o_s, l), (long)H * D, y, xs, idx, n_live, C, x, 1, pack);
-            rms_norm_rows(m, wt, x, h, xs, idx, n_live);
+            prepare_rows(wt, y, xs, xp, (long)H * D, &lr);
+            matmul_phase(&ph[3], m, layer_mat(m, m->o, m->o_s, l), (long)H * D, y, xs, xp, &lr, C, x, 1, pack);
+            rms_norm_rows(m, wt, x, h, xs, xp, &lr);
             /* gate and up rows of the same intermediate units in one item, so it can finish SwiGLU */
             for (int c; (c = claim(&ph[4], gu_items)) >= 0; finish(&ph[4])) {
                 const long j0 = c * gu_rows, j1 = j0 + gu_rows < I ? j0 + gu_rows : I, n = j1 - j0;
                 const Mat gum = layer_mat(m, m->gate_up, m->gate_up_s, l);
-                matmul_any(m, gum, C, h, xs, idx, n_live, j0, j1, gu, 2 * gu_rows, j0, 0, pack);
-                matmul_any(m, gum, C, h, xs, idx, n_live, I + j0, I + j1, gu + gu_rows, 2 * gu_rows, I + j0, 0, pack);
+                matmul_any(m, gum, C, h, xs, xp, &lr, j0, j1, gu, 2 * gu_rows, j0, 0, pack);
+                matmul_any(m, gum, C, h, xs, xp, &lr, I + j0, I + j1, gu + gu_rows, 2 * gu_rows, I + j0, 0, pack);
                 for (int k = 0; k < n_live; k++) {
                     const float *gate = gu + (long)idx[k] * 2 * gu_rows, *up = gate + gu_rows;
                     float *a = act + (long)idx[k] * I + j0;
@@ -1433,12 +1454,12 @@ int krllm_decode(const Model *m, int B, const int64_t *tokens, const int *pos, c
                 }
             }
             wait_done(&ph[4], gu_items);
-            prepare_rows(wt, act, xs, I, idx, n_live);
-            matmul_phase(&ph[5], m, layer_mat(m, m->down, m->down_s, l), I, act, xs, idx, n_live, C, x, 1, pack);
+            prepare_rows(wt, act, xs, xp, I, &lr);
+            matmul_phase(&ph[5], m, layer_mat(m, m->down, m->down_s, l), I, act, xs, xp, &lr, C, x, 1, pack);
         }
-        rms_norm_rows(m, ht, x, h, xs, out, n_out);
+        rms_norm_rows(m, ht, x, h, xs, xp, &hr);
         Phase last = phase_at(counters, L * PHASES_PER_LAYER, team, me);
-        matmul_phase(&last, m, (Mat){m->lm_head, m->lm_head_s, ht}, C, h, xs, out, n_out, V, logits, 0, pack);
+        matmul_phase(&last, m, (Mat){m->lm_head, m->lm_head_s, ht}, C, h, xs, xp, &hr, V, logits, 0, pack);
     }
     free(counters);
     return 0;
