@@ -300,3 +300,18 @@ def test_a_decode_row_gets_bit_identical_logits_beside_a_prompt_chunk(dtype):
     got, first = mixed.step(token, 1, [True], Chunk(slot=1, start=0, ids=prompt[:100], last=True))
     assert torch.equal(got[0], want)
     torch.testing.assert_close(first, alone.prefill(1, prompt[:100]), rtol=1e-3, atol=1e-3 * first.abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [EVEN, ODD], ids=["even-shapes", "odd-shapes"])
+def test_bf16_prompts_through_the_gemm_match_fp32_activations(shape):
+    """A 100-row prompt takes the GEMM, bf16 weights widened exactly to fp32 in its packed panels: it
+    matches the PyTorch path in fp32 on the same bf16 weights to fp32 rounding."""
+    tol = 2e-4
+    model = _model({**shape, "max_position_embeddings": 256}).to(torch.bfloat16)
+    ours = ModelRunner(model, n_slots=1, max_seq_len=256, kv_dtype=torch.float32)
+    ref = ModelRunner(copy.deepcopy(model).float(), n_slots=1, max_seq_len=256, use_native=False)
+    prompt = torch.randint(2, shape["vocab_size"], (100,), generator=torch.Generator().manual_seed(8)).tolist()
+    want, got = ref.prefill(0, prompt), ours.prefill(0, prompt)
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+    assert got.argmax() == want.argmax()
