@@ -306,8 +306,9 @@ def test_a_decode_row_gets_bit_identical_logits_beside_a_prompt_chunk(dtype):
 @pytest.mark.parametrize("shape", [EVEN, ODD], ids=["even-shapes", "odd-shapes"])
 def test_bf16_prompts_through_the_gemm_match_fp32_activations(shape):
     """A 100-row prompt takes the GEMM, bf16 weights widened exactly to fp32 in its packed panels: it
-    matches the PyTorch path in fp32 on the same bf16 weights to fp32 rounding."""
-    tol = 2e-4
+    matches the PyTorch path in fp32 on the same bf16 weights to fp32 rounding, but for the last row's
+    LM head, whose row kernel rounds its input to bf16 with AVX-512 BF16 (then: bf16 rounding)."""
+    tol = 3e-2 if native.features()["avx512_bf16"] else 2e-4
     model = _model({**shape, "max_position_embeddings": 256}).to(torch.bfloat16)
     ours = ModelRunner(model, n_slots=1, max_seq_len=256, kv_dtype=torch.float32)
     ref = ModelRunner(copy.deepcopy(model).float(), n_slots=1, max_seq_len=256, use_native=False)
