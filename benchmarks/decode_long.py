@@ -31,10 +31,9 @@ from pathlib import Path
 
 import torch
 
-from decode import BENCH_31M, _hf_times, _our_times  # benchmarks/decode.py
+from decode import BENCH_31M, NEW_TOKENS, _hf_times, _our_times  # benchmarks/decode.py
 from decode_quant import LlamaCppSide, llama_cpp_unavailable
 
-NEW_TOKENS = 128
 SIDES = ("transformers-fp32", "transformers-bf16", "krllm-fp32", "krllm-fp32-kv16", "krllm-bf16", "krllm-bf16-kv32",
          "llama.cpp-f32", "llama.cpp-q8_0")
 TARGETS = (  # (ours, theirs, phase, at least)
@@ -66,9 +65,6 @@ class HfSide:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
 
     def times(self, prompt: list[int]) -> tuple[float, float, list[int]]:
-        from decode import NEW_TOKENS as decode_new
-
-        assert decode_new == NEW_TOKENS
         return _hf_times(self.model, torch.tensor([prompt]))
 
 

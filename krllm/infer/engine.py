@@ -32,9 +32,6 @@ _GREEDY = SamplingParams(temperature=0)
 # max_seq_len when neither the caller nor the model's config names a limit (models without
 # positions, e.g. state-space ones, have none; the KV cache / state still grows with it).
 DEFAULT_MAX_SEQ_LEN = 2048
-# Prompt tokens prefilled per step, beside the decode rows: a step's time, and so the gap between two
-# tokens of every running stream, grows with it; a prompt longer than this takes several steps.
-DEFAULT_PREFILL_CHUNK = PREFILL_CHUNK
 
 
 KV_DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16}
@@ -103,12 +100,13 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 8, max_seq_len: int | None = None,
                  eos_ids: Iterable[int] | None = None, native: bool = True,
-                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK, kv_dtype: str = "auto"):
+                 prefill_chunk: int | None = PREFILL_CHUNK, kv_dtype: str = "auto"):
         """model: krllm's Llama or any transformers causal LM (see make_runner).
         max_seq_len: None = the config's limit (max_position_embeddings), else DEFAULT_MAX_SEQ_LEN.
         eos_ids: None = the config's eos_token_id (int, list or none).
         native=False keeps decoding on the PyTorch path even where the C step is available.
-        prefill_chunk: prompt tokens prefilled per step beside the decode rows; None or 0 = each new
+        prefill_chunk: prompt tokens prefilled per step beside the decode rows (a step's time, and so the
+        gap between two tokens of every running stream, grows with it); None or 0 = each new
         prompt whole in the step that admits it (also what runners without `step`, e.g. transformers'
         models, always do).
         kv_dtype: the KV cache's dtype: "auto" (ModelRunner._default_kv_dtype: the model's on GPUs; on CPU

@@ -211,20 +211,30 @@ class ModelRunner:
         the scratch row and do not advance.
         """
         B = n_rows
-        lengths = self.cache.lengths
         active = active if active is not None else [True] * B
-        for s in range(B):
-            if active[s] and lengths[s] >= self.max_seq_len:
-                raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        pos, rows = self._decode_rows(B, active)
         if self.native is not None and sum(active) <= self.native_max_rows:
-            pos = [lengths[s] if active[s] else 0 for s in range(B)]
-            logits = self.native.decode(tokens.view(B), pos, [s if active[s] else -1 for s in range(B)])
-            for s in range(B):
-                if active[s]:
-                    lengths[s] += 1
+            logits = self.native.decode(tokens.view(B), pos, rows)
+            self._advance(B, active)
             return logits
         logits, _ = self.model(tokens.view(B, 1), cache=self.cache.decode(B, active))  # (B, 1, V)
         return logits[:, 0].float()
+
+    def _decode_rows(self, n_rows: int, active: list[bool]) -> tuple[list[int], list[int]]:
+        """The C step's positions and cache rows of decode rows 0..n_rows-1 (idle rows: row -1), after
+        checking that every active slot has room for one more token."""
+        lengths = self.cache.lengths
+        for s in range(n_rows):
+            if active[s] and lengths[s] >= self.max_seq_len:
+                raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        return ([lengths[s] if active[s] else 0 for s in range(n_rows)],
+                [s if active[s] else -1 for s in range(n_rows)])
+
+    def _advance(self, n_rows: int, active: list[bool]) -> None:
+        """Each active decode row's slot holds one more token."""
+        for s in range(n_rows):
+            if active[s]:
+                self.cache.lengths[s] += 1
 
     def free(self, slot: int) -> None:
         self.cache.free(slot)
@@ -280,28 +290,23 @@ class ModelRunner:
                      ids: torch.Tensor, last: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Decode rows + a chunk through the C step: the chunk's head alone in calls of `max_rows` rows,
         then one call with the decode rows (idle ones as row -1) and the chunk's tail."""
-        lengths, R, T = self.cache.lengths, self.native.max_rows, ids.shape[0]
+        R, T = self.native.max_rows, ids.shape[0]
         if n_rows >= R:  # no room for a chunk row beside the decode rows: the chunk first, on its own
             chunk_logits = self._step_native(tokens[:0], 0, [], slot, start, ids, last)[1]
             chunk_logits = chunk_logits.clone() if chunk_logits is not None else None
             return self.decode(tokens, n_rows, active), chunk_logits
-        for s in range(n_rows):
-            if active[s] and lengths[s] >= self.max_seq_len:
-                raise KrllmError(f"slot {s} is full ({self.max_seq_len} tokens): finish it before decoding")
+        pos, rows = self._decode_rows(n_rows, active)
         tail = min(T, R - n_rows)  # chunk rows that share the call with the decode rows
         for a in range(0, T - tail, R):
             b = min(a + R, T - tail)
             self.native.decode(ids[a:b].contiguous(), list(range(start + a, start + b)), [slot] * (b - a),
                                want=[False] * (b - a))
         a = T - tail
-        pos = [lengths[s] if active[s] else 0 for s in range(n_rows)] + list(range(start + a, start + T))
-        rows = [s if active[s] else -1 for s in range(n_rows)] + [slot] * tail
         want = [True] * n_rows + [False] * (tail - 1) + [last]
-        logits = self.native.decode(torch.cat([tokens[:n_rows].view(n_rows), ids[a:]]), pos, rows, want)
-        for s in range(n_rows):
-            if active[s]:
-                lengths[s] += 1
-        lengths[slot] = start + T
+        logits = self.native.decode(torch.cat([tokens[:n_rows].view(n_rows), ids[a:]]),
+                                    pos + list(range(start + a, start + T)), rows + [slot] * tail, want)
+        self._advance(n_rows, active)
+        self.cache.lengths[slot] = start + T
         return (logits[:n_rows] if n_rows else None), (logits[n_rows + tail - 1] if last else None)
 
 

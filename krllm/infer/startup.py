@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
-from krllm.infer.engine import DEFAULT_PREFILL_CHUNK, Engine
+from krllm.infer.config import PREFILL_CHUNK
+from krllm.infer.engine import Engine
 from krllm.model.load import LoadedModel
 
 
 def make_engine(lm: LoadedModel, max_batch: int = 1, max_seq_len: int = 0,
-                prefill_chunk: int = DEFAULT_PREFILL_CHUNK, kv_dtype: str = "auto") -> Engine:
+                prefill_chunk: int = PREFILL_CHUNK, kv_dtype: str = "auto") -> Engine:
     """An Engine for `lm` that stops on `lm.stop_ids`; max_seq_len 0 = the model's max_position_embeddings;
     prefill_chunk 0 = whole prompts (see Engine)."""
     return Engine(lm.model, max_batch=max_batch, max_seq_len=max_seq_len or None, eos_ids=lm.stop_ids,

@@ -730,8 +730,7 @@ static inline __attribute__((always_inline)) void transpose16(vf *r) {
 static inline vf load_row16(int bf16, const void *w, long row, long n, long k) {
     if (!bf16) return loadf((const float *)w + row * n + k);
     vf v;
-    const uint16_t *src = (const uint16_t *)w + row * n + k;
-    for (int j = 0; j < LANES; j++) v[j] = bf16_to_float(src[j]);
+    for (int j = 0; j < LANES; j++) v[j] = weight_at(1, w, row * n + k + j);
     return v;
 }
 
@@ -770,9 +769,7 @@ static void pack_w(int bf16, const void *w, long n, long o, int nr, float *p) {
         }
 #endif
     for (int r = 0; r < NR; r++)
-        for (long kk = k; kk < n; kk++)
-            p[kk * NR + r] = r >= nr ? 0.f : bf16 ? bf16_to_float(((const uint16_t *)w)[(o + r) * n + kk])
-                                                  : ((const float *)w)[(o + r) * n + kk];
+        for (long kk = k; kk < n; kk++) p[kk * NR + r] = r >= nr ? 0.f : weight_at(bf16, w, (o + r) * n + kk);
 }
 
 /* One MR x NR tile: rows b0.. of the packed inputs against a packed panel; stores the nb valid rows'
@@ -1220,7 +1217,7 @@ static inline __attribute__((always_inline)) void attend_flash(const float *q, l
             }
             for (int dv = 0; dv < nd; dv++) {
                 float *oi[QH];
-                for (int i = 0; i < QH; i++) oi[i] = o + (long)(i0 + (i < ni ? i : 0)) * D + dv * LANES;
+                for (int i = 0; i < QH; i++) oi[i] = o + (long)(i0 + i) * D + dv * LANES; /* o has whole groups */
 #define FLASH_O_LOAD(i) vf o##i = loadf(oi[i]) * alpha[i];
 #define FLASH_O_FMA(i) o##i += pt[i * LANES + j] * vt;
                 QH_EACH(FLASH_O_LOAD)
@@ -1229,7 +1226,7 @@ static inline __attribute__((always_inline)) void attend_flash(const float *q, l
                     QH_EACH(FLASH_O_FMA)
                 }
                 const vf ov[QH] = {o0, o1, o2, o3, o4, o5, o6, o7};
-                for (int i = ni - 1; i >= 0; i--) memcpy(oi[i], &ov[i], sizeof o0); /* i = 0 last: padding aliases it */
+                for (int i = 0; i < ni; i++) memcpy(oi[i], &ov[i], sizeof o0);
             }
         }
     }
